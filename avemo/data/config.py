@@ -1,0 +1,40 @@
+"""Declares every data/corpus config key once (``config.data``), with its default and meaning."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Returns the data config: which corpus, where it lives, and the generator's options."""
+    cfg = ml_collections.ConfigDict()
+    # Which corpus to read: "synthetic" (the embedded, generated corpus; the default),
+    # "avec2016" (the official AVEC2016/RECOLA release layout) or "folder" (users' own data).
+    cfg.corpus = "synthetic"
+    # Corpus root directory. For "synthetic", an empty string means a per-user cache directory
+    # (~/.cache/avemo/synthetic/<options hash>); the corpus is generated there on first use.
+    cfg.root = ""
+    # Label grid step in seconds (AVEC2016: 40 ms, 7501 steps for 300 s).
+    cfg.step_seconds = 0.04
+
+    # The embedded corpus generator (avemo.data.corpora.synthetic). Defaults = the "default" size.
+    cfg.synthetic = ml_collections.ConfigDict()
+    cfg.synthetic.seed = 0
+    cfg.synthetic.train_sessions = 6
+    cfg.synthetic.dev_sessions = 3
+    cfg.synthetic.test_sessions = 2  # Written without label files, as in the official release.
+    cfg.synthetic.seconds = 60.0  # Duration of every session.
+    cfg.synthetic.frame_width = 320
+    cfg.synthetic.frame_height = 240
+    cfg.synthetic.fps = 25.0
+    cfg.synthetic.sample_rate = 16000
+    cfg.synthetic.num_raters = 6
+    cfg.synthetic.workers = 2  # Processes generating sessions in parallel.
+
+    # Users' own data (avemo.data.corpora.folder), when no ROOT/splits.csv assigns splits.
+    cfg.folder = ml_collections.ConfigDict()
+    # Share of labelled sessions put in "dev" by a deterministic hash of the name and split_seed;
+    # 0 puts every labelled session in "train". Unlabelled sessions are always "test".
+    cfg.folder.dev_fraction = 0.0
+    cfg.folder.split_seed = 0
+    return cfg

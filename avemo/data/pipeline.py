@@ -1,0 +1,206 @@
+"""Grain pipeline: prepared sessions -> training windows / whole-session evaluation batches.
+
+Training: every window of L steps (hop H) of every training session -> shuffle(seed), reshuffled
+each epoch -> this process's shard -> batch. The iterator state is checkpointed with the model so
+that a resumed run sees exactly the same batches. Evaluation: each session is cut into windows of
+`eval.window_steps` that overlap by `eval.context_steps`, so every prediction has at least that
+much history, and stitched back into one prediction per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+# Per-step arrays a window carries (spectrogram patches are cut from `logmel` on the fly).
+STEP_KEYS = ("faces", "face_present", "audio_features", "speech_energy", "labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSession:
+    """Model-ready arrays of one session (audio features already z-normalised)."""
+
+    name: str
+    split: str
+    arrays: Mapping[str, np.ndarray]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.arrays["face_present"].shape[0])
+
+    @property
+    def has_labels(self) -> bool:
+        return "labels" in self.arrays
+
+
+def window_starts(num_steps: int, window: int, hop: int) -> list[int]:
+    """Window starts covering [0, num_steps): every `hop`, plus one flush with the end."""
+    if num_steps <= window:
+        return [0]
+    starts = list(range(0, num_steps - window + 1, hop))
+    if starts[-1] != num_steps - window:
+        starts.append(num_steps - window)
+    return starts
+
+
+def _cut(session: PreparedSession, start: int, window: int, spectrogram: Any | None) -> dict:
+    """Arrays of steps [start, start + window), zero-padded past the end with mask 0."""
+    stop = min(start + window, session.num_steps)
+    valid = stop - start
+    out = {}
+    for key in STEP_KEYS:
+        if key not in session.arrays:
+            continue
+        part = np.asarray(session.arrays[key][start:stop])
+        if valid < window:
+            pad = np.zeros((window - valid,) + part.shape[1:], part.dtype)
+            part = np.concatenate([part, pad])
+        out[key] = part
+    mask = np.zeros(window, np.float32)
+    mask[:valid] = 1.0
+    out["mask"] = mask
+    if spectrogram is not None:
+        from avemo.audio import spectrogram as spectrogram_lib  # the audio front end's cutter
+
+        steps = np.minimum(np.arange(start, start + window), session.num_steps - 1)
+        out["spectrogram"] = spectrogram_lib.patches(
+            session.arrays["logmel"], steps, spectrogram
+        ).astype(np.float32)
+    return out
+
+
+class WindowSource(grain.sources.RandomAccessDataSource):
+    """Random access over (session, window start) pairs; a deterministic repr for Grain state."""
+
+    def __init__(
+        self,
+        sessions: Sequence[PreparedSession],
+        window: int,
+        hop: int,
+        spectrogram_cfg: Any | None = None,
+    ):
+        self._sessions = list(sessions)
+        self._window = window
+        self._spectrogram_cfg = spectrogram_cfg
+        self._index = [
+            (i, s)
+            for i, session in enumerate(self._sessions)
+            for s in window_starts(session.num_steps, window, hop)
+        ]
+        self._repr = (
+            f"WindowSource(sessions={[s.name for s in self._sessions]}, window={window},"
+            f" hop={hop}, n={len(self._index)})"
+        )
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> dict:
+        session_index, start = self._index[index]
+        return _cut(self._sessions[session_index], start, self._window, self._spectrogram_cfg)
+
+    def __repr__(self) -> str:
+        return self._repr
+
+
+def train_dataset(
+    sessions: Sequence[PreparedSession],
+    config: ml_collections.ConfigDict,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """Shuffled, repeated, process-sharded, batched training windows."""
+    train = [s for s in sessions if s.split == "train" and s.has_labels]
+    if not train:
+        raise ValueError("no labelled training sessions")
+    if config.train.batch_size % process_count:
+        raise ValueError(
+            f"config.train.batch_size={config.train.batch_size} is not divisible by "
+            f"the number of processes ({process_count})"
+        )
+    source = WindowSource(
+        train,
+        config.train.window_steps,
+        config.train.window_hop_steps,
+        config.audio if config.model.audio_cnn.enabled else None,
+    )
+    ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
+    ds = ds[process_index::process_count]
+    ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+    return ds.to_iter_dataset()
+
+
+def num_train_windows(
+    sessions: Sequence[PreparedSession], config: ml_collections.ConfigDict
+) -> int:
+    """Windows in one epoch (for converting epochs into steps)."""
+    return sum(
+        len(window_starts(s.num_steps, config.train.window_steps, config.train.window_hop_steps))
+        for s in sessions
+        if s.split == "train" and s.has_labels
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """Windows of whole sessions and where each window's predictions go back."""
+
+    batches: list[dict]  # host batches of `eval.batch_size` windows, last one padded
+    # (session name, window start, first kept offset, number kept) per window, in batch order.
+    placements: list[tuple[str, int, int, int]]
+    num_steps: dict[str, int]
+
+
+def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.ConfigDict) -> EvalPlan:
+    """Cuts sessions into overlapping windows so each prediction has `context_steps` history."""
+    window, context = config.eval.window_steps, config.eval.context_steps
+    spectrogram = config.audio if config.model.audio_cnn.enabled else None
+    windows, placements = [], []
+    for session in sessions:
+        for j, start in enumerate(window_starts(session.num_steps, window, window - context)):
+            previous_end = (
+                0 if j == 0 else placements[-1][1] + placements[-1][2] + placements[-1][3]
+            )
+            keep_from = max(previous_end - start, 0)
+            kept = min(start + window, session.num_steps) - (start + keep_from)
+            windows.append(_cut(session, start, window, spectrogram))
+            placements.append((session.name, start, keep_from, kept))
+    size = config.eval.batch_size
+    batches = []
+    for i in range(0, len(windows), size):
+        chunk = windows[i : i + size]
+        while len(chunk) < size:  # padding windows are fully masked
+            chunk.append(jax.tree.map(np.zeros_like, windows[0]))
+        batches.append({k: np.stack([w[k] for w in chunk]) for k in chunk[0]})
+    return EvalPlan(batches, placements, {s.name: s.num_steps for s in sessions})
+
+
+def stitch(plan: EvalPlan, outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict]:
+    """Per-session arrays [T, ...] from per-batch model outputs [B, L, ...]."""
+    flat = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    result: dict[str, dict] = {}
+    for i, (name, start, keep_from, kept) in enumerate(plan.placements):
+        session = result.setdefault(name, {})
+        for key, values in flat.items():
+            if key not in session:
+                session[key] = np.zeros((plan.num_steps[name],) + values.shape[2:], values.dtype)
+            session[key][start + keep_from : start + keep_from + kept] = values[
+                i, keep_from : keep_from + kept
+            ]
+    return result
+
+
+def batches_to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
+    """This process's part of a batch -> global jax.Arrays sharded over the mesh's data axis."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def iterate_global(dataset_iter: Iterator[dict], sharding: jax.sharding.Sharding) -> Iterator[dict]:
+    for batch in dataset_iter:
+        yield batches_to_global(batch, sharding)
