@@ -1,0 +1,52 @@
+"""Configuration keys of the video front end, declared once (composed as `config.video`).
+
+Every key the video code reads is declared here with its default; `avemo.config.validate`
+rejects unknown keys. The 40 ms label hop itself belongs to `config.data.step_seconds`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Returns the video front-end defaults (sized for CPU training; the paper's in comments)."""
+    cfg = ml_collections.ConfigDict()
+
+    # Output crop: crop_size x crop_size pixels (the paper feeds 224 x 224 RGB to its AlexNet;
+    # 64 keeps CPU training fast). "gray" gives C = 1, "rgb" gives C = 3 in RGB order.
+    cfg.crop_size = 64
+    cfg.color_mode = "gray"
+    # The detected box is widened by this fraction of its width (height) on each side before
+    # cropping, so that chin, brows and forehead are inside. Parts outside the frame are black.
+    cfg.margin = 0.2
+
+    # Timing: a video covering fewer steps than asked is padded with face_present = 0 (and a
+    # warning) if the uncovered tail is at most this long; a longer shortfall is a VideoError.
+    cfg.max_missing_tail_seconds = 2.0
+
+    # Haar frontal-face cascade (OpenCV's "face detection database", paper §5.2).
+    cfg.detector = ml_collections.ConfigDict()
+    cfg.detector.cascade = "haarcascade_frontalface_default.xml"  # in cv2.data.haarcascades
+    # Detection runs on a gray copy of the frame downscaled to this width (never upscaled);
+    # boxes are mapped back to source pixels. Smaller is faster but misses small faces: the
+    # smallest face found is min_size / detect_width of the frame width (24/160 = 15%).
+    cfg.detector.detect_width = 160
+    # detectMultiScale parameters, in detection-image pixels. 24 is the cascade's own window.
+    cfg.detector.scale_factor = 1.1
+    cfg.detector.min_neighbors = 5
+    cfg.detector.min_size = 24
+    # Histogram equalisation of the detection image (OpenCV's face-detection sample does it).
+    cfg.detector.equalize_histogram = True
+    # OpenCV worker threads for decoding and detection; 0 keeps OpenCV's own setting.
+    cfg.detector.num_threads = 0
+
+    # Temporal smoothing of the per-step boxes (largest face of each frame).
+    cfg.smoothing = ml_collections.ConfigDict()
+    # Runs of at most this many steps without a detection, between detections (or at the start
+    # or end of the video next to one), are bridged: the box is interpolated (held at the ends)
+    # and face_present stays 1. Longer runs are a real absence: face_present = 0 there.
+    cfg.smoothing.max_gap_steps = 3
+    # Centred moving average of box coordinates over this many steps (odd; 1 = off).
+    cfg.smoothing.window_steps = 5
+    return cfg

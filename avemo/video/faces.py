@@ -1,0 +1,202 @@
+"""Faces in frames (video front end, after decoding): Haar detection, box smoothing, crops.
+
+The face-present flag n of Eq. (31) is 1 where a (possibly bridged) box exists, 0 elsewhere.
+Boxes are (x, y, w, h) in source pixels, float, NaN rows where there is no face.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import ml_collections
+import numpy as np
+
+
+class FaceDetector:
+    """OpenCV's Haar frontal-face cascade, run on a downscaled gray copy of each frame."""
+
+    def __init__(self, detector_cfg: ml_collections.ConfigDict):
+        path = os.path.join(cv2.data.haarcascades, detector_cfg.cascade)
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(
+                f"Haar cascade {path!r} could not be loaded; OpenCV 5 ships none, "
+                "install opencv-python-headless<5"
+            )
+        self._detect_width = int(detector_cfg.detect_width)
+        self._scale_factor = float(detector_cfg.scale_factor)
+        self._min_neighbors = int(detector_cfg.min_neighbors)
+        self._min_size = int(detector_cfg.min_size)
+        self._equalize = bool(detector_cfg.equalize_histogram)
+
+    def detection_image(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """The gray image the cascade sees (downscaled, never up); source px per its px."""
+        height, width = frame.shape[:2]
+        scale = max(1.0, width / self._detect_width)
+        small = frame
+        if scale > 1.0:
+            size = (self._detect_width, max(1, round(height / scale)))
+            small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        if small.ndim == 3:
+            small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        if self._equalize:
+            small = cv2.equalizeHist(small)
+        return small, width / small.shape[1]
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        """All faces in a BGR or gray uint8 frame: float32 [N, 4] (x, y, w, h) in source pixels."""
+        small, scale = self.detection_image(frame)
+        found = self._cascade.detectMultiScale(
+            small,
+            scaleFactor=self._scale_factor,
+            minNeighbors=self._min_neighbors,
+            minSize=(self._min_size, self._min_size),
+        )
+        if len(found) == 0:
+            return np.zeros((0, 4), np.float32)
+        return np.asarray(found, np.float32).reshape(-1, 4) * np.float32(scale)
+
+    def largest(self, frame: np.ndarray) -> np.ndarray:
+        """The largest face (by area) as float32 [4], or a row of NaN when there is none."""
+        boxes = self.detect(frame)
+        if boxes.shape[0] == 0:
+            return np.full(4, np.nan, np.float32)
+        return boxes[int(np.argmax(boxes[:, 2] * boxes[:, 3]))]
+
+
+def crop_region(box: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """The pixel rectangle (x0, y0, x1, y1), end exclusive, of `box` widened by `margin` per side.
+
+    It may extend beyond the frame; `crop_face` fills that part with black.
+    """
+    x, y, w, h = (float(v) for v in box)
+    x0 = int(np.floor(x - margin * w))
+    y0 = int(np.floor(y - margin * h))
+    x1 = int(np.ceil(x + w + margin * w))
+    y1 = int(np.ceil(y + h + margin * h))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def crop_face(
+    frame: np.ndarray, box: np.ndarray, crop_size: int, color_mode: str, margin: float
+) -> np.ndarray:
+    """Cuts the widened box out of a BGR frame, resized to [crop_size, crop_size, C] uint8.
+
+    C is 1 for color_mode "gray", 3 (RGB order) for "rgb".
+    """
+    x0, y0, x1, y1 = crop_region(box, margin)
+    height, width = frame.shape[:2]
+    region = np.zeros((y1 - y0, x1 - x0) + frame.shape[2:], np.uint8)
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if fx1 > fx0 and fy1 > fy0:
+        region[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0] = frame[fy0:fy1, fx0:fx1]
+    shrinking = region.shape[0] > crop_size and region.shape[1] > crop_size
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = cv2.resize(region, (crop_size, crop_size), interpolation=interpolation)
+    if color_mode == "gray":
+        if resized.ndim == 3:
+            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)
+        return resized[:, :, None]
+    if color_mode == "rgb":
+        if resized.ndim == 2:
+            return np.repeat(resized[:, :, None], 3, axis=2)
+        return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    raise ValueError(f"color_mode must be 'gray' or 'rgb', got {color_mode!r}")
+
+
+def _miss_runs(detected: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of every run of False in a boolean vector."""
+    padded = np.concatenate([[True], detected, [True]]).astype(np.int8)
+    edges = np.diff(padded)
+    return list(zip(np.flatnonzero(edges == -1), np.flatnonzero(edges == 1)))
+
+
+def smooth_boxes(
+    raw_boxes: np.ndarray, max_gap_steps: int, window_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bridges short detection gaps and averages box jitter over time.
+
+    1. A run of at most `max_gap_steps` steps without a box, with a box on both sides, gets
+       boxes interpolated linearly between them; such a run at the start or end of the
+       sequence, next to a box, holds that box. Longer runs stay empty (a real absence).
+    2. Each present step's box becomes the mean of the present boxes within the centred
+       window of `window_steps` steps.
+
+    Args:
+      raw_boxes: [T, 4] largest face per step, NaN rows where none was detected.
+
+    Returns:
+      boxes [T, 4] float32 (NaN where absent) and present [T] bool.
+    """
+    raw = np.asarray(raw_boxes, np.float64).reshape(-1, 4)
+    num_steps = raw.shape[0]
+    detected = np.isfinite(raw).all(axis=1)
+    boxes = np.where(detected[:, None], raw, 0.0)
+    present = detected.copy()
+    if detected.any():
+        for start, end in _miss_runs(detected):
+            if end - start > max_gap_steps:
+                continue
+            before, after = start - 1, end
+            if before >= 0 and after < num_steps:
+                weights = (np.arange(start, end) - before) / (after - before)
+                boxes[start:end] = raw[before] + weights[:, None] * (raw[after] - raw[before])
+            else:
+                boxes[start:end] = raw[before if before >= 0 else after]
+            present[start:end] = True
+    half = max(int(window_steps), 1) // 2
+    if half > 0:
+        weights = present.astype(np.float64)
+        values = boxes * weights[:, None]
+        total = np.zeros_like(values)
+        count = np.zeros_like(weights)
+        # Shifted sums (not cumsum) so that a window's result does not depend on what lies
+        # outside it: the streaming smoother below relies on that.
+        for offset in range(-half, half + 1):
+            lo, hi = max(0, -offset), min(num_steps, num_steps - offset)
+            total[lo:hi] += values[lo + offset : hi + offset]
+            count[lo:hi] += weights[lo + offset : hi + offset]
+        boxes = np.where(present[:, None], total / np.maximum(count, 1.0)[:, None], 0.0)
+    boxes[~present] = np.nan
+    return boxes.astype(np.float32), present
+
+
+class StreamingBoxSmoother:
+    """`smooth_boxes` one step at a time, with a fixed look-ahead, for single-pass extraction.
+
+    A smoothed box at step k depends only on raw boxes within k ± radius, radius =
+    max_gap_steps + 1 + window_steps // 2, so step k is final once step k + radius is known;
+    results equal `smooth_boxes` on the whole sequence.
+    """
+
+    def __init__(self, max_gap_steps: int, window_steps: int):
+        self._max_gap = int(max_gap_steps)
+        self._window = int(window_steps)
+        self.radius = self._max_gap + 1 + max(self._window, 1) // 2
+        self._raw: list[np.ndarray] = []
+        self._next_final = 0
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def _final(self, step: int) -> tuple[int, np.ndarray, bool]:
+        lo = max(0, step - self.radius)
+        hi = min(len(self._raw), step + self.radius + 1)
+        boxes, present = smooth_boxes(np.stack(self._raw[lo:hi]), self._max_gap, self._window)
+        return step, boxes[step - lo], bool(present[step - lo])
+
+    def push(self, raw_box: np.ndarray) -> list[tuple[int, np.ndarray, bool]]:
+        """Adds the next step's raw box; returns the (step, box, present) that became final."""
+        self._raw.append(np.asarray(raw_box, np.float64).reshape(4))
+        out = []
+        while self._next_final + self.radius < len(self._raw):
+            out.append(self._final(self._next_final))
+            self._next_final += 1
+        return out
+
+    def finish(self) -> list[tuple[int, np.ndarray, bool]]:
+        """The remaining steps, treating the last pushed step as the end of the sequence."""
+        out = [self._final(step) for step in range(self._next_final, len(self._raw))]
+        self._next_final = len(self._raw)
+        return out
