@@ -109,7 +109,8 @@ def grid_problems(times: np.ndarray, step_seconds: float) -> list[str]:
     elif steps.size and np.max(np.abs(steps - step_seconds)) > 1e-4:
         bad = int(np.argmax(np.abs(steps - step_seconds) > 1e-4))
         problems.append(
-            f"time step is not {step_seconds:g} s (row {bad + 2}: {steps[bad]:g} s after the previous)"
+            f"time step is not {step_seconds:g} s "
+            f"(row {bad + 2}: {steps[bad]:g} s after the previous)"
         )
     return problems
 

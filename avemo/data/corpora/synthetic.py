@@ -69,7 +69,7 @@ class SyntheticOptions:
 
     @classmethod
     def from_config(cls, cfg) -> SyntheticOptions:
-        """Builds options from ``config.data.synthetic`` (ignores the non-content key ``workers``)."""
+        """Builds options from ``config.data.synthetic`` (``workers`` does not change content)."""
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{name: cfg[name] for name in names})
 
@@ -106,9 +106,9 @@ def smooth_noise(rng: np.random.Generator, num: int, sigma_steps: float) -> np.n
 def latent_trajectory(rng: np.random.Generator, num_steps: int) -> np.ndarray:
     """A smooth emotion trajectory in (−1, 1): slow and medium filtered noise, tanh-squashed."""
     slow = smooth_noise(rng, num_steps, 8.0 / STEP_SECONDS)
-    medium = smooth_noise(rng, num_steps, 2.0 / STEP_SECONDS)
+    medium = smooth_noise(rng, num_steps, 3.0 / STEP_SECONDS)
     offset = rng.normal(0.0, 0.3)  # Sessions differ in their mean mood.
-    return np.tanh(offset + 0.75 * slow + 0.6 * medium)
+    return np.tanh(offset + 0.8 * slow + 0.5 * medium)
 
 
 def hard_case_schedule(rng: np.random.Generator, num_steps: int) -> np.ndarray:

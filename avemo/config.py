@@ -1,0 +1,199 @@
+"""The one schema of every configuration key, and its start-up validation.
+
+Every experiment in `configs/` starts from `base_config()`; each part of avemo declares its own keys
+once (front ends in their `config.py`, the model, training and checkpointing here).
+`validate()` runs before any work starts and turns an unknown key, a wrong type or an impossible
+value into one clear `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ml_collections
+
+# Parts that own their keys. Imported lazily so that a part still under construction does not
+# break the others; a part that exists must import cleanly.
+_PART_DEFAULTS = {
+    "audio": "avemo.audio.config",
+    "video": "avemo.video.config",
+    "data": "avemo.data.config",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, mistyped or has an impossible value."""
+
+
+def _part_defaults(name: str) -> ml_collections.ConfigDict:
+    module_name = _PART_DEFAULTS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and module_name.startswith(err.name):
+            return ml_collections.ConfigDict()
+        raise
+    return module.defaults()
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+    """Keys of the bimodal model (`avemo.models`), sized for the CPU default."""
+    m = ml_collections.ConfigDict()
+    # fusion: Eq. (28)-(30); audio / video: one stream only (the ablations of Fig. 6).
+    m.mode = "fusion"
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32).
+    # Improved AlexNet (Sec. 4.2, Fig. 2): three 3x3 conv -> ReLU -> 2x2 max-pool -> BN blocks.
+    m.alexnet = ml_collections.ConfigDict()
+    m.alexnet.conv_features = (16, 32, 64)
+    m.alexnet.fc_features = (256, 256)
+    m.alexnet.dropout = 0.3
+    # "conv": FC layers as convolutions (the paper's literal form); "dense": reshape + dot with the
+    # very same parameters (2-4x faster on XLA CPU, identical outputs).
+    m.alexnet.fc_impl = "dense"
+    # Audio CNN (Sec. 6.2) over log-mel patches; disabled in the CPU default to save compute.
+    m.audio_cnn = ml_collections.ConfigDict()
+    m.audio_cnn.enabled = False
+    m.audio_cnn.features = (4, 16, 32)
+    m.audio_cnn.kernel_sizes = ((2, 2), (3, 3), (3, 3))
+    m.audio_cnn.pool_size = 3
+    m.audio_cnn.output_features = 64
+    # Audio stream: Dense -> scanned LSTM (Eq. 27).
+    m.audio_dense_features = 64
+    m.lstm_features = 64
+    # Attention (Eq. 28): width of the tanh layer.
+    m.attention_features = 64
+    # Gate beta_t of Eq. (30), which the paper leaves open:
+    #   "learned": beta_t = sigmoid(w^T [h_t; c_t] + b), per step (default);
+    #   "scalar":  one learned beta for all steps;  "fixed": beta = fixed_gate_value.
+    m.gate = "learned"
+    m.fixed_gate_value = 0.5
+    # A recurrent layer over the fused features before the regression head (temporal context for
+    # the video stream and for the raters' reaction delay); 0 disables it.
+    m.output_lstm_features = 64
+    m.head_dropout = 0.1
+    m.num_outputs = 2  # arousal, valence
+    return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the full, locked schema with CPU-friendly defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    for part in _PART_DEFAULTS:
+        c[part] = _part_defaults(part)
+    from avemo.data import memory  # the file-less corpus ("memory") used by tests
+
+    c.data.memory = memory.defaults()
+    c.model = model_defaults()
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.main = "rmse"  # rmse (Eq. 37) | ccc (1 - CCC, Eq. 35) | rmse+ccc
+    c.loss.aux_weight = 0.1  # lambda: total = main + lambda * aux (Eq. 31)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.optimizer = "adam"  # adam | sgd (Sec. 6.2)
+    c.train.learning_rate = 5e-4
+    c.train.warmup_steps = 0
+    c.train.schedule = "constant"  # constant | cosine
+    c.train.momentum = 0.9  # sgd only
+    c.train.weight_decay = 0.0
+    c.train.grad_clip_norm = 1.0  # 0 disables
+    c.train.batch_size = 8  # global, across all processes and devices
+    c.train.window_steps = 100  # L: steps per training window (100 x 40 ms = 4 s)
+    c.train.window_hop_steps = 50
+    # Durations: num_epochs converts to steps in one place (avemo.train.num_train_steps);
+    # num_steps > 0 overrides it.
+    c.train.num_epochs = 0
+    c.train.num_steps = 200
+    c.train.log_every_steps = 20
+    c.train.eval_every_steps = 100
+    c.train.checkpoint_every_steps = 100
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.window_steps = 250  # whole sessions are evaluated in windows ...
+    c.eval.context_steps = 100  # ... each prediction sees at least this much history.
+    c.eval.batch_size = 8
+    c.eval.splits = ("dev",)
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.enabled = True
+    c.checkpoint.async_save = True
+    c.checkpoint.best_metric = "ccc_pooled/mean"  # dev metric that picks the "best" checkpoint
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the data axis; -1 = all devices
+
+    c.lock()
+    return c
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping | ml_collections.ConfigDict):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _same_type(value: Any, reference: Any) -> bool:
+    if reference is None or value is None:
+        return True
+    if isinstance(reference, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(reference, bool)
+    if isinstance(reference, float):
+        return isinstance(value, int | float)
+    if isinstance(reference, tuple | list):
+        return isinstance(value, tuple | list)
+    return isinstance(value, type(reference))
+
+
+def _check_choice(flat: Mapping[str, Any], key: str, choices: Iterable[Any]) -> None:
+    if key in flat and flat[key] not in tuple(choices):
+        raise ConfigError(f"config.{key}={flat[key]!r} is not one of {tuple(choices)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks `config` against `base_config()`: same keys, compatible types, sane values.
+
+    Raises:
+      ConfigError: naming the first offending key.
+    """
+    reference = _flatten(base_config())
+    flat = _flatten(config)
+    unknown = sorted(set(flat) - set(reference))
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join('config.' + k for k in unknown)}")
+    missing = sorted(set(reference) - set(flat))
+    if missing:
+        raise ConfigError(f"missing config key(s): {', '.join('config.' + k for k in missing)}")
+    for key, value in flat.items():
+        if not _same_type(value, reference[key]):
+            raise ConfigError(
+                f"config.{key} must be {type(reference[key]).__name__}, "
+                f"got {type(value).__name__} ({value!r})"
+            )
+    _check_choice(flat, "model.mode", ("fusion", "audio", "video"))
+    _check_choice(flat, "model.dtype", ("float32", "bfloat16"))
+    _check_choice(flat, "model.alexnet.fc_impl", ("conv", "dense"))
+    _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
+    _check_choice(flat, "loss.main", ("rmse", "ccc", "rmse+ccc"))
+    _check_choice(flat, "train.optimizer", ("adam", "sgd"))
+    _check_choice(flat, "train.schedule", ("constant", "cosine"))
+    for key in ("train.batch_size", "train.window_steps", "train.window_hop_steps",
+                "train.log_every_steps", "eval.window_steps", "eval.batch_size"):
+        if flat[key] <= 0:
+            raise ConfigError(f"config.{key} must be positive, got {flat[key]}")
+    if flat["train.num_steps"] <= 0 and flat["train.num_epochs"] <= 0:
+        raise ConfigError("set config.train.num_steps or config.train.num_epochs to a positive value")
+    if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
+        raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
+    if flat["loss.aux_weight"] < 0:
+        raise ConfigError("config.loss.aux_weight (lambda) must be >= 0")
+    if not 0.0 <= flat["model.fixed_gate_value"] <= 1.0:
+        raise ConfigError("config.model.fixed_gate_value must be in [0, 1]")
+    return config

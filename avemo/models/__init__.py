@@ -1,0 +1,1 @@
+"""Flax linen networks of the paper: improved AlexNet, audio CNN, LSTM, multimodal attention."""

@@ -1,0 +1,107 @@
+"""Improved AlexNet (Sec. 4.2, Fig. 2): the face-feature extractor of the video stream.
+
+Three 3x3 convolutions, each followed by ReLU, max-pooling and batch normalisation (the paper's
+order); two fully connected layers realised as convolutions whose kernel covers the remaining
+spatial extent, each followed by dropout; a linear output layer (the paper's "softmax layer"; for
+regression of arousal/valence it is linear).
+
+On FC-as-conv: a convolution with kernel = the remaining spatial size (h, w) over an h x w x C map
+has a kernel of shape (h, w, C, K) -- exactly the h*w*C*K weights of the dense layer it replaces.
+The parameter saving claimed in Sec. 4.2 (7*7*4096 instead of 7*7*512*4096) does not hold for an
+equivalent convolution; `tests/models/test_alexnet.py` counts both. `FullyConnectedAsConv` keeps
+the literal convolution and a reshape + dot fast path over the very same parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class FullyConnectedAsConv(nn.Module):
+    """A fully connected layer stored as a convolution kernel of shape (h, w, C, K).
+
+    Attributes:
+      features: K, the number of output units.
+      impl: "conv" runs the literal VALID convolution (Sec. 4.2.4); "dense" reshapes the input to
+        [N, h*w*C] and multiplies by the same kernel reshaped to [h*w*C, K]. Outputs are identical.
+    """
+
+    features: int
+    impl: str = "conv"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Maps [N, h, w, C] to [N, 1, 1, K]."""
+        _, h, w, c = x.shape
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (h, w, c, self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        if self.impl == "conv":
+            y = jax.lax.conv_general_dilated(
+                x, kernel, window_strides=(1, 1), padding="VALID",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        elif self.impl == "dense":
+            y = jnp.dot(x.reshape(x.shape[0], h * w * c), kernel.reshape(h * w * c, self.features))
+            y = y.reshape(x.shape[0], 1, 1, self.features)
+        else:
+            raise ValueError(f"unknown fc impl {self.impl!r} (expected 'conv' or 'dense')")
+        return y + bias.astype(self.dtype)
+
+
+class ConvBlock(nn.Module):
+    """3x3 convolution -> ReLU -> 2x2/2 max-pool -> batch normalisation (Sec. 4.2, Eq. 16-21)."""
+
+    features: int
+    kernel_size: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding="SAME",
+                    dtype=self.dtype)(x)
+        x = nn.relu(x)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+
+
+class ImprovedAlexNet(nn.Module):
+    """Face crops [N, H, W, C] (uint8 or float) -> feature map and arousal/valence.
+
+    Returns a dict: `feature_map` [N, h, w, C3] (the positions the attention of Eq. 28 weighs),
+    `embedding` [N, K2] (after the second FC layer) and `outputs` [N, num_outputs].
+    """
+
+    conv_features: Sequence[int] = (16, 32, 64)
+    fc_features: Sequence[int] = (256, 256)
+    num_outputs: int = 2
+    dropout: float = 0.3
+    fc_impl: str = "dense"
+    kernel_size: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        x = images.astype(self.dtype)
+        if jnp.issubdtype(images.dtype, jnp.integer):
+            x = x / 255.0
+        for i, features in enumerate(self.conv_features):
+            x = ConvBlock(features, self.kernel_size, dtype=self.dtype, name=f"conv{i + 1}")(x, train)
+        feature_map = x
+        for i, features in enumerate(self.fc_features):
+            x = FullyConnectedAsConv(features, impl=self.fc_impl, dtype=self.dtype,
+                                     name=f"fc{i + 1}")(x)
+            x = nn.relu(x)
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        embedding = x.reshape(x.shape[0], -1)
+        outputs = nn.Dense(self.num_outputs, dtype=self.dtype, name="output")(embedding)
+        return {"feature_map": feature_map, "embedding": embedding,
+                "outputs": outputs.astype(jnp.float32)}

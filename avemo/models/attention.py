@@ -1,0 +1,73 @@
+"""Multimodal attention and the audio/video gate of Sec. 5.1 (Eq. 28-30)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class SpatialAttention(nn.Module):
+    """Attention over the positions of a face feature map, conditioned on h_t.
+
+    Eq. (28): a_t = softmax(w_h^T tanh(W F_t + W_g h_t)) over the k positions of F_t.
+    Eq. (29): c_t = sum_i a_ti F_ti.
+    Eq. (30) adds c_t to h_t, so c_t must live in h_t's space: the positions are first projected
+    to `context_features` by a linear map W_v (sum_i a_ti W_v F_ti = W_v sum_i a_ti F_ti, so this is
+    Eq. 29 followed by a projection).
+
+    Inputs: feature_map [B, L, k, C], query [B, L, D]. Returns (context [B, L, context_features],
+    weights [B, L, k]).
+    """
+
+    attention_features: int
+    context_features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, feature_map: jax.Array, query: jax.Array) -> tuple[jax.Array, jax.Array]:
+        keys = nn.Dense(self.attention_features, dtype=self.dtype, name="W")(feature_map)
+        q = nn.Dense(self.attention_features, use_bias=False, dtype=self.dtype, name="W_g")(query)
+        scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="w_h")(
+            jnp.tanh(keys + q[:, :, None, :])
+        )[..., 0]
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+        values = nn.Dense(self.context_features, dtype=self.dtype, name="W_v")(feature_map)
+        context = jnp.einsum("blk,blkd->bld", weights.astype(values.dtype), values)
+        return context, weights
+
+
+class AudioGate(nn.Module):
+    """beta_t of Eq. (30): the weight of the audio features against the video context.
+
+    The paper does not say how beta_t is computed. Modes (config `model.gate`):
+      learned: beta_t = sigmoid(w^T [h_t; c_t] + b), a per-step gate (default);
+      scalar:  one learned beta for all steps (beta = sigmoid(b));
+      fixed:   beta = `fixed_value`, no parameters (the "no attention" ablation).
+    Returns beta [B, L] in (0, 1).
+    """
+
+    mode: str = "learned"
+    fixed_value: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio: jax.Array, context: jax.Array) -> jax.Array:
+        shape = audio.shape[:-1]
+        if self.mode == "learned":
+            logits = nn.Dense(1, dtype=self.dtype, name="w_beta")(
+                jnp.concatenate([audio, context], axis=-1)
+            )[..., 0]
+        elif self.mode == "scalar":
+            logits = jnp.broadcast_to(self.param("b_beta", nn.initializers.zeros, ()), shape)
+        elif self.mode == "fixed":
+            return jnp.full(shape, self.fixed_value, jnp.float32)
+        else:
+            raise ValueError(f"unknown gate mode {self.mode!r}")
+        return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+
+def fuse(audio: jax.Array, context: jax.Array, audio_gate: jax.Array) -> jax.Array:
+    """Eq. (30): beta_t h_t + (1 - beta_t) c_t."""
+    beta = audio_gate[..., None].astype(audio.dtype)
+    return beta * audio + (1.0 - beta) * context

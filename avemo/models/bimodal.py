@@ -1,0 +1,129 @@
+"""The composed bimodal model of Fig. 1: face stream + audio stream -> attention fusion -> (A, V).
+
+  faces [B,L,H,W,C] -> improved AlexNet per frame -> feature map F_t [B,L,k,C]
+  audio features [B,L,D] (+ audio CNN over log-mel patches) -> Dense -> LSTM -> h_t (Eq. 27)
+  F_t, h_t -> attention (Eq. 28-29) -> c_t ; gate beta_t ; fused = beta h + (1-beta) c (Eq. 30)
+  fused -> optional output LSTM -> dense head -> arousal, valence per step.
+
+Modes for ablations: "fusion" (the paper's model), "audio" (h_t only) and "video" (the attention
+query comes from an LSTM over the pooled face features; the fused vector is c_t).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from avemo.models.alexnet import ImprovedAlexNet
+from avemo.models.attention import AudioGate, SpatialAttention, fuse
+from avemo.models.audio_cnn import AudioCNN
+from avemo.models.recurrent import SequenceLSTM
+
+
+class BimodalModel(nn.Module):
+    """Per-step arousal/valence from a batch of windows (see docs/contracts.md for the keys)."""
+
+    mode: str = "fusion"
+    conv_features: Sequence[int] = (16, 32, 64)
+    fc_features: Sequence[int] = (256, 256)
+    alexnet_dropout: float = 0.3
+    fc_impl: str = "dense"
+    use_audio_cnn: bool = False
+    audio_cnn_features: Sequence[int] = (4, 16, 32)
+    audio_cnn_kernel_sizes: Sequence[Sequence[int]] = ((2, 2), (3, 3), (3, 3))
+    audio_cnn_pool_size: int = 3
+    audio_cnn_output_features: int = 64
+    audio_dense_features: int = 64
+    lstm_features: int = 64
+    attention_features: int = 64
+    gate: str = "learned"
+    fixed_gate_value: float = 0.5
+    output_lstm_features: int = 64
+    head_dropout: float = 0.1
+    num_outputs: int = 2
+    dtype: jnp.dtype = jnp.float32
+
+    def _face_features(self, faces: jax.Array, train: bool) -> jax.Array:
+        b, length = faces.shape[:2]
+        net = ImprovedAlexNet(
+            conv_features=self.conv_features, fc_features=self.fc_features,
+            num_outputs=self.num_outputs, dropout=self.alexnet_dropout, fc_impl=self.fc_impl,
+            dtype=self.dtype, name="alexnet",
+        )
+        # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
+        # serve stage-1 feature learning (Sec. 6.4) and keep their parameters for it.
+        out = net(faces.reshape((b * length,) + faces.shape[2:]), train=train)
+        fmap = out["feature_map"]
+        return fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3])
+
+    def _audio_stream(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        x = batch["audio_features"].astype(self.dtype)
+        if self.use_audio_cnn:
+            spec = batch["spectrogram"]
+            b, length = spec.shape[:2]
+            cnn = AudioCNN(self.audio_cnn_features, self.audio_cnn_kernel_sizes,
+                           self.audio_cnn_pool_size, self.audio_cnn_output_features,
+                           dtype=self.dtype, name="audio_cnn")
+            emb = cnn(spec.reshape((b * length,) + spec.shape[2:]))
+            x = jnp.concatenate([x, emb.reshape(b, length, -1).astype(self.dtype)], axis=-1)
+        return SequenceLSTM(self.lstm_features, self.audio_dense_features, dtype=self.dtype,
+                            name="audio_lstm")(x)
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, jax.Array], train: bool = False) -> dict[str, jax.Array]:
+        out: dict[str, jax.Array] = {}
+        if self.mode in ("fusion", "audio"):
+            h = self._audio_stream(batch)
+        if self.mode in ("fusion", "video"):
+            fmap = self._face_features(batch["faces"], train)
+            if self.mode == "video":
+                h = SequenceLSTM(self.lstm_features, self.audio_dense_features, dtype=self.dtype,
+                                 name="video_lstm")(fmap.mean(axis=2))
+            context, weights = SpatialAttention(self.attention_features, self.lstm_features,
+                                                dtype=self.dtype, name="attention")(fmap, h)
+            out["attention"] = weights
+        if self.mode == "fusion":
+            beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype,
+                             name="gate")(h, context)
+            fused = fuse(h, context, beta)
+            out["audio_gate"] = beta
+        elif self.mode == "audio":
+            fused = h
+        else:
+            fused = context
+        if self.output_lstm_features:
+            fused = SequenceLSTM(self.output_lstm_features, dtype=self.dtype,
+                                 name="output_lstm")(fused)
+        fused = nn.Dropout(self.head_dropout, deterministic=not train)(fused)
+        out["outputs"] = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(fused).astype(
+            jnp.float32)
+        return out
+
+
+def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
+    """Builds the model from `config.model` (see `avemo.config.model_defaults`)."""
+    return BimodalModel(
+        mode=model_cfg.mode,
+        conv_features=tuple(model_cfg.alexnet.conv_features),
+        fc_features=tuple(model_cfg.alexnet.fc_features),
+        alexnet_dropout=model_cfg.alexnet.dropout,
+        fc_impl=model_cfg.alexnet.fc_impl,
+        use_audio_cnn=model_cfg.audio_cnn.enabled,
+        audio_cnn_features=tuple(model_cfg.audio_cnn.features),
+        audio_cnn_kernel_sizes=tuple(tuple(k) for k in model_cfg.audio_cnn.kernel_sizes),
+        audio_cnn_pool_size=model_cfg.audio_cnn.pool_size,
+        audio_cnn_output_features=model_cfg.audio_cnn.output_features,
+        audio_dense_features=model_cfg.audio_dense_features,
+        lstm_features=model_cfg.lstm_features,
+        attention_features=model_cfg.attention_features,
+        gate=model_cfg.gate,
+        fixed_gate_value=model_cfg.fixed_gate_value,
+        output_lstm_features=model_cfg.output_lstm_features,
+        head_dropout=model_cfg.head_dropout,
+        num_outputs=model_cfg.num_outputs,
+        dtype=jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32,
+    )

@@ -1,0 +1,1 @@
+"""Reports: metric writers (TensorBoard + log + JSONL), tables and plots."""

@@ -1,0 +1,365 @@
+"""The training loop: data -> jitted steps on a device mesh -> evaluation -> Orbax checkpoints.
+
+`train_and_evaluate(config, workdir)` is the one entry point (main.py and tests call it). State is
+initialised through `jax.eval_shape` -> shardings -> `jax.jit(init)`; the train step is one pure,
+jitted function with in/out shardings (batch over the `data` axis, parameters replicated), the
+state donated, and `rng = fold_in(rng, step)`. A workdir holding a checkpoint resumes exactly
+(state and data order); SIGTERM finishes the step, saves and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.experimental import multihost_utils
+
+from avemo import checkpointing, objectives, sharding
+from avemo import config as config_lib
+from avemo import metrics as metrics_lib
+from avemo.data import pipeline
+from avemo.models.bimodal import build_model
+from avemo.reporting.writers import MetricWriter
+
+log = logging.getLogger("avemo")
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def load_sessions(config: ml_collections.ConfigDict, workdir: str) -> list[pipeline.PreparedSession]:
+    """Model-ready sessions for `config.data.corpus` ("memory" needs no files)."""
+    if config.data.corpus == "memory":
+        from avemo.data import memory
+
+        return memory.make_sessions(config.data.memory)
+    from avemo.data import prepare  # front ends + cache; imported only when files are needed
+
+    return prepare.prepared_sessions(config, workdir)
+
+
+def num_train_steps(config: ml_collections.ConfigDict, windows_per_epoch: int) -> int:
+    """The one place where epochs become steps."""
+    if config.train.num_steps > 0:
+        return int(config.train.num_steps)
+    return max(1, int(config.train.num_epochs * windows_per_epoch // config.train.batch_size))
+
+
+def example_batch(sessions: Sequence[pipeline.PreparedSession],
+                  config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+    """A batch of the training shapes (zeros), for initialisation and benchmarks."""
+    source = pipeline.WindowSource(
+        [s for s in sessions if s.split == "train"][:1], config.train.window_steps,
+        config.train.window_hop_steps, config.audio if config.model.audio_cnn.enabled else None)
+    item = source[0]
+    return {k: np.zeros((batch_size,) + v.shape, v.dtype) for k, v in item.items()}
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    t = config.train
+    if t.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
+                                                max(total_steps, t.warmup_steps + 1))
+    elif t.warmup_steps:
+        lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+    else:
+        lr = t.learning_rate
+    if t.optimizer == "adam":
+        opt = optax.adamw(lr, weight_decay=t.weight_decay) if t.weight_decay else optax.adam(lr)
+    else:
+        opt = optax.chain(optax.add_decayed_weights(t.weight_decay) if t.weight_decay else
+                          optax.identity(), optax.sgd(lr, momentum=t.momentum))
+    if t.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), opt)
+    return opt
+
+
+def losses(config: ml_collections.ConfigDict, outputs: Mapping[str, jax.Array],
+           batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """total = main + lambda * aux (Eq. 31); aux is 0 when the model has no gate."""
+    main = objectives.main_loss(config.loss.main, outputs["outputs"], batch["labels"], batch["mask"])
+    if "audio_gate" in outputs:
+        aux = objectives.aux_modality_loss(outputs["audio_gate"], batch["speech_energy"],
+                                           batch["face_present"], batch["mask"])
+    else:
+        aux = jnp.zeros((), jnp.float32)
+    return {"loss": main + config.loss.aux_weight * aux, "loss_main": main, "loss_aux": aux}
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], base_rng: jax.Array,
+               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step: (state, batch, rng) -> (state, metrics)."""
+    rng = jax.random.fold_in(base_rng, state.step)
+
+    def loss_fn(params):
+        variables = {"params": params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        outputs, updates = state.apply_fn(variables, batch, train=True, rngs={"dropout": rng},
+                                          mutable=["batch_stats"])
+        parts = losses(config, outputs, batch)
+        return parts["loss"], (parts, updates.get("batch_stats", state.batch_stats), outputs)
+
+    grads, (parts, batch_stats, outputs) = jax.grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = dict(parts, grad_norm=optax.global_norm(grads))
+    if "audio_gate" in outputs:
+        mask = batch["mask"]
+        metrics["audio_gate_mean"] = jnp.sum(outputs["audio_gate"] * mask) / jnp.maximum(
+            mask.sum(), 1.0)
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    outputs = state.apply_fn(variables, batch, train=False)
+    keep = {"outputs": outputs["outputs"]}
+    if "audio_gate" in outputs:
+        keep["audio_gate"] = outputs["audio_gate"]
+    return keep
+
+
+class Trainer:
+    """Builds the model, mesh, shardings and jitted functions for a config."""
+
+    def __init__(self, config: ml_collections.ConfigDict, example: Mapping[str, np.ndarray],
+                 total_steps: int):
+        self.config = config
+        self.mesh = sharding.make_mesh(config.mesh)
+        self.data_size = self.mesh.shape["data"]
+        for key in ("train.batch_size", "eval.batch_size"):
+            value = config.train.batch_size if key.startswith("train") else config.eval.batch_size
+            if value % self.data_size:
+                raise config_lib.ConfigError(
+                    f"config.{key}={value} is not divisible by the {self.data_size} devices of "
+                    "the mesh's data axis")
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.replicated = sharding.replicated(self.mesh)
+        self.model = build_model(config.model)
+        self.tx = make_optimizer(config, total_steps)
+        self.base_rng = jax.random.key(config.seed)
+        example = {k: jnp.asarray(v[:1]) for k, v in example.items()}
+
+        def init(rng):
+            params_rng, dropout_rng = jax.random.split(rng)
+            variables = self.model.init({"params": params_rng, "dropout": dropout_rng}, example,
+                                        train=False)
+            return TrainState.create(apply_fn=self.model.apply, params=variables["params"],
+                                     tx=self.tx, batch_stats=variables.get("batch_stats", {}))
+
+        self._init = init
+        self.abstract_state = jax.eval_shape(init, self.base_rng)
+        self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
+        self.train_step = jax.jit(
+            functools.partial(train_step, config=config),
+            in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=(0,),
+        )
+        self.eval_step = jax.jit(eval_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                                 out_shardings=self.batch_sharding)
+
+    def init_state(self) -> TrainState:
+        return jax.jit(self._init, out_shardings=self.state_sharding)(self.base_rng)
+
+    def restore_target(self) -> Any:
+        return checkpointing.abstract_with_shardings(self.abstract_state, self.state_sharding)
+
+    def to_global(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        return pipeline.batches_to_global(local_batch, self.batch_sharding)
+
+    def predict(self, state: TrainState, plan: pipeline.EvalPlan) -> dict[str, dict]:
+        """Runs the model over an eval plan; returns per-session arrays [T, ...]."""
+        pi, pc = jax.process_index(), jax.process_count()
+        outputs = []
+        for batch in plan.batches:
+            local = {k: v[pi * len(v) // pc : (pi + 1) * len(v) // pc] for k, v in batch.items()}
+            out = self.eval_step(state, self.to_global(local))
+            outputs.append({k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                            for k, v in out.items()})
+        return pipeline.stitch(plan, outputs)
+
+
+def evaluate(trainer: Trainer, state: TrainState, plan: pipeline.EvalPlan,
+             sessions: Sequence[pipeline.PreparedSession], prefix: str) -> dict[str, float]:
+    """CCC / R^2 / RMSE pooled and per session, plus the mean audio gate."""
+    results = trainer.predict(state, plan)
+    predictions = {name: r["outputs"] for name, r in results.items()}
+    targets = {s.name: s.arrays["labels"] for s in sessions}
+    scores = metrics_lib.evaluate_sessions(predictions, targets)
+    if all("audio_gate" in r for r in results.values()):
+        scores["audio_gate_mean"] = float(np.mean(np.concatenate(
+            [r["audio_gate"] for r in results.values()])))
+    return {f"{prefix}/{k}": v for k, v in scores.items()}
+
+
+# ----------------------------------------------------------------------------------------- loop
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. some test runners): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        """True on every process if any process was asked to stop."""
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.array([self.requested]))
+        return bool(np.any(flags))
+
+
+def _drain(pending: list[tuple[int, dict]]) -> dict[str, float]:
+    """Fetches pending step metrics, stops on a non-finite loss naming the step, returns means."""
+    fetched = jax.device_get(pending)
+    for step, m in fetched:
+        if not np.isfinite(m["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(m['loss'])}) at step {step}; stopping. The last good "
+                "checkpoint is kept.")
+    means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]} if fetched else {}
+    pending.clear()
+    return means
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns dev metrics."""
+    config_lib.validate(config)
+    workdir = os.path.abspath(workdir)
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = os.path.join(workdir, "config.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        os.replace(tmp, os.path.join(workdir, "config.json"))
+
+    sessions = load_sessions(config, workdir)
+    eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
+    total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
+    trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)
+    data_iter = iter(pipeline.train_dataset(sessions, config, jax.process_index(),
+                                            jax.process_count()))
+    plan = pipeline.eval_plan(eval_sessions, config) if eval_sessions else None
+    writer = MetricWriter(workdir, enabled=is_chief)
+    ckpt = (checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}",
+                                       config.checkpoint.async_save)
+            if config.checkpoint.enabled else None)
+
+    start_step = 0
+    if ckpt is not None and ckpt.latest_step() is not None:
+        start_step = ckpt.latest_step()
+        state, _ = ckpt.restore(start_step, trainer.restore_target(), data_iter)
+        log.info("Resumed from %s at step %d.", ckpt.directory, start_step)
+    else:
+        state = trainer.init_state()
+        if is_chief:
+            params = sum(x.size for x in jax.tree.leaves(state.params))
+            log.info("Initialised %s model with %s parameters on %d device(s).",
+                     config.model.mode, f"{params:,}", trainer.data_size)
+            writer.write_hparams(dict(_flat_items(config)))
+
+    meta = {"config": json.loads(config.to_json_best_effort())}
+    pending: list[tuple[int, dict]] = []
+    last_eval: dict[str, float] = {}
+    t_start, step_start = time.time(), start_step
+    with _Preemption() as preemption:
+        step = start_step
+        try:
+            for step in range(start_step + 1, total_steps + 1):
+                batch = trainer.to_global(next(data_iter))
+                state, step_metrics = trainer.train_step(state, batch, trainer.base_rng)
+                pending.append((step, step_metrics))
+                last = step == total_steps
+                if step % config.train.log_every_steps == 0 or last:
+                    means = _drain(pending)
+                    elapsed = time.time() - t_start
+                    rate = (step - step_start) / max(elapsed, 1e-9)
+                    means["steps_per_second"] = rate
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+                    log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, total_steps,
+                             means["loss"], rate, _format_eta((total_steps - step) / rate))
+                evaluated = plan is not None and (step % config.train.eval_every_steps == 0 or last)
+                if evaluated:
+                    _drain(pending)
+                    last_eval = evaluate(trainer, state, plan, eval_sessions, "dev")
+                    writer.write_scalars(step, last_eval)
+                stop = preemption.agreed()
+                if ckpt is not None and (evaluated or stop or last
+                                         or step % config.train.checkpoint_every_steps == 0):
+                    _drain(pending)
+                    ckpt.save(step, state, data_iter, meta, last_eval if evaluated else None)
+                if stop:
+                    log.warning("SIGTERM received: saved step %d to %s; exiting. Re-run the same "
+                                "command to resume.", step, workdir)
+                    break
+        finally:
+            writer.flush()
+            if ckpt is not None:
+                ckpt.close()
+            writer.close()
+    if is_chief:
+        summary = {"step": step, **last_eval}
+        tmp = os.path.join(workdir, "final_metrics.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(workdir, "final_metrics.json"))
+    return last_eval
+
+
+def _flat_items(cfg: Mapping[str, Any], prefix: str = ""):
+    for key, value in cfg.items():
+        if isinstance(value, Mapping | ml_collections.ConfigDict):
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
