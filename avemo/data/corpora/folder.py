@@ -92,7 +92,9 @@ def read_splits(path: pathlib.Path) -> dict[str, str]:
     splits = {}
     for number, row in enumerate(rows[1:], start=2):
         if len(row) < 2 or row[1].strip() not in SPLITS:
-            raise CorpusError(f"{path}: line {number}: expected 'session,split' with split in {SPLITS}")
+            raise CorpusError(
+                f"{path}: line {number}: expected 'session,split' with split in {SPLITS}"
+            )
         splits[row[0].strip()] = row[1].strip()
     return splits
 
