@@ -324,9 +324,9 @@ def grid_features(
     del keys
     w_start, w_end = start[first_step], end[first_step]
     mean, std = window_statistics(frame_values, w_start, w_end)
-    rms = np.sqrt(analysis.energy / max(float(np.square(dsp.window(cfg.window, 2)).sum()), 1e-12))
+    # Autocorrelation is normalised by lag 0, so √E (∝ RMS) serves as the RMS envelope.
     beats = beat_histogram(
-        rms,
+        np.sqrt(analysis.energy),
         w_start,
         w_end,
         analysis.hop_seconds,
