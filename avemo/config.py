@@ -47,6 +47,7 @@ def model_defaults() -> ml_collections.ConfigDict:
     # Improved AlexNet (Sec. 4.2, Fig. 2): three 3x3 conv -> ReLU -> 2x2 max-pool -> BN blocks.
     m.alexnet = ml_collections.ConfigDict()
     m.alexnet.conv_features = (16, 32, 64)
+    m.alexnet.conv_strides = (1, 1, 1)
     m.alexnet.fc_features = (256, 256)
     m.alexnet.dropout = 0.3
     # "conv": FC layers as convolutions (the paper's literal form); "dense": reshape + dot with the

@@ -29,6 +29,7 @@ class BimodalModel(nn.Module):
 
     mode: str = "fusion"
     conv_features: Sequence[int] = (16, 32, 64)
+    conv_strides: Sequence[int] = (1, 1, 1)
     fc_features: Sequence[int] = (256, 256)
     alexnet_dropout: float = 0.3
     fc_impl: str = "dense"
@@ -50,7 +51,8 @@ class BimodalModel(nn.Module):
     def _face_features(self, faces: jax.Array, train: bool) -> jax.Array:
         b, length = faces.shape[:2]
         net = ImprovedAlexNet(
-            conv_features=self.conv_features, fc_features=self.fc_features,
+            conv_features=self.conv_features, conv_strides=self.conv_strides,
+            fc_features=self.fc_features,
             num_outputs=self.num_outputs, dropout=self.alexnet_dropout, fc_impl=self.fc_impl,
             dtype=self.dtype, name="alexnet",
         )
@@ -109,6 +111,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
     return BimodalModel(
         mode=model_cfg.mode,
         conv_features=tuple(model_cfg.alexnet.conv_features),
+        conv_strides=tuple(model_cfg.alexnet.conv_strides),
         fc_features=tuple(model_cfg.alexnet.fc_features),
         alexnet_dropout=model_cfg.alexnet.dropout,
         fc_impl=model_cfg.alexnet.fc_impl,

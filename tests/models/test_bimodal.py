@@ -1,0 +1,75 @@
+"""The composed model: shapes, modes, the gate of Eq. (30) and attention of Eq. (28-29)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avemo.models.attention import AudioGate, SpatialAttention, fuse
+from avemo.models.audio_cnn import AudioCNN
+from avemo.models.bimodal import BimodalModel
+
+
+def _batch(b=2, length=5, size=16, dim=6):
+    rng = np.random.default_rng(0)
+    return {
+        "faces": rng.integers(0, 255, (b, length, size, size, 1)).astype(np.uint8),
+        "audio_features": rng.standard_normal((b, length, dim)).astype(np.float32),
+        "spectrogram": rng.standard_normal((b, length, 12, 12)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("mode", ["fusion", "audio", "video"])
+def test_modes_give_per_step_outputs(mode):
+    model = BimodalModel(mode=mode, conv_features=(4, 8, 8), fc_features=(8, 8), lstm_features=8,
+                         audio_dense_features=8, attention_features=8, output_lstm_features=8,
+                         use_audio_cnn=True, audio_cnn_features=(2, 4, 4), audio_cnn_output_features=8)
+    batch = _batch()
+    variables = model.init(jax.random.key(0), batch)
+    out = model.apply(variables, batch)
+    assert out["outputs"].shape == (2, 5, 2)
+    assert ("audio_gate" in out) == (mode == "fusion")
+    if mode != "audio":
+        assert out["attention"].shape == (2, 5, 4)  # 16 / 2^3 = 2 -> 2x2 positions
+        np.testing.assert_allclose(out["attention"].sum(-1), 1.0, rtol=1e-5)
+    if mode == "fusion":
+        assert np.all((out["audio_gate"] > 0) & (out["audio_gate"] < 1))
+
+
+def test_attention_matches_eq_28_29_computed_by_hand():
+    fmap = jax.random.normal(jax.random.key(0), (1, 2, 3, 4))
+    query = jax.random.normal(jax.random.key(1), (1, 2, 5))
+    att = SpatialAttention(attention_features=6, context_features=7)
+    params = att.init(jax.random.key(2), fmap, query)["params"]
+    context, weights = att.apply({"params": params}, fmap, query)
+    W, Wg, wh, Wv = (params[k] for k in ("W", "W_g", "w_h", "W_v"))
+    scores = np.tanh(fmap @ W["kernel"] + W["bias"] + (query @ Wg["kernel"])[:, :, None, :])
+    scores = (scores @ wh["kernel"])[..., 0]
+    a = np.exp(scores - scores.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    c = np.einsum("blk,blkc->blc", a, fmap)  # Eq. (29) on F itself ...
+    np.testing.assert_allclose(weights, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(context, c @ Wv["kernel"] + Wv["bias"], rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_is_eq_30_and_gate_modes():
+    h, c = jnp.ones((1, 3, 2)), jnp.zeros((1, 3, 2))
+    beta = jnp.array([[0.0, 0.25, 1.0]])
+    np.testing.assert_allclose(fuse(h, c, beta)[0, :, 0], [0.0, 0.25, 1.0])
+    fixed = AudioGate(mode="fixed", fixed_value=0.3)
+    assert fixed.init(jax.random.key(0), h, c) == {}
+    np.testing.assert_allclose(fixed.apply({}, h, c), 0.3)
+    scalar = AudioGate(mode="scalar")
+    v = scalar.init(jax.random.key(0), h, c)
+    np.testing.assert_allclose(scalar.apply(v, h, c), 0.5)  # sigmoid(0)
+
+
+def test_audio_cnn_keeps_spatial_size_same_padding_stride_one_pools():
+    cnn = AudioCNN(output_features=3)
+    x = jnp.zeros((2, 120, 120))
+    variables = cnn.init(jax.random.key(0), x)
+    _, state = cnn.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    shapes = [state["intermediates"][f"Conv_{i}"]["__call__"][0].shape for i in range(3)]
+    assert shapes == [(2, 120, 120, 4), (2, 120, 120, 16), (2, 120, 120, 32)]
+    kernels = [variables["params"][f"Conv_{i}"]["kernel"].shape for i in range(3)]
+    assert kernels == [(2, 2, 1, 4), (3, 3, 4, 16), (3, 3, 16, 32)]
