@@ -1,4 +1,4 @@
-"""The AVEC2016 reader and validator on a hand-made copy of the official layout, and broken copies."""
+"""The AVEC2016 reader and validator: a hand-made copy of the official layout, and broken ones."""
 
 import pathlib
 import shutil
