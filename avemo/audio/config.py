@@ -69,6 +69,10 @@ def defaults() -> ml_collections.ConfigDict:
     cfg.features.opensmile_set = "eGeMAPSv02"
     # MFCC c1..c{n_mfcc} (DCT-II of the log-mel bands of the shared STFT).
     cfg.features.n_mfcc = 13
+    # Spectral centroid (Eq. 7) weights: "power" (|X|²) or "magnitude" (|X|, the paper's M).
+    # With magnitude, the Hamming side lobes spread over all bins drag a 250 Hz tone's centroid
+    # to ~440 Hz; with power it stays within 0.1% (see docs/audio.md).
+    cfg.features.centroid_weighting = "power"
     # Statistics window (AVEC2014 / the paper: 3 s long, 1 s shift).
     cfg.features.window_seconds = 3.0
     cfg.features.shift_seconds = 1.0

@@ -42,7 +42,9 @@ def spectral_centroid(magnitude: np.ndarray, frequencies: np.ndarray) -> np.ndar
     """Spectral centroid, Eq. (7): C_i = Σ_n f_n M_i[n] / Σ_n M_i[n] (Hz); 0 for a silent frame.
 
     Args:
-      magnitude: [F, bins] STFT magnitudes M_i[n].
+      magnitude: [F, bins] spectral weights M_i[n]: |X| as in the paper, or |X|² (the front
+        end's default, `features.centroid_weighting`), which keeps window side lobes from
+        biasing low tones.
       frequencies: [bins] bin frequencies f_n in Hz.
     """
     total = magnitude.sum(axis=-1, dtype=np.float64)
@@ -78,11 +80,16 @@ def mfcc(logmel: np.ndarray, n_mfcc: int) -> np.ndarray:
     return logmel @ dct_matrix(logmel.shape[-1], n_mfcc)
 
 
-def analyse_frames(pre_emphasised: np.ndarray, cfg: ml_collections.ConfigDict) -> FrameAnalysis:
-    """Frames, windows and one STFT shared by every frame-level descriptor (Steps 3–5).
+def analyse_frames(signal: np.ndarray, cfg: ml_collections.ConfigDict) -> FrameAnalysis:
+    """Pre-emphasis, frames, windows and one STFT shared by every frame descriptor (Steps 2–5).
+
+    Energy, log-mel, MFCC, centroid and flux use the pre-emphasised signal (Eq. 2). The ZCR
+    (Eq. 6) counts crossings of the signal itself: pre-emphasis whitens low-frequency noise
+    (hum, rumble) up to the ZCR of fricatives, which would remove the contrast the endpoint
+    detector's ZCR gate relies on.
 
     Args:
-      pre_emphasised: [n] signal after Eq. (2), at cfg.sample_rate.
+      signal: [n] samples at cfg.sample_rate (16-bit grid, not pre-emphasised).
       cfg: the audio config.
     """
     rate = cfg.sample_rate
@@ -91,13 +98,17 @@ def analyse_frames(pre_emphasised: np.ndarray, cfg: ml_collections.ConfigDict) -
     if cfg.n_fft < frame_length:
         raise ValueError(f"n_fft {cfg.n_fft} < frame length {frame_length} samples")
     w = dsp.window(cfg.window, frame_length)
-    frames = dsp.frame_signal(pre_emphasised, frame_length, hop)
+    frames = dsp.frame_signal(dsp.pre_emphasis(signal, cfg.pre_emphasis), frame_length, hop)
+    raw_frames = dsp.frame_signal(signal, frame_length, hop)
     count = frames.shape[0]
     filterbank = spectrogram.mel_filterbank(
         rate, cfg.n_fft, cfg.spectrogram.n_mels, cfg.spectrogram.fmin, cfg.spectrogram.fmax
     )
     frequencies = np.fft.rfftfreq(cfg.n_fft, 1.0 / rate)
     to_mfcc = dct_matrix(cfg.spectrogram.n_mels, cfg.features.n_mfcc)
+    if cfg.features.centroid_weighting not in ("power", "magnitude"):
+        raise ValueError(f"unknown features.centroid_weighting {cfg.features.centroid_weighting!r}")
+    by_power = cfg.features.centroid_weighting == "power"
     energy = np.empty(count)
     zcr = np.empty(count)
     centroid = np.empty(count)
@@ -106,16 +117,16 @@ def analyse_frames(pre_emphasised: np.ndarray, cfg: ml_collections.ConfigDict) -
     previous = None
     for lo in range(0, count, _CHUNK_FRAMES):
         hi = min(lo + _CHUNK_FRAMES, count)
-        raw = frames[lo:hi]
-        windowed = raw * w
+        windowed = frames[lo:hi] * w
         energy[lo:hi] = np.einsum("ij,ij->i", windowed, windowed, dtype=np.float64)  # Eq. (5)
-        zcr[lo:hi] = dsp.zero_crossing_rate(raw)
+        zcr[lo:hi] = dsp.zero_crossing_rate(raw_frames[lo:hi])
         magnitude = np.abs(scipy.fft.rfft(windowed, n=cfg.n_fft, axis=-1, workers=1))
-        centroid[lo:hi] = spectral_centroid(magnitude, frequencies)
+        power = np.square(magnitude)
+        centroid[lo:hi] = spectral_centroid(power if by_power else magnitude, frequencies)
         flux[lo:hi] = spectral_flux(magnitude, previous)
         norm = np.linalg.norm(magnitude[-1].astype(np.float64))
         previous = magnitude[-1] / norm if norm > 0 else np.zeros(magnitude.shape[-1])
-        logmel[lo:hi] = spectrogram.log_mel(np.square(magnitude), filterbank)
+        logmel[lo:hi] = spectrogram.log_mel(power, filterbank)
     return FrameAnalysis(
         hop_seconds=cfg.hop_seconds,
         energy=energy,

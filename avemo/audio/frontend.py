@@ -87,7 +87,7 @@ def extract(
     if signal.size < needed:
         signal = np.concatenate([signal, np.zeros(needed - signal.size, np.float32)])
 
-    analysis = features.analyse_frames(dsp.pre_emphasis(signal, cfg.pre_emphasis), cfg)
+    analysis = features.analyse_frames(signal, cfg)
     endpoint = cfg.endpoint
     frame_mask = dsp.endpoint_mask(
         analysis.energy_db,
