@@ -59,10 +59,82 @@ class FaceDetector:
 
     def largest(self, frame: np.ndarray) -> np.ndarray:
         """The largest face (by area) as float32 [4], or a row of NaN when there is none."""
-        boxes = self.detect(frame)
-        if boxes.shape[0] == 0:
+        return _largest(self.detect(frame))
+
+    def largest_near(
+        self, frame: np.ndarray, box: np.ndarray, margin: float, face_size: int, min_neighbors: int
+    ) -> np.ndarray:
+        """The largest face within `box` widened by `margin` per side (tracking search).
+
+        The region is scaled so that a face of `box`'s size is `face_size` pixels (never
+        upscaled) and searched without histogram equalisation; float32 [4] in source pixels,
+        NaN when there is none.
+        """
+        x0, y0, x1, y1 = crop_region(box, margin)
+        height, width = frame.shape[:2]
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        scale = max(1.0, float(box[2]) / face_size)
+        if min(x1 - x0, y1 - y0) < self._min_size * scale:
             return np.full(4, np.nan, np.float32)
-        return boxes[int(np.argmax(boxes[:, 2] * boxes[:, 3]))]
+        region = frame[y0:y1, x0:x1]
+        if scale > 1.0:
+            size = (round((x1 - x0) / scale), round((y1 - y0) / scale))
+            region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+        if region.ndim == 3:
+            region = cv2.cvtColor(region, cv2.COLOR_BGR2GRAY)
+        found = self._cascade.detectMultiScale(
+            region,
+            scaleFactor=self._scale_factor,
+            minNeighbors=min_neighbors,
+            minSize=(self._min_size, self._min_size),
+        )
+        if len(found) == 0:
+            return np.full(4, np.nan, np.float32)
+        boxes = np.asarray(found, np.float32).reshape(-1, 4) * np.float32(scale)
+        boxes[:, :2] += np.array([x0, y0], np.float32)
+        return _largest(boxes)
+
+
+def _largest(boxes: np.ndarray) -> np.ndarray:
+    if boxes.shape[0] == 0:
+        return np.full(4, np.nan, np.float32)
+    return boxes[int(np.argmax(boxes[:, 2] * boxes[:, 3]))]
+
+
+class FaceTracker:
+    """The largest face per step, searched near the previous step's face when there was one.
+
+    Full-frame search (`FaceDetector.largest`) on the first step, after a step without a face,
+    when the search near the previous face finds none, and every `full_detect_every_steps`.
+    """
+
+    def __init__(self, detector_cfg: ml_collections.ConfigDict):
+        self.detector = FaceDetector(detector_cfg)
+        self._track = bool(detector_cfg.track)
+        self._margin = float(detector_cfg.track_margin)
+        self._face_size = int(detector_cfg.track_face_size)
+        self._min_neighbors = int(detector_cfg.track_min_neighbors)
+        self._every = max(1, int(detector_cfg.full_detect_every_steps))
+        self._previous = np.full(4, np.nan, np.float32)
+        self._since_full = 0
+        self.full_searches = 0
+        self.near_searches = 0
+
+    def next(self, frame: np.ndarray) -> np.ndarray:
+        """The face box of the next step's frame (float32 [4], NaN when none)."""
+        box = np.full(4, np.nan, np.float32)
+        if self._track and np.isfinite(self._previous).all() and self._since_full < self._every:
+            self.near_searches += 1
+            box = self.detector.largest_near(
+                frame, self._previous, self._margin, self._face_size, self._min_neighbors
+            )
+            self._since_full += 1
+        if not np.isfinite(box).all():
+            self.full_searches += 1
+            box = self.detector.largest(frame)
+            self._since_full = 1
+        self._previous = box
+        return box
 
 
 def crop_region(box: np.ndarray, margin: float) -> tuple[int, int, int, int]:

@@ -78,7 +78,7 @@ def extract(
     if cfg.detector.num_threads > 0:
         cv2.setNumThreads(int(cfg.detector.num_threads))
 
-    detector = faces.FaceDetector(cfg.detector)
+    tracker = faces.FaceTracker(cfg.detector)
     smoother = faces.StreamingBoxSmoother(cfg.smoothing.max_gap_steps, cfg.smoothing.window_steps)
     channels = 1 if cfg.color_mode == "gray" else 3
     crops = np.zeros((num_steps, cfg.crop_size, cfg.crop_size, channels), np.uint8)
@@ -96,7 +96,7 @@ def extract(
     detected_index, detected_box = -1, None
     for step, frame_index, frame in io.step_frames(path, num_steps, step_seconds, frame_times):
         if frame_index != detected_index:  # several steps can show the same frame (fps < 25)
-            detected_index, detected_box = frame_index, detector.largest(frame)
+            detected_index, detected_box = frame_index, tracker.next(frame)
         waiting_frames[step] = frame
         for final in smoother.push(detected_box):
             finalise(*final)
