@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from generated_videos import astronaut_bgr
+from generated_videos import astronaut_bgr, face_patch
 
 from avemo.video import faces
 
@@ -114,3 +114,37 @@ def test_streaming_smoother_equals_whole_sequence(max_gap, window):
     assert [step for step, _, _ in results] == list(range(present.size))
     assert [flag for _, _, flag in results] == expected_present.tolist()
     np.testing.assert_allclose(np.stack([box for _, box, _ in results]), expected_boxes, rtol=1e-6)
+
+
+def _two_face_frames(with_big_face: bool) -> np.ndarray:
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    frame[20:220, 20:220] = face_patch(200)  # face ~86 px
+    if with_big_face:
+        frame[150:450, 300:600] = face_patch(300)  # face ~130 px
+    return frame
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_tracker_takes_a_larger_face_within_the_full_search_interval(video_cfg, track):
+    video_cfg.detector.detect_width = 640  # no downscaling: the small face is found too
+    video_cfg.detector.track = track
+    tracker = faces.FaceTracker(video_cfg.detector)
+    boxes = [tracker.next(_two_face_frames(step >= 5)) for step in range(25)]
+    small = [box for box in boxes[:5]]
+    assert all(20 <= box[0] <= 150 and box[2] < 110 for box in small)
+    switch = video_cfg.detector.full_detect_every_steps if track else 5
+    assert all(box[0] > 300 and box[2] > 110 for box in boxes[switch:])
+    if track:  # between the full searches it stays on the face it had
+        assert all(box[0] < 150 for box in boxes[5:switch])
+        assert tracker.near_searches > tracker.full_searches
+
+
+def test_tracker_falls_back_to_full_search_when_the_face_moves_or_leaves(video_cfg):
+    tracker = faces.FaceTracker(video_cfg.detector)
+    scene = np.full((240, 320, 3), 110, np.uint8)
+    left, right = scene.copy(), scene.copy()
+    left[20:220, 0:200] = face_patch(200)
+    right[40:240, 120:320] = face_patch(200)
+    first, moved, gone = tracker.next(left), tracker.next(right), tracker.next(scene)
+    assert first[0] < 100 and moved[0] > 140
+    assert np.isnan(gone).all()

@@ -16,12 +16,17 @@ def _absent_steps(result) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("fps", "fourcc", "suffix", "blank_frames"),
-    [(25, "mp4v", ".mp4", range(30, 45)), (30, "MJPG", ".avi", range(36, 54))],
+    ("fps", "fourcc", "suffix", "blank_frames", "track"),
+    [
+        (25, "mp4v", ".mp4", range(30, 45), True),
+        (25, "mp4v", ".mp4", range(30, 45), False),
+        (30, "MJPG", ".avi", range(36, 54), True),
+    ],
 )
 def test_face_absent_for_a_span_gives_zero_flag_exactly_there(
-    tmp_path, video_cfg, fps, fourcc, suffix, blank_frames
+    tmp_path, video_cfg, fps, fourcc, suffix, blank_frames, track
 ):
+    video_cfg.detector.track = track
     # 3 s of video; the face leaves from 1.2 s to 1.8 s, i.e. steps 30 ... 44.
     path = write_video(
         tmp_path / f"v{suffix}", 3 * fps, fps, lambda i: i not in blank_frames, fourcc=fourcc
