@@ -55,6 +55,7 @@ def load(
     if path.suffix.lower() in VIDEO_SUFFIXES:
         signal, rate = _decode_with_av(path)
     else:
+        _check_riff_size(path)  # Before any decoder: FFmpeg would read a cut WAV silently too.
         try:
             signal, rate = _decode_with_soundfile(path)
         except AudioError as sndfile_error:
@@ -138,7 +139,6 @@ def quantize_16bit(signal: np.ndarray) -> np.ndarray:
 
 def _decode_with_soundfile(path: Path) -> tuple[np.ndarray, float]:
     name = str(path)
-    _check_riff_size(path)
     try:
         signal, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError) as error:

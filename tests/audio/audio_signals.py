@@ -44,10 +44,10 @@ def bursts(
     return x
 
 
-def speech_like(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
+def speech_like(seconds: float, rate: int = RATE, seed: int = 0, noise: float = 1e-4) -> np.ndarray:
     """Syllable-like bursts of varying pitch and loudness separated by pauses."""
     rng = np.random.default_rng(seed)
-    x = 1e-4 * rng.standard_normal(int(round(seconds * rate)))
+    x = noise * rng.standard_normal(int(round(seconds * rate)))
     t = 0.2
     while t < seconds - 0.5:
         length = rng.uniform(0.15, 0.6)
