@@ -126,7 +126,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], base_rng: jax.
 
     grads, (parts, batch_stats, outputs) = jax.grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = dict(parts, grad_norm=optax.global_norm(grads))
+    metrics = dict(parts, grad_norm=optax.tree.norm(grads))
     if "audio_gate" in outputs:
         mask = batch["mask"]
         metrics["audio_gate_mean"] = jnp.sum(outputs["audio_gate"] * mask) / jnp.maximum(
@@ -291,7 +291,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = 0
     if ckpt is not None and ckpt.latest_step() is not None:
         start_step = ckpt.latest_step()
-        state, _ = ckpt.restore(start_step, trainer.restore_target(), data_iter)
+        try:
+            state, _ = ckpt.restore(start_step, trainer.restore_target(), data_iter)
+        except ValueError as err:
+            raise config_lib.ConfigError(
+                f"the checkpoint at step {start_step} in {ckpt.directory} does not match this "
+                "config (model or optimizer changed?); use a new --workdir. Orbax: "
+                f"{str(err).splitlines()[0]}") from err
         log.info("Resumed from %s at step %d.", ckpt.directory, start_step)
     else:
         state = trainer.init_state()

@@ -1,0 +1,26 @@
+"""One device vs 8 host CPU devices: the same loss for the same batch, close parameters after steps."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import ROOT
+
+
+def _run(devices: int, steps: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "tests/core/sharding_probe.py", str(steps)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_one_vs_eight_devices_same_loss_and_close_parameters():
+    one, eight = _run(1, 5), _run(8, 5)
+    assert one["devices"] == 1 and eight["devices"] == 8
+    np.testing.assert_allclose(eight["losses"][0], one["losses"][0], rtol=1e-6)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-4)
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-3, atol=1e-5)
