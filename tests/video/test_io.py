@@ -124,3 +124,30 @@ def test_unreadable_videos_raise_video_error_naming_the_file(tmp_path):
             list(io.step_frames(path, 10, STEP))
         assert str(path) in str(info.value)
         assert isinstance(info.value, ValueError)
+
+
+def test_variable_frame_rate_uses_the_real_frame_times(tmp_path):
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+
+    from generated_videos import make_frame
+
+    gaps = np.random.default_rng(0).choice([0.02, 0.04, 0.07, 0.1], 39)
+    times = np.round(np.cumsum(np.r_[0.0, gaps]), 3)
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=50)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for index, time_seconds in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(make_frame(index, True)[:, :, ::-1].copy(), "rgb24")
+            frame.pts, frame.time_base = round(time_seconds * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    num_steps = math.floor(times[-1] / STEP) + 1
+    expected = io.step_frame_indices(times, num_steps, STEP)
+    got = _decoded_steps(path, num_steps)
+    assert [got[k][1] for k in range(num_steps)] == expected.tolist()
+    assert len(set(expected.tolist())) < len(times)  # some frames are skipped, some repeated
