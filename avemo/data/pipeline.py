@@ -131,8 +131,11 @@ def train_dataset(
         config.audio if config.model.audio_cnn.enabled else None,
     )
     ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
-    ds = ds[process_index::process_count]
+    # Process p reads the p-th contiguous block of every global batch, which is where the mesh
+    # puts its rows: the global batch (content and order, hence dropout masks) is the same for
+    # any number of processes.
     ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+    ds = ds[process_index::process_count]
     return ds.to_iter_dataset()
 
 
