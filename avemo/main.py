@@ -1,7 +1,8 @@
 """Command line: `python -m avemo.main --config configs/X.py --workdir W [--config.key=value]`.
 
-Parses flags and calls `avemo.train.train_and_evaluate(config, workdir)`; configuration errors
-exit non-zero with one line.
+Parses flags, joins a multi-process run if launched as one (`avemo.distributed`: SLURM, or
+`--coordinator host:port --num_processes N --process_id i`), and calls
+`avemo.train.train_and_evaluate(config, workdir)`; configuration errors exit non-zero with one line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+flags.DEFINE_string("coordinator", None, "Multi-process: host:port of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index in [0, N).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,12 +44,15 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     configure_logging()
     from avemo import config as config_lib
-    from avemo import train
+    from avemo import distributed, train
 
     try:
         config_lib.validate(FLAGS.config)
+        if distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id):
+            distributed.quiet_unless_chief()
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_lib.ConfigError, train.NonFiniteLossError) as err:
+    except (config_lib.ConfigError, distributed.DistributedError,
+            train.NonFiniteLossError) as err:
         print(f"avemo: error: {err}", file=sys.stderr)
         sys.exit(2)
 
