@@ -1,0 +1,1 @@
+"""Experiment launching: sweep expansion and executors (local, SLURM), result collection, sbatch."""
