@@ -190,7 +190,8 @@ def _read_json(path: str) -> dict | None:
         return None
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to a temporary name next to `path`, then renames it into place."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -222,7 +223,7 @@ def is_finished(point: Point) -> bool:
 
 
 def mark_done(point: Point, step: int) -> None:
-    _write_atomic(os.path.join(point.workdir, DONE), f"{step}\n")
+    write_atomic(os.path.join(point.workdir, DONE), f"{step}\n")
 
 
 def finish_if_complete(point: Point) -> bool:
@@ -261,7 +262,7 @@ def write_point_file(point: Point, config_spec: str) -> None:
         "overrides": point.overrides,
         "command": command(point, config_spec),
     }
-    _write_atomic(os.path.join(point.workdir, POINT_FILE), json.dumps(record, indent=2) + "\n")
+    write_atomic(os.path.join(point.workdir, POINT_FILE), json.dumps(record, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------- executors
