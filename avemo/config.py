@@ -53,6 +53,9 @@ def model_defaults() -> ml_collections.ConfigDict:
     # "conv": FC layers as convolutions (the paper's literal form); "dense": reshape + dot with the
     # very same parameters (2-4x faster on XLA CPU, identical outputs).
     m.alexnet.fc_impl = "dense"
+    # Run the face CNN on every s-th label step and hold its features for s steps (1 = every
+    # step, the paper). The CNN dominates the step time on CPU; faces change slowly at 40 ms.
+    m.video_frame_stride = 1
     # Audio CNN (Sec. 6.2) over log-mel patches; disabled in the CPU default to save compute.
     m.audio_cnn = ml_collections.ConfigDict()
     m.audio_cnn.enabled = False
@@ -75,6 +78,10 @@ def model_defaults() -> ml_collections.ConfigDict:
     m.output_lstm_features = 64
     m.head_dropout = 0.1
     m.num_outputs = 2  # arousal, valence
+    # Stage-1 weights (avemo.stage1) for the video branch: a stage-1 dir or its workdir, "" =
+    # none; loaded at initialisation (not on resume). freeze_video: zero updates to the branch.
+    m.video_init = ""
+    m.freeze_video = False
     return m
 
 
@@ -88,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data.memory = memory.defaults()
     c.model = model_defaults()
+    c.stage1 = importlib.import_module("avemo.stage1").defaults()  # stage-1 face features
 
     c.loss = ml_collections.ConfigDict()
     c.loss.main = "rmse"  # rmse (Eq. 37) | ccc (1 - CCC, Eq. 35) | rmse+ccc
@@ -193,6 +201,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("set config.train.num_steps or config.train.num_epochs to a positive value")
     if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
+    if flat["model.video_frame_stride"] < 1:
+        raise ConfigError("config.model.video_frame_stride must be >= 1")
     if flat["loss.aux_weight"] < 0:
         raise ConfigError("config.loss.aux_weight (lambda) must be >= 0")
     if not 0.0 <= flat["model.fixed_gate_value"] <= 1.0:

@@ -95,7 +95,7 @@ def apply(features: np.ndarray, normalizer: Normalizer, names: Sequence[str] = (
         raise ValueError(
             f"features have {features.shape[-1]} columns, normaliser {normalizer.mean.shape[0]}"
         )
-    if names and normalizer.names and tuple(str(n) for n in names) != normalizer.names:
+    if len(names) and normalizer.names and tuple(str(n) for n in names) != normalizer.names:
         raise ValueError("feature columns differ from those the normaliser was fitted on")
     return ((features - normalizer.mean) / normalizer.std).astype(np.float32)
 

@@ -14,6 +14,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Corpus root directory. For "synthetic", an empty string means a per-user cache directory
     # (~/.cache/avemo/synthetic/<options hash>); the corpus is generated there on first use.
     cfg.root = ""
+    # Preparation cache (avemo.data.prepare): "" = $XDG_CACHE_HOME/avemo/prepared (~/.cache/...).
+    cfg.cache_dir = ""
+    cfg.prepare_workers = 2  # processes running the front ends in parallel
     # Label grid step in seconds (AVEC2016: 40 ms, 7501 steps for 300 s).
     cfg.step_seconds = 0.04
 

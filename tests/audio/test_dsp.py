@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from audio_signals import RATE, bursts, tone
+from tests.audio.audio_signals import RATE, bursts, tone
 
 from avemo.audio import config, dsp, features
 

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import soundfile
-from audio_signals import RATE, bursts, speech_like
+from tests.audio.audio_signals import RATE, bursts, speech_like
 
 from avemo.audio import AudioError, config, frontend, io, spectrogram
 

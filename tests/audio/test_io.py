@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 import soundfile
-from audio_signals import RATE, tone
+from tests.audio.audio_signals import RATE, tone
 
 from avemo.audio import AudioError, io
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from generated_videos import astronaut_bgr, face_patch
+from tests.video.generated_videos import astronaut_bgr, face_patch
 
 from avemo.video import faces
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from generated_videos import FACE_ORIGIN, FACE_PATCH, HEIGHT, WIDTH, write_video
+from tests.video.generated_videos import FACE_ORIGIN, FACE_PATCH, HEIGHT, WIDTH, write_video
 
 from avemo.video import frontend
 from avemo.video.errors import VideoError, VideoWarning

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from generated_videos import read_barcode, write_video
+from tests.video.generated_videos import read_barcode, write_video
 
 from avemo.video import io
 from avemo.video.errors import VideoError
@@ -130,7 +130,7 @@ def test_variable_frame_rate_uses_the_real_frame_times(tmp_path):
     av = pytest.importorskip("av")
     from fractions import Fraction
 
-    from generated_videos import make_frame
+    from tests.video.generated_videos import make_frame
 
     gaps = np.random.default_rng(0).choice([0.02, 0.04, 0.07, 0.1], 39)
     times = np.round(np.cumsum(np.r_[0.0, gaps]), 3)

@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m avemo.bench train|audio|video`): speed figures, never test assertions."""

@@ -1,0 +1,122 @@
+"""Train-step benchmark: step time, frames/s and achieved FLOP/s next to a measured matmul peak.
+
+`python -m avemo.bench train [--models default,paper] [--steps N]`. FLOPs come from XLA's cost
+analysis of the compiled step; XLA counts a scan/while body once, so the LSTMs' FLOPs are added
+analytically (2 * 4H * (D + H) multiply-adds per step and sample, x3 for forward + backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n x n float32 matmul, the reference peak of this device."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def _config(name: str):
+    from configs import default, paper
+
+    config = {"default": default, "paper": paper}[name].get_config()
+    if name == "paper" and jax.default_backend() == "cpu":
+        config.train.batch_size = 1  # a paper-shaped step on a CPU: one short window
+        config.train.window_steps = 8
+    return config
+
+
+def _lstm_flops(config, feature_dim: int) -> float:
+    m = config.model
+    b, length = config.train.batch_size, config.train.window_steps
+    layers = []
+    if m.mode in ("fusion", "audio"):
+        layers.append((m.audio_dense_features or feature_dim, m.lstm_features))
+    if m.mode == "video":
+        layers.append((m.audio_dense_features or m.alexnet.conv_features[-1], m.lstm_features))
+    if m.output_lstm_features:
+        layers.append((m.lstm_features, m.output_lstm_features))
+    per_step = sum(2 * 4 * h * (d + h) for d, h in layers)
+    return 3.0 * per_step * b * length
+
+
+def bench_model(name: str, steps: int) -> dict:
+    from avemo import train
+
+    config = _config(name)
+    b, length = config.train.batch_size, config.train.window_steps
+    size, channels = config.video.crop_size, 1 if config.video.color_mode == "gray" else 3
+    feature_dim = 93
+    rng = np.random.default_rng(0)
+    batch = {
+        "faces": rng.integers(0, 255, (b, length, size, size, channels), dtype=np.uint8),
+        "face_present": np.ones((b, length), np.float32),
+        "audio_features": rng.standard_normal((b, length, feature_dim)).astype(np.float32),
+        "speech_energy": np.ones((b, length), np.float32),
+        "labels": np.zeros((b, length, 2), np.float32),
+        "mask": np.ones((b, length), np.float32),
+    }
+    if config.model.audio_cnn.enabled:
+        from avemo.audio import spectrogram
+
+        pt, pf = spectrogram.patch_shape(config.audio)
+        batch["spectrogram"] = rng.standard_normal((b, length, pt, pf)).astype(np.float32)
+    trainer = train.Trainer(config, batch, steps + 1)
+    state = trainer.init_state()
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    global_batch = trainer.to_global(batch)
+    compiled = trainer.train_step.lower(state, global_batch, trainer.base_rng).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", 0.0)) + _lstm_flops(config, feature_dim) * (length - 1) / length
+    state, metrics = trainer.train_step(state, global_batch, trainer.base_rng)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, global_batch, trainer.base_rng)
+    jax.block_until_ready(metrics)
+    step_time = (time.perf_counter() - start) / steps
+    return {"model": name, "params": params, "batch": f"{b}x{length}", "crop": size,
+            "frame_stride": config.model.video_frame_stride, "step_s": step_time,
+            "frames_per_s": b * length / step_time, "flops_per_step": flops,
+            "flops_per_s": flops / step_time}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m avemo.bench train")
+    parser.add_argument("--models", default="default,paper")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, ".")
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1])
+    peak = matmul_peak()
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
+    print(f"matmul peak (2048^2 f32): {peak / 1e9:.1f} GFLOP/s")
+    print("| model | params | batch (windows x steps) | crop | frame stride | step (s) | "
+          "label frames/s | GFLOP/step | GFLOP/s | % of matmul peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        r = bench_model(name, args.steps)
+        print(f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['crop']} | "
+              f"{r['frame_stride']} | {r['step_s']:.4f} | {r['frames_per_s']:.0f} | "
+              f"{r['flops_per_step'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
+              f"{100 * r['flops_per_s'] / peak:.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,39 @@
+"""Default experiment: the embedded corpus end to end on a CPU (generation, preparation, training).
+
+Run: python -m avemo.main --config configs/default.py --workdir workdir/default
+
+The paper's fusion model (Eq. 27-31) sized for 2 CPU cores: 64x64 gray faces through a slim
+improved AlexNet, eGeMAPS + prior-knowledge audio features through a Dense + LSTM, attention and
+the audio/video gate with the auxiliary loss, RMSE main loss.
+"""
+
+from avemo.config import base_config
+
+
+def get_config(arg=None):  # noqa: ARG001
+    c = base_config()
+    c.data.corpus = "synthetic"
+    c.model.mode = "fusion"
+    c.model.alexnet.conv_features = (8, 16, 32)
+    c.model.alexnet.fc_features = (64, 64)
+    c.model.video_frame_stride = 4
+    c.model.audio_dense_features = 64
+    c.model.lstm_features = 64
+    c.model.attention_features = 32
+    c.model.output_lstm_features = 64
+    c.loss.main = "rmse"
+    c.loss.aux_weight = 0.1
+    c.train.learning_rate = 2e-3
+    c.train.schedule = "cosine"
+    c.train.warmup_steps = 50
+    c.train.batch_size = 8
+    c.train.window_steps = 150
+    c.train.window_hop_steps = 25
+    c.train.num_steps = 800
+    c.train.log_every_steps = 50
+    c.train.eval_every_steps = 200
+    c.train.checkpoint_every_steps = 200
+    c.eval.window_steps = 300
+    c.eval.context_steps = 100
+    c.eval.batch_size = 8
+    return c
