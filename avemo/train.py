@@ -95,6 +95,9 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
                           optax.identity(), optax.sgd(lr, momentum=t.momentum))
     if t.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), opt)
+    if config.model.freeze_video:  # stage-1 video branch kept fixed: zero updates for it
+        labels = lambda params: {k: "frozen" if k == "alexnet" else "train" for k in params}  # noqa: E731
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
     return opt
 
 
@@ -125,6 +128,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], base_rng: jax.
         return parts["loss"], (parts, updates.get("batch_stats", state.batch_stats), outputs)
 
     grads, (parts, batch_stats, outputs) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if config.model.freeze_video and "alexnet" in batch_stats:  # frozen: keep stage-1 BN stats
+        batch_stats = {**batch_stats, "alexnet": state.batch_stats["alexnet"]}
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = dict(parts, grad_norm=optax.tree.norm(grads))
     if "audio_gate" in outputs:
@@ -301,6 +306,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.info("Resumed from %s at step %d.", ckpt.directory, start_step)
     else:
         state = trainer.init_state()
+        if config.model.video_init:  # stage-1 face-feature weights (avemo.stage1), fresh runs only
+            from avemo import stage1
+
+            params, batch_stats = stage1.load_into(state.params, state.batch_stats,
+                                                   config.model.video_init)
+            state = state.replace(params=params, batch_stats=batch_stats)
+            log.info("Video branch initialised from %s.", config.model.video_init)
         if is_chief:
             params = sum(x.size for x in jax.tree.leaves(state.params))
             log.info("Initialised %s model with %s parameters on %d device(s).",
