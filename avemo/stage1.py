@@ -89,16 +89,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.validate(config)
     s = config.stage1
     if s.backbone not in BACKBONES:
-        raise config_lib.ConfigError(f"config.stage1.backbone={s.backbone!r} is not one of "
-                                     f"{BACKBONES}")
+        raise config_lib.ConfigError(
+            f"config.stage1.backbone={s.backbone!r} is not one of {BACKBONES}"
+        )
     if s.schedule not in ("constant", "cosine"):
-        raise config_lib.ConfigError(f"config.stage1.schedule={s.schedule!r} is not one of "
-                                     "('constant', 'cosine')")
+        raise config_lib.ConfigError(
+            f"config.stage1.schedule={s.schedule!r} is not one of ('constant', 'cosine')"
+        )
     if s.loss not in ("rmse", "ccc", "rmse+ccc"):
-        raise config_lib.ConfigError(f"config.stage1.loss={s.loss!r} is not one of "
-                                     "('rmse', 'ccc', 'rmse+ccc')")
-    for key in ("batch_size", "num_steps", "frame_stride", "eval_batch_size", "log_every_steps",
-                "eval_every_steps"):
+        raise config_lib.ConfigError(
+            f"config.stage1.loss={s.loss!r} is not one of ('rmse', 'ccc', 'rmse+ccc')"
+        )
+    for key in (
+        "batch_size",
+        "num_steps",
+        "frame_stride",
+        "eval_batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+    ):
         if s[key] <= 0:
             raise config_lib.ConfigError(f"config.stage1.{key} must be positive, got {s[key]}")
     if s.eval_max_frames < 0:
@@ -108,8 +117,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------------------- data
 
 
-def face_frames(sessions: Sequence[PreparedSession], splits: Sequence[str],
-                stride: int = 1) -> np.ndarray:
+def face_frames(
+    sessions: Sequence[PreparedSession], splits: Sequence[str], stride: int = 1
+) -> np.ndarray:
     """(session index, step) pairs [N, 2] of labelled steps with a face, every `stride`-th one.
 
     Session indices refer to `sessions`; only sessions of `splits` with labels are used.
@@ -139,19 +149,24 @@ class FrameSource(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         session, step = self._pairs[index]
-        return {"faces": np.asarray(self._faces[session][step]),
-                "labels": np.asarray(self._labels[session][step], np.float32)}
+        return {
+            "faces": np.asarray(self._faces[session][step]),
+            "labels": np.asarray(self._labels[session][step], np.float32),
+        }
 
     def __repr__(self) -> str:
         return self._repr
 
 
-def train_frames_dataset(source: FrameSource, batch_size: int, seed: int, process_index: int = 0,
-                         process_count: int = 1) -> grain.IterDataset:
+def train_frames_dataset(
+    source: FrameSource, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
     """Seeded shuffle (reshuffled every epoch), repeated; process p reads block p of each batch."""
     if batch_size % process_count:
-        raise config_lib.ConfigError(f"config.stage1.batch_size={batch_size} is not divisible by "
-                                     f"the number of processes ({process_count})")
+        raise config_lib.ConfigError(
+            f"config.stage1.batch_size={batch_size} is not divisible by "
+            f"the number of processes ({process_count})"
+        )
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
     ds = ds.batch(batch_size // process_count, drop_remainder=True)
     return ds[process_index::process_count].to_iter_dataset()
@@ -167,8 +182,9 @@ def eval_frames(pairs: np.ndarray, max_frames: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- model
 
 
-def train_step(state: Any, batch: Mapping[str, jax.Array], base_rng: jax.Array,
-               loss_kind: str) -> tuple[Any, dict[str, jax.Array]]:
+def train_step(
+    state: Any, batch: Mapping[str, jax.Array], base_rng: jax.Array, loss_kind: str
+) -> tuple[Any, dict[str, jax.Array]]:
     """One optimisation step on a batch of frames: (state, batch, rng) -> (state, metrics)."""
     rng = jax.random.fold_in(base_rng, state.step)
 
@@ -176,8 +192,9 @@ def train_step(state: Any, batch: Mapping[str, jax.Array], base_rng: jax.Array,
         variables = {"params": params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        out, updates = state.apply_fn(variables, batch["faces"], train=True,
-                                      rngs={"dropout": rng}, mutable=["batch_stats"])
+        out, updates = state.apply_fn(
+            variables, batch["faces"], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
         # Frames as one sequence of length B: the per-dimension RMSE of Eq. (37) over the batch.
         mask = jnp.ones(batch["labels"].shape[:1], jnp.float32)[None]
         loss = objectives.main_loss(loss_kind, out["outputs"][None], batch["labels"][None], mask)
@@ -218,7 +235,8 @@ class Stage1Trainer:
             if s[key] % self.data_size:
                 raise config_lib.ConfigError(
                     f"config.stage1.{key}={s[key]} is not divisible by the {self.data_size} "
-                    "devices of the mesh's data axis")
+                    "devices of the mesh's data axis"
+                )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
         self.model = build_backbone(s.backbone, config)
@@ -228,10 +246,15 @@ class Stage1Trainer:
 
         def init(rng):
             params_rng, dropout_rng = jax.random.split(rng)
-            variables = self.model.init({"params": params_rng, "dropout": dropout_rng}, example,
-                                        train=False)
-            return TrainState.create(apply_fn=self.model.apply, params=variables["params"], tx=tx,
-                                     batch_stats=variables.get("batch_stats", {}))
+            variables = self.model.init(
+                {"params": params_rng, "dropout": dropout_rng}, example, train=False
+            )
+            return TrainState.create(
+                apply_fn=self.model.apply,
+                params=variables["params"],
+                tx=tx,
+                batch_stats=variables.get("batch_stats", {}),
+            )
 
         abstract = jax.eval_shape(init, self.base_rng)
         self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
@@ -242,25 +265,30 @@ class Stage1Trainer:
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=(0,),
         )
-        self.predict_step = jax.jit(predict_step,
-                                    in_shardings=(self.state_sharding, self.batch_sharding),
-                                    out_shardings=self.batch_sharding)
+        self.predict_step = jax.jit(
+            predict_step,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=self.batch_sharding,
+        )
 
     def to_global(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
-                for k, v in local.items()}
+        return {
+            k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in local.items()
+        }
 
     def predict(self, state: Any, faces: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs [N, 2] for frames [N, H, W, C] (the last batch zero-padded, then cut)."""
         pi, pc = jax.process_index(), jax.process_count()
         outputs = []
         for start in range(0, len(faces), batch_size):
-            batch = faces[start:start + batch_size]
+            batch = faces[start : start + batch_size]
             real = len(batch)
             if real < batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:],
-                                                        batch.dtype)])
-            local = batch[pi * batch_size // pc:(pi + 1) * batch_size // pc]
+                batch = np.concatenate(
+                    [batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)]
+                )
+            local = batch[pi * batch_size // pc : (pi + 1) * batch_size // pc]
             out = self.predict_step(state, self.to_global({"faces": local})["faces"])
             outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True))[:real])
         return np.concatenate(outputs) if outputs else np.zeros((0, 2), np.float32)
@@ -274,8 +302,9 @@ def evaluate(predictions: np.ndarray, labels: np.ndarray, prefix: str) -> dict[s
         out[f"{prefix}/ccc/{dim}"] = metrics_lib.ccc(predictions[:, d], labels[:, d])
         out[f"{prefix}/rmse/{dim}"] = metrics_lib.rmse(predictions[:, d], labels[:, d])
     for metric in ("r2", "ccc", "rmse"):
-        out[f"{prefix}/{metric}/mean"] = float(np.mean(
-            [out[f"{prefix}/{metric}/{dim}"] for dim in metrics_lib.DIMENSIONS]))
+        out[f"{prefix}/{metric}/mean"] = float(
+            np.mean([out[f"{prefix}/{metric}/{dim}"] for dim in metrics_lib.DIMENSIONS])
+        )
     out[f"{prefix}/loss"] = out[f"{prefix}/rmse/mean"]
     return out
 
@@ -320,25 +349,38 @@ def train_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     t_data = time.time() - t_begin
     source = FrameSource(sessions, train_pairs)
     trainer = Stage1Trainer(config, source[0]["faces"][None])
-    data_iter = iter(train_frames_dataset(source, s.batch_size, config.seed, jax.process_index(),
-                                          jax.process_count()))
-    eval_faces = np.stack([sessions[i].arrays["faces"][t] for i, t in held_out]) if len(
-        held_out) else None
-    eval_labels = np.stack([sessions[i].arrays["labels"][t] for i, t in held_out]).astype(
-        np.float32) if len(held_out) else None
+    data_iter = iter(
+        train_frames_dataset(
+            source, s.batch_size, config.seed, jax.process_index(), jax.process_count()
+        )
+    )
+    eval_faces = (
+        np.stack([sessions[i].arrays["faces"][t] for i, t in held_out]) if len(held_out) else None
+    )
+    eval_labels = (
+        np.stack([sessions[i].arrays["labels"][t] for i, t in held_out]).astype(np.float32)
+        if len(held_out)
+        else None
+    )
     state = trainer.init_state()
     num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-    log.info("Stage 1: %s with %s parameters, %d training frames, %d held-out frames, "
-             "%d device(s).", s.backbone, f"{num_params:,}", len(train_pairs), len(held_out),
-             trainer.data_size)
+    log.info(
+        "Stage 1: %s with %s parameters, %d training frames, %d held-out frames, %d device(s).",
+        s.backbone,
+        f"{num_params:,}",
+        len(train_pairs),
+        len(held_out),
+        trainer.data_size,
+    )
     writer = MetricWriter(out_dir, enabled=is_chief)
     pending: list[dict[str, jax.Array]] = []
     last_eval: dict[str, float] = {}
     t_train = time.time()
     try:
         for step in range(1, s.num_steps + 1):
-            state, step_metrics = trainer.train_step(state, trainer.to_global(next(data_iter)),
-                                                     trainer.base_rng)
+            state, step_metrics = trainer.train_step(
+                state, trainer.to_global(next(data_iter)), trainer.base_rng
+            )
             pending.append(step_metrics)
             last = step == s.num_steps
             if step % s.log_every_steps == 0 or last:
@@ -357,10 +399,17 @@ def train_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         save_weights(out_dir, s.backbone, state.params, state.batch_stats)
     finally:
         writer.close()
-    summary = {"backbone": s.backbone, "step": s.num_steps, "num_params": num_params,
-               "train_frames": len(train_pairs), "eval_frames": len(held_out),
-               "data_seconds": t_data, "train_seconds": train_seconds,
-               "wall_seconds": time.time() - t_begin, **last_eval}
+    summary = {
+        "backbone": s.backbone,
+        "step": s.num_steps,
+        "num_params": num_params,
+        "train_frames": len(train_pairs),
+        "eval_frames": len(held_out),
+        "data_seconds": t_data,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.time() - t_begin,
+        **last_eval,
+    }
     if is_chief:
         _write_json(os.path.join(workdir, "stage1_metrics.json"), summary)
     return summary
@@ -370,8 +419,10 @@ def train_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
 
 
 def _shapes(tree: Any) -> dict[str, list[int]]:
-    return {jax.tree_util.keystr(path): list(np.shape(leaf))
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        jax.tree_util.keystr(path): list(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def save_weights(out_dir: str, backbone: str, params: Any, batch_stats: Any) -> None:
@@ -382,8 +433,9 @@ def save_weights(out_dir: str, backbone: str, params: Any, batch_stats: Any) -> 
     checkpointer.wait_until_finished()
     checkpointer.close()
     if jax.process_index() == 0:
-        _write_json(os.path.join(out_dir, META_FILE),
-                    {"backbone": backbone, "shapes": _shapes(tree)})
+        _write_json(
+            os.path.join(out_dir, META_FILE), {"backbone": backbone, "shapes": _shapes(tree)}
+        )
 
 
 def _resolve(path: str) -> str:
@@ -394,11 +446,13 @@ def _resolve(path: str) -> str:
             return candidate
     raise config_lib.ConfigError(
         f"config.model.video_init={path!r} holds no stage-1 weights (no {META_FILE} there or in "
-        f"{STAGE1_DIR}/); run `python -m avemo.stage1` first")
+        f"{STAGE1_DIR}/); run `python -m avemo.stage1` first"
+    )
 
 
-def load_into(state_params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-              path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_into(
+    state_params: Mapping[str, Any], batch_stats: Mapping[str, Any], path: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Replaces the bimodal model's video branch (`alexnet`) by the stage-1 weights at `path`.
 
     The stage-1 backbone must be the improved AlexNet with the same sizes (`config.model.alexnet`
@@ -414,12 +468,17 @@ def load_into(state_params: Mapping[str, Any], batch_stats: Mapping[str, Any],
     if meta["backbone"] != "improved_alexnet":
         raise config_lib.ConfigError(
             f"stage-1 weights in {directory} are a {meta['backbone']!r} backbone; the bimodal "
-            "model's video branch is the improved AlexNet (stage1.backbone='improved_alexnet')")
+            "model's video branch is the improved AlexNet (stage1.backbone='improved_alexnet')"
+        )
     if VIDEO_BRANCH not in state_params:
-        raise config_lib.ConfigError("config.model.video_init is set but the model has no video "
-                                     "branch (config.model.mode='audio')")
-    target = {"params": state_params[VIDEO_BRANCH],
-              "batch_stats": batch_stats.get(VIDEO_BRANCH, {}) if batch_stats else {}}
+        raise config_lib.ConfigError(
+            "config.model.video_init is set but the model has no video "
+            "branch (config.model.mode='audio')"
+        )
+    target = {
+        "params": state_params[VIDEO_BRANCH],
+        "batch_stats": batch_stats.get(VIDEO_BRANCH, {}) if batch_stats else {},
+    }
     expected, stored = _shapes(target), meta["shapes"]
     if expected != stored:
         diff = sorted(k for k in set(expected) | set(stored) if expected.get(k) != stored.get(k))
@@ -427,9 +486,11 @@ def load_into(state_params: Mapping[str, Any], batch_stats: Mapping[str, Any],
         raise config_lib.ConfigError(
             f"stage-1 weights in {directory} do not fit the video branch: {key} is "
             f"{stored.get(key)} there and {expected.get(key)} here (config.model.alexnet sizes "
-            "and face size must match stage 1)")
+            "and face size must match stage 1)"
+        )
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
+    )
     checkpointer = ocp.StandardCheckpointer()
     restored = checkpointer.restore(os.path.join(directory, WEIGHTS_DIR), abstract)
     checkpointer.close()
@@ -451,10 +512,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     from avemo.main import configure_logging
 
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "Stage-1 config file (configs/stage1*.py).",
-                                    flag_values=flag_values, lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for stage-1 weights and metrics.",
-                        flag_values=flag_values)
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Stage-1 config file (configs/stage1*.py).",
+        flag_values=flag_values,
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Directory for stage-1 weights and metrics.", flag_values=flag_values
+    )
     flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
     try:
         flag_values(list(sys.argv if argv is None else argv))
@@ -471,8 +538,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except config_lib.ConfigError as err:
         print(f"avemo.stage1: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({k: v for k, v in summary.items() if "/r2/" in k or "seconds" in k},
-                     indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if "/r2/" in k or "seconds" in k}, indent=2))
 
 
 if __name__ == "__main__":

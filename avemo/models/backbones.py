@@ -54,8 +54,9 @@ class _Head(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         for i, features in enumerate(self.fc_features):
-            x = FullyConnectedAsConv(features, impl=self.fc_impl, dtype=self.dtype,
-                                     name=f"fc{i + 1}")(x)
+            x = FullyConnectedAsConv(
+                features, impl=self.fc_impl, dtype=self.dtype, name=f"fc{i + 1}"
+            )(x)
             x = nn.relu(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         embedding = x.reshape(x.shape[0], -1)
@@ -84,13 +85,20 @@ class TraditionalAlexNet(nn.Module):
         layers = list(zip(self.conv_features, self.kernel_sizes, self.conv_strides, strict=True))
         pool_after = {0, 1, len(layers) - 1}
         for i, (features, kernel, stride) in enumerate(layers):
-            x = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                        dtype=self.dtype, name=f"conv{i + 1}")(x)
+            x = nn.Conv(
+                features,
+                (kernel, kernel),
+                strides=(stride, stride),
+                padding="SAME",
+                dtype=self.dtype,
+                name=f"conv{i + 1}",
+            )(x)
             x = nn.relu(x)
             if i in pool_after:
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-        embedding, outputs = _Head(self.fc_features, self.num_outputs, self.dropout,
-                                   self.fc_impl, self.dtype, name="head")(x, train)
+        embedding, outputs = _Head(
+            self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, name="head"
+        )(x, train)
         return {"feature_map": x, "embedding": embedding, "outputs": outputs}
 
 
@@ -110,12 +118,18 @@ class VGGNet(nn.Module):
         x = _to_float(images, self.dtype)
         for b, features in enumerate(self.block_features):
             for j in range(self.convs_per_block):
-                x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype,
-                            name=f"block{b + 1}_conv{j + 1}")(x)
+                x = nn.Conv(
+                    features,
+                    (3, 3),
+                    padding="SAME",
+                    dtype=self.dtype,
+                    name=f"block{b + 1}_conv{j + 1}",
+                )(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        embedding, outputs = _Head(self.fc_features, self.num_outputs, self.dropout,
-                                   self.fc_impl, self.dtype, name="head")(x, train)
+        embedding, outputs = _Head(
+            self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, name="head"
+        )(x, train)
         return {"feature_map": x, "embedding": embedding, "outputs": outputs}
 
 
@@ -128,8 +142,13 @@ class _ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding="SAME",
-                    use_bias=False, dtype=self.dtype)(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            padding="SAME",
+            use_bias=False,
+            dtype=self.dtype,
+        )(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
         return nn.relu(x)
 
@@ -181,8 +200,9 @@ class InceptionNet(nn.Module):
             x = InceptionModule(tuple(features), self.dtype, name=f"inception{i + 1}")(x, train)
             if i in tuple(self.pool_after):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        embedding, outputs = _Head(self.fc_features, self.num_outputs, self.dropout,
-                                   self.fc_impl, self.dtype, name="head")(x, train)
+        embedding, outputs = _Head(
+            self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, name="head"
+        )(x, train)
         return {"feature_map": x, "embedding": embedding, "outputs": outputs}
 
 
@@ -199,23 +219,38 @@ def build_backbone(name: str, cfg: ml_collections.ConfigDict) -> nn.Module:
     """
     m = cfg.model
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
-    head = {"fc_features": tuple(m.alexnet.fc_features), "num_outputs": m.num_outputs,
-            "dropout": m.alexnet.dropout, "fc_impl": m.alexnet.fc_impl, "dtype": dtype}
+    head = {
+        "fc_features": tuple(m.alexnet.fc_features),
+        "num_outputs": m.num_outputs,
+        "dropout": m.alexnet.dropout,
+        "fc_impl": m.alexnet.fc_impl,
+        "dtype": dtype,
+    }
     if name == "improved_alexnet":
-        return ImprovedAlexNet(conv_features=tuple(m.alexnet.conv_features),
-                               conv_strides=tuple(m.alexnet.conv_strides), **head)
+        return ImprovedAlexNet(
+            conv_features=tuple(m.alexnet.conv_features),
+            conv_strides=tuple(m.alexnet.conv_strides),
+            **head,
+        )
     if name == "alexnet":
         a = cfg.stage1.alexnet
-        return TraditionalAlexNet(conv_features=tuple(a.conv_features),
-                                  kernel_sizes=tuple(a.kernel_sizes),
-                                  conv_strides=tuple(a.conv_strides), **head)
+        return TraditionalAlexNet(
+            conv_features=tuple(a.conv_features),
+            kernel_sizes=tuple(a.kernel_sizes),
+            conv_strides=tuple(a.conv_strides),
+            **head,
+        )
     if name == "vgg":
         v = cfg.stage1.vgg
-        return VGGNet(block_features=tuple(v.block_features),
-                      convs_per_block=v.convs_per_block, **head)
+        return VGGNet(
+            block_features=tuple(v.block_features), convs_per_block=v.convs_per_block, **head
+        )
     if name == "inception":
         i = cfg.stage1.inception
-        return InceptionNet(stem_features=i.stem_features,
-                            module_features=tuple(tuple(f) for f in i.module_features),
-                            pool_after=tuple(i.pool_after), **head)
+        return InceptionNet(
+            stem_features=i.stem_features,
+            module_features=tuple(tuple(f) for f in i.module_features),
+            pool_after=tuple(i.pool_after),
+            **head,
+        )
     raise ValueError(f"unknown backbone {name!r} (expected one of {BACKBONES})")
