@@ -27,11 +27,17 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             best_fn=get_metric,
             best_mode="max",
-            preservation_policy=policies.AnyPreservationPolicy([
-                policies.LatestN(1),
-                policies.BestN(get_metric_fn=get_metric, reverse=False, n=1,
-                               keep_checkpoints_without_metrics=False),
-            ]),
+            preservation_policy=policies.AnyPreservationPolicy(
+                [
+                    policies.LatestN(1),
+                    policies.BestN(
+                        get_metric_fn=get_metric,
+                        reverse=False,
+                        n=1,
+                        keep_checkpoints_without_metrics=False,
+                    ),
+                ]
+            ),
         )
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -42,8 +48,14 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self._manager.best_step()
 
-    def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict,
-             metrics: dict[str, float] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_iterator: Any | None,
+        meta: dict,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -51,7 +63,9 @@ class Checkpointer:
             metrics = None
         self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
-    def restore(self, step: int, abstract_state: Any, data_iterator: Any | None) -> tuple[Any, dict]:
+    def restore(
+        self, step: int, abstract_state: Any, data_iterator: Any | None
+    ) -> tuple[Any, dict]:
         """Restores the state (onto the shardings of `abstract_state`) and the iterator in place."""
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
         if data_iterator is not None:
@@ -60,8 +74,9 @@ class Checkpointer:
         return restored["state"], restored["meta"]
 
     def restore_meta(self, step: int) -> dict:
-        return self._manager.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"
+        ]
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -74,4 +89,5 @@ class Checkpointer:
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the target shardings, the restore target Orbax expects."""
     return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )

@@ -193,12 +193,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "loss.main", ("rmse", "ccc", "rmse+ccc"))
     _check_choice(flat, "train.optimizer", ("adam", "sgd"))
     _check_choice(flat, "train.schedule", ("constant", "cosine"))
-    for key in ("train.batch_size", "train.window_steps", "train.window_hop_steps",
-                "train.log_every_steps", "eval.window_steps", "eval.batch_size"):
+    for key in (
+        "train.batch_size",
+        "train.window_steps",
+        "train.window_hop_steps",
+        "train.log_every_steps",
+        "eval.window_steps",
+        "eval.batch_size",
+    ):
         if flat[key] <= 0:
             raise ConfigError(f"config.{key} must be positive, got {flat[key]}")
     if flat["train.num_steps"] <= 0 and flat["train.num_epochs"] <= 0:
-        raise ConfigError("set config.train.num_steps or config.train.num_epochs to a positive value")
+        raise ConfigError(
+            "set config.train.num_steps or config.train.num_epochs to a positive value"
+        )
     if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
     if flat["model.video_frame_stride"] < 1:

@@ -14,8 +14,9 @@ from absl import app, flags  # noqa: F401 (app.UsageError)
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 flags.DEFINE_string("coordinator", None, "Multi-process: host:port of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -32,8 +33,9 @@ class _DropExpectedOrbaxNoise(logging.Filter):
 
 def configure_logging() -> None:
     """avemo's own progress at INFO; libraries (Orbax logs through absl) at WARNING."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
     logging.getLogger("avemo").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("absl").addFilter(_DropExpectedOrbaxNoise())
@@ -51,8 +53,7 @@ def main(argv):
         if distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id):
             distributed.quiet_unless_chief()
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_lib.ConfigError, distributed.DistributedError,
-            train.NonFiniteLossError) as err:
+    except (config_lib.ConfigError, distributed.DistributedError, train.NonFiniteLossError) as err:
         print(f"avemo: error: {err}", file=sys.stderr)
         sys.exit(2)
 
@@ -71,8 +72,7 @@ def run(argv: list[str] | None = None) -> None:
         remaining = FLAGS(argv)
     except (AttributeError, KeyError) as err:  # ConfigDict: --config.<unknown key>=...
         field = str(err).strip("'\"")
-        print(f"avemo: error: unknown config key {_override_naming(field, argv)}",
-              file=sys.stderr)
+        print(f"avemo: error: unknown config key {_override_naming(field, argv)}", file=sys.stderr)
         sys.exit(2)
     except flags.Error as err:  # wrong type, missing required flag, unreadable config file
         print(f"avemo: error: {err}", file=sys.stderr)
@@ -81,8 +81,10 @@ def run(argv: list[str] | None = None) -> None:
         FLAGS.config.keys()  # config_flags defers config-file errors to first access
     except Exception as err:  # noqa: BLE001 -- any failure to load the file is one user error
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        print(f"avemo: error: cannot load {FLAGS['config'].config_filename}: {lines[-1]}",
-              file=sys.stderr)
+        print(
+            f"avemo: error: cannot load {FLAGS['config'].config_filename}: {lines[-1]}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     main(remaining)
 

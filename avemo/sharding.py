@@ -15,8 +15,9 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     if size <= 0 or size > len(devices) or len(devices) % size:
         raise ValueError(f"config.mesh.data={mesh_cfg.data} does not fit {len(devices)} devices")
     # Auto axes: jit propagates shardings from the in/out annotations (no explicit-mode typing).
-    return jax.make_mesh((size,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=devices[:size])
+    return jax.make_mesh(
+        (size,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:size]
+    )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -48,7 +48,9 @@ class NonFiniteLossError(RuntimeError):
 # ----------------------------------------------------------------------------------------- data
 
 
-def load_sessions(config: ml_collections.ConfigDict, workdir: str) -> list[pipeline.PreparedSession]:
+def load_sessions(
+    config: ml_collections.ConfigDict, workdir: str
+) -> list[pipeline.PreparedSession]:
     """Model-ready sessions for `config.data.corpus` ("memory" needs no files)."""
     if config.data.corpus == "memory":
         from avemo.data import memory
@@ -66,12 +68,16 @@ def num_train_steps(config: ml_collections.ConfigDict, windows_per_epoch: int) -
     return max(1, int(config.train.num_epochs * windows_per_epoch // config.train.batch_size))
 
 
-def example_batch(sessions: Sequence[pipeline.PreparedSession],
-                  config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+def example_batch(
+    sessions: Sequence[pipeline.PreparedSession], config: ml_collections.ConfigDict, batch_size: int
+) -> dict[str, np.ndarray]:
     """A batch of the training shapes (zeros), for initialisation and benchmarks."""
     source = pipeline.WindowSource(
-        [s for s in sessions if s.split == "train"][:1], config.train.window_steps,
-        config.train.window_hop_steps, config.audio if config.model.audio_cnn.enabled else None)
+        [s for s in sessions if s.split == "train"][:1],
+        config.train.window_steps,
+        config.train.window_hop_steps,
+        config.audio if config.model.audio_cnn.enabled else None,
+    )
     item = source[0]
     return {k: np.zeros((batch_size,) + v.shape, v.dtype) for k, v in item.items()}
 
@@ -79,11 +85,14 @@ def example_batch(sessions: Sequence[pipeline.PreparedSession],
 # ---------------------------------------------------------------------------------------- model
 
 
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation:
     t = config.train
     if t.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
-                                                max(total_steps, t.warmup_steps + 1))
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, t.learning_rate, t.warmup_steps, max(total_steps, t.warmup_steps + 1)
+        )
     elif t.warmup_steps:
         lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
     else:
@@ -91,8 +100,10 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
     if t.optimizer == "adam":
         opt = optax.adamw(lr, weight_decay=t.weight_decay) if t.weight_decay else optax.adam(lr)
     else:
-        opt = optax.chain(optax.add_decayed_weights(t.weight_decay) if t.weight_decay else
-                          optax.identity(), optax.sgd(lr, momentum=t.momentum))
+        opt = optax.chain(
+            optax.add_decayed_weights(t.weight_decay) if t.weight_decay else optax.identity(),
+            optax.sgd(lr, momentum=t.momentum),
+        )
     if t.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), opt)
     if config.model.freeze_video:  # stage-1 video branch kept fixed: zero updates for it
@@ -101,20 +112,30 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
     return opt
 
 
-def losses(config: ml_collections.ConfigDict, outputs: Mapping[str, jax.Array],
-           batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def losses(
+    config: ml_collections.ConfigDict,
+    outputs: Mapping[str, jax.Array],
+    batch: Mapping[str, jax.Array],
+) -> dict[str, jax.Array]:
     """total = main + lambda * aux (Eq. 31); aux is 0 when the model has no gate."""
-    main = objectives.main_loss(config.loss.main, outputs["outputs"], batch["labels"], batch["mask"])
+    main = objectives.main_loss(
+        config.loss.main, outputs["outputs"], batch["labels"], batch["mask"]
+    )
     if "audio_gate" in outputs:
-        aux = objectives.aux_modality_loss(outputs["audio_gate"], batch["speech_energy"],
-                                           batch["face_present"], batch["mask"])
+        aux = objectives.aux_modality_loss(
+            outputs["audio_gate"], batch["speech_energy"], batch["face_present"], batch["mask"]
+        )
     else:
         aux = jnp.zeros((), jnp.float32)
     return {"loss": main + config.loss.aux_weight * aux, "loss_main": main, "loss_aux": aux}
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], base_rng: jax.Array,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    base_rng: jax.Array,
+    config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step: (state, batch, rng) -> (state, metrics)."""
     rng = jax.random.fold_in(base_rng, state.step)
 
@@ -122,8 +143,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], base_rng: jax.
         variables = {"params": params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        outputs, updates = state.apply_fn(variables, batch, train=True, rngs={"dropout": rng},
-                                          mutable=["batch_stats"])
+        outputs, updates = state.apply_fn(
+            variables, batch, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
         parts = losses(config, outputs, batch)
         return parts["loss"], (parts, updates.get("batch_stats", state.batch_stats), outputs)
 
@@ -135,7 +157,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], base_rng: jax.
     if "audio_gate" in outputs:
         mask = batch["mask"]
         metrics["audio_gate_mean"] = jnp.sum(outputs["audio_gate"] * mask) / jnp.maximum(
-            mask.sum(), 1.0)
+            mask.sum(), 1.0
+        )
     return new_state, metrics
 
 
@@ -153,8 +176,9 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, ja
 class Trainer:
     """Builds the model, mesh, shardings and jitted functions for a config."""
 
-    def __init__(self, config: ml_collections.ConfigDict, example: Mapping[str, np.ndarray],
-                 total_steps: int):
+    def __init__(
+        self, config: ml_collections.ConfigDict, example: Mapping[str, np.ndarray], total_steps: int
+    ):
         self.config = config
         self.mesh = sharding.make_mesh(config.mesh)
         self.data_size = self.mesh.shape["data"]
@@ -163,7 +187,8 @@ class Trainer:
             if value % self.data_size:
                 raise config_lib.ConfigError(
                     f"config.{key}={value} is not divisible by the {self.data_size} devices of "
-                    "the mesh's data axis")
+                    "the mesh's data axis"
+                )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
         self.model = build_model(config.model)
@@ -173,10 +198,15 @@ class Trainer:
 
         def init(rng):
             params_rng, dropout_rng = jax.random.split(rng)
-            variables = self.model.init({"params": params_rng, "dropout": dropout_rng}, example,
-                                        train=False)
-            return TrainState.create(apply_fn=self.model.apply, params=variables["params"],
-                                     tx=self.tx, batch_stats=variables.get("batch_stats", {}))
+            variables = self.model.init(
+                {"params": params_rng, "dropout": dropout_rng}, example, train=False
+            )
+            return TrainState.create(
+                apply_fn=self.model.apply,
+                params=variables["params"],
+                tx=self.tx,
+                batch_stats=variables.get("batch_stats", {}),
+            )
 
         self._init = init
         self.abstract_state = jax.eval_shape(init, self.base_rng)
@@ -187,8 +217,11 @@ class Trainer:
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=(0,),
         )
-        self.eval_step = jax.jit(eval_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                                 out_shardings=self.batch_sharding)
+        self.eval_step = jax.jit(
+            eval_step,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=self.batch_sharding,
+        )
 
     def init_state(self) -> TrainState:
         return jax.jit(self._init, out_shardings=self.state_sharding)(self.base_rng)
@@ -206,21 +239,31 @@ class Trainer:
         for batch in plan.batches:
             local = {k: v[pi * len(v) // pc : (pi + 1) * len(v) // pc] for k, v in batch.items()}
             out = self.eval_step(state, self.to_global(local))
-            outputs.append({k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-                            for k, v in out.items()})
+            outputs.append(
+                {
+                    k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                    for k, v in out.items()
+                }
+            )
         return pipeline.stitch(plan, outputs)
 
 
-def evaluate(trainer: Trainer, state: TrainState, plan: pipeline.EvalPlan,
-             sessions: Sequence[pipeline.PreparedSession], prefix: str) -> dict[str, float]:
+def evaluate(
+    trainer: Trainer,
+    state: TrainState,
+    plan: pipeline.EvalPlan,
+    sessions: Sequence[pipeline.PreparedSession],
+    prefix: str,
+) -> dict[str, float]:
     """CCC / R^2 / RMSE pooled and per session, plus the mean audio gate."""
     results = trainer.predict(state, plan)
     predictions = {name: r["outputs"] for name, r in results.items()}
     targets = {s.name: s.arrays["labels"] for s in sessions}
     scores = metrics_lib.evaluate_sessions(predictions, targets)
     if all("audio_gate" in r for r in results.values()):
-        scores["audio_gate_mean"] = float(np.mean(np.concatenate(
-            [r["audio_gate"] for r in results.values()])))
+        scores["audio_gate_mean"] = float(
+            np.mean(np.concatenate([r["audio_gate"] for r in results.values()]))
+        )
     return {f"{prefix}/{k}": v for k, v in scores.items()}
 
 
@@ -263,8 +306,11 @@ def _drain(pending: list[tuple[int, dict]]) -> dict[str, float]:
         if not np.isfinite(m["loss"]):
             raise NonFiniteLossError(
                 f"non-finite loss ({float(m['loss'])}) at step {step}; stopping. The last good "
-                "checkpoint is kept.")
-    means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]} if fetched else {}
+                "checkpoint is kept."
+            )
+    means = (
+        {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]} if fetched else {}
+    )
     pending.clear()
     return means
 
@@ -285,13 +331,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)
-    data_iter = iter(pipeline.train_dataset(sessions, config, jax.process_index(),
-                                            jax.process_count()))
+    data_iter = iter(
+        pipeline.train_dataset(sessions, config, jax.process_index(), jax.process_count())
+    )
     plan = pipeline.eval_plan(eval_sessions, config) if eval_sessions else None
     writer = MetricWriter(workdir, enabled=is_chief)
-    ckpt = (checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}",
-                                       config.checkpoint.async_save)
-            if config.checkpoint.enabled else None)
+    ckpt = (
+        checkpointing.Checkpointer(
+            workdir, f"dev/{config.checkpoint.best_metric}", config.checkpoint.async_save
+        )
+        if config.checkpoint.enabled
+        else None
+    )
 
     start_step = 0
     if ckpt is not None and ckpt.latest_step() is not None:
@@ -302,21 +353,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             raise config_lib.ConfigError(
                 f"the checkpoint at step {start_step} in {ckpt.directory} does not match this "
                 "config (model or optimizer changed?); use a new --workdir. Orbax: "
-                f"{str(err).splitlines()[0]}") from err
+                f"{str(err).splitlines()[0]}"
+            ) from err
         log.info("Resumed from %s at step %d.", ckpt.directory, start_step)
     else:
         state = trainer.init_state()
         if config.model.video_init:  # stage-1 face-feature weights (avemo.stage1), fresh runs only
             from avemo import stage1
 
-            params, batch_stats = stage1.load_into(state.params, state.batch_stats,
-                                                   config.model.video_init)
+            params, batch_stats = stage1.load_into(
+                state.params, state.batch_stats, config.model.video_init
+            )
             state = state.replace(params=params, batch_stats=batch_stats)
             log.info("Video branch initialised from %s.", config.model.video_init)
         if is_chief:
             params = sum(x.size for x in jax.tree.leaves(state.params))
-            log.info("Initialised %s model with %s parameters on %d device(s).",
-                     config.model.mode, f"{params:,}", trainer.data_size)
+            log.info(
+                "Initialised %s model with %s parameters on %d device(s).",
+                config.model.mode,
+                f"{params:,}",
+                trainer.data_size,
+            )
             writer.write_hparams(dict(_flat_items(config)))
 
     meta = {"config": json.loads(config.to_json_best_effort())}
@@ -337,21 +394,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     rate = (step - step_start) / max(elapsed, 1e-9)
                     means["steps_per_second"] = rate
                     writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-                    log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, total_steps,
-                             means["loss"], rate, _format_eta((total_steps - step) / rate))
+                    log.info(
+                        "step %d/%d  loss %.4f  %.2f steps/s  ETA %s",
+                        step,
+                        total_steps,
+                        means["loss"],
+                        rate,
+                        _format_eta((total_steps - step) / rate),
+                    )
                 evaluated = plan is not None and (step % config.train.eval_every_steps == 0 or last)
                 if evaluated:
                     _drain(pending)
                     last_eval = evaluate(trainer, state, plan, eval_sessions, "dev")
                     writer.write_scalars(step, last_eval)
                 stop = preemption.agreed()
-                if ckpt is not None and (evaluated or stop or last
-                                         or step % config.train.checkpoint_every_steps == 0):
+                if ckpt is not None and (
+                    evaluated or stop or last or step % config.train.checkpoint_every_steps == 0
+                ):
                     _drain(pending)
                     ckpt.save(step, state, data_iter, meta, last_eval if evaluated else None)
                 if stop:
-                    log.warning("SIGTERM received: saved step %d to %s; exiting. Re-run the same "
-                                "command to resume.", step, workdir)
+                    log.warning(
+                        "SIGTERM received: saved step %d to %s; exiting. Re-run the same "
+                        "command to resume.",
+                        step,
+                        workdir,
+                    )
                     break
         finally:
             writer.flush()
@@ -380,4 +448,3 @@ def _format_eta(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-

@@ -88,10 +88,17 @@ def bench_model(name: str, steps: int) -> dict:
         state, metrics = trainer.train_step(state, global_batch, trainer.base_rng)
     jax.block_until_ready(metrics)
     step_time = (time.perf_counter() - start) / steps
-    return {"model": name, "params": params, "batch": f"{b}x{length}", "crop": size,
-            "frame_stride": config.model.video_frame_stride, "step_s": step_time,
-            "frames_per_s": b * length / step_time, "flops_per_step": flops,
-            "flops_per_s": flops / step_time}
+    return {
+        "model": name,
+        "params": params,
+        "batch": f"{b}x{length}",
+        "crop": size,
+        "frame_stride": config.model.video_frame_stride,
+        "step_s": step_time,
+        "frames_per_s": b * length / step_time,
+        "flops_per_step": flops,
+        "flops_per_s": flops / step_time,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -107,15 +114,20 @@ def main(argv: list[str]) -> None:
     peak = matmul_peak()
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
     print(f"matmul peak (2048^2 f32): {peak / 1e9:.1f} GFLOP/s")
-    print("| model | params | batch (windows x steps) | crop | frame stride | step (s) | "
-          "label frames/s | GFLOP/step | GFLOP/s | % of matmul peak |")
+    print(
+        "| model | params | batch (windows x steps) | crop | frame stride | step (s) | "
+        "label frames/s | GFLOP/step | GFLOP/s | % of matmul peak |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         r = bench_model(name, args.steps)
-        print(f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['crop']} | "
-              f"{r['frame_stride']} | {r['step_s']:.4f} | {r['frames_per_s']:.0f} | "
-              f"{r['flops_per_step'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
-              f"{100 * r['flops_per_s'] / peak:.0f}% |", flush=True)
+        print(
+            f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['crop']} | "
+            f"{r['frame_stride']} | {r['step_s']:.4f} | {r['frames_per_s']:.0f} | "
+            f"{r['flops_per_step'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
+            f"{100 * r['flops_per_s'] / peak:.0f}% |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

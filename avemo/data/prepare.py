@@ -34,8 +34,15 @@ log = logging.getLogger("avemo")
 
 # Bump when the layout or meaning of an entry changes: old entries are then ignored.
 CACHE_VERSION = 1
-_ARRAYS = ("faces", "face_present", "face_boxes", "audio_features", "logmel", "speech_energy",
-           "speech_mask")
+_ARRAYS = (
+    "faces",
+    "face_present",
+    "face_boxes",
+    "audio_features",
+    "logmel",
+    "speech_energy",
+    "speech_mask",
+)
 NORMALIZER_FILE = "normalizer.npz"
 
 
@@ -93,11 +100,16 @@ def run_front_ends(session: Session, config: ml_collections.ConfigDict) -> dict[
     audio_source = session.audio_path if session.audio_path is not None else session.video_path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        audio = audio_frontend.extract(audio_source, num_steps, config.audio,
-                                       step_seconds=session.step_seconds)
-        video = video_frontend.extract(session.video_path, num_steps, config.video,
-                                       session.frame_times_path,
-                                       step_seconds=session.step_seconds)
+        audio = audio_frontend.extract(
+            audio_source, num_steps, config.audio, step_seconds=session.step_seconds
+        )
+        video = video_frontend.extract(
+            session.video_path,
+            num_steps,
+            config.video,
+            session.frame_times_path,
+            step_seconds=session.step_seconds,
+        )
     for w in caught:
         log.warning("%s: %s", session.name, w.message)
     arrays = {k: v for k, v in {**audio, **video}.items() if k in _ARRAYS}
@@ -116,9 +128,13 @@ def _build_entry(session: Session, config_json: str, root: str, key: str) -> str
     try:
         for name, value in arrays.items():
             np.save(tmp / f"{name}.npy", value, allow_pickle=False)
-        meta = {"session": session.name, "split": session.split, "key": key,
-                "num_steps": int(arrays["face_present"].shape[0]),
-                "arrays": sorted(arrays)}
+        meta = {
+            "session": session.name,
+            "split": session.split,
+            "key": key,
+            "num_steps": int(arrays["face_present"].shape[0]),
+            "arrays": sorted(arrays),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last
         try:
             os.replace(tmp, final)
@@ -132,8 +148,9 @@ def _build_entry(session: Session, config_json: str, root: str, key: str) -> str
     return str(final)
 
 
-def prepare(sessions: Sequence[Session], config: ml_collections.ConfigDict,
-            workers: int | None = None) -> dict[str, pathlib.Path]:
+def prepare(
+    sessions: Sequence[Session], config: ml_collections.ConfigDict, workers: int | None = None
+) -> dict[str, pathlib.Path]:
     """Ensures a complete cache entry for every session; returns name -> entry directory.
 
     Sessions already in the cache are not touched. Missing ones are computed in `workers`
@@ -151,16 +168,20 @@ def prepare(sessions: Sequence[Session], config: ml_collections.ConfigDict,
         entries[session.name] = entry
         if not is_complete(entry):
             todo.append((session, key))
-    log.info("Preparation cache %s: %d of %d sessions cached, %d to prepare.", root,
-             len(sessions) - len(todo), len(sessions), len(todo))
+    log.info(
+        "Preparation cache %s: %d of %d sessions cached, %d to prepare.",
+        root,
+        len(sessions) - len(todo),
+        len(sessions),
+        len(todo),
+    )
     if not todo:
         return entries
     config_json = config.to_json()
     workers = max(1, min(workers or config.data.prepare_workers, len(todo)))
     from tqdm import tqdm
 
-    progress = tqdm(total=len(todo), desc="preparing sessions", unit="session",
-                    disable=None)
+    progress = tqdm(total=len(todo), desc="preparing sessions", unit="session", disable=None)
     if workers == 1:
         for session, key in todo:
             _build_entry(session, config_json, str(root), key)
@@ -186,12 +207,15 @@ def _is_fresh(path: pathlib.Path, seconds: float = 6 * 3600) -> bool:
 def load_entry(entry: pathlib.Path) -> dict[str, np.ndarray]:
     """Arrays of a complete entry; large ones memory-mapped."""
     meta = json.loads((entry / "meta.json").read_text())
-    return {name: np.load(entry / f"{name}.npy", mmap_mode="r" if name == "faces" else None)
-            for name in meta["arrays"]}
+    return {
+        name: np.load(entry / f"{name}.npy", mmap_mode="r" if name == "faces" else None)
+        for name in meta["arrays"]
+    }
 
 
-def fit_or_load_normalizer(raw: Mapping[str, Mapping[str, np.ndarray]],
-                           splits: Mapping[str, str], workdir: str | None) -> Any:
+def fit_or_load_normalizer(
+    raw: Mapping[str, Mapping[str, np.ndarray]], splits: Mapping[str, str], workdir: str | None
+) -> Any:
     """Eq. (9) statistics: loaded from the workdir if saved there, else fitted on train only."""
     from avemo.audio import normalize
 
@@ -200,7 +224,8 @@ def fit_or_load_normalizer(raw: Mapping[str, Mapping[str, np.ndarray]],
         return normalize.load(path)
     names = next(iter(raw.values()))["audio_feature_names"]
     normalizer = normalize.fit_training(
-        {name: arrays["audio_features"] for name, arrays in raw.items()}, splits, names)
+        {name: arrays["audio_features"] for name, arrays in raw.items()}, splits, names
+    )
     if path is not None:
         import jax
 
@@ -209,20 +234,26 @@ def fit_or_load_normalizer(raw: Mapping[str, Mapping[str, np.ndarray]],
     return normalizer
 
 
-def to_prepared(session: Session, arrays: Mapping[str, np.ndarray],
-                normalizer: Any) -> PreparedSession:
+def to_prepared(
+    session: Session, arrays: Mapping[str, np.ndarray], normalizer: Any
+) -> PreparedSession:
     """Model-ready arrays: normalised audio features, everything else as cached."""
     from avemo.audio import normalize
 
-    out = {k: v for k, v in arrays.items() if k not in ("audio_feature_names", "face_boxes",
-                                                          "speech_mask")}
-    out["audio_features"] = normalize.apply(arrays["audio_features"], normalizer,
-                                            arrays["audio_feature_names"])
+    out = {
+        k: v
+        for k, v in arrays.items()
+        if k not in ("audio_feature_names", "face_boxes", "speech_mask")
+    }
+    out["audio_features"] = normalize.apply(
+        arrays["audio_features"], normalizer, arrays["audio_feature_names"]
+    )
     return PreparedSession(session.name, session.split, out)
 
 
-def prepared_sessions(config: ml_collections.ConfigDict,
-                      workdir: str | None) -> list[PreparedSession]:
+def prepared_sessions(
+    config: ml_collections.ConfigDict, workdir: str | None
+) -> list[PreparedSession]:
     """Sessions of `config.data`, prepared (cached) and normalised, ready for the pipeline."""
     sessions = get_sessions(config.data)
     entries = prepare(sessions, config)

@@ -46,7 +46,10 @@ class FullyConnectedAsConv(nn.Module):
         kernel = kernel.astype(self.dtype)
         if self.impl == "conv":
             y = jax.lax.conv_general_dilated(
-                x, kernel, window_strides=(1, 1), padding="VALID",
+                x,
+                kernel,
+                window_strides=(1, 1),
+                padding="VALID",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         elif self.impl == "dense":
@@ -67,8 +70,13 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                    strides=(self.stride, self.stride), padding="SAME", dtype=self.dtype)(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            strides=(self.stride, self.stride),
+            padding="SAME",
+            dtype=self.dtype,
+        )(x)
         x = nn.relu(x)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
@@ -98,16 +106,22 @@ class ImprovedAlexNet(nn.Module):
         if jnp.issubdtype(images.dtype, jnp.integer):
             x = x / 255.0
         for i, (features, stride) in enumerate(
-                zip(self.conv_features, self.conv_strides, strict=True)):
-            x = ConvBlock(features, self.kernel_size, stride, dtype=self.dtype,
-                          name=f"conv{i + 1}")(x, train)
+            zip(self.conv_features, self.conv_strides, strict=True)
+        ):
+            x = ConvBlock(
+                features, self.kernel_size, stride, dtype=self.dtype, name=f"conv{i + 1}"
+            )(x, train)
         feature_map = x
         for i, features in enumerate(self.fc_features):
-            x = FullyConnectedAsConv(features, impl=self.fc_impl, dtype=self.dtype,
-                                     name=f"fc{i + 1}")(x)
+            x = FullyConnectedAsConv(
+                features, impl=self.fc_impl, dtype=self.dtype, name=f"fc{i + 1}"
+            )(x)
             x = nn.relu(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         embedding = x.reshape(x.shape[0], -1)
         outputs = nn.Dense(self.num_outputs, dtype=self.dtype, name="output")(embedding)
-        return {"feature_map": feature_map, "embedding": embedding,
-                "outputs": outputs.astype(jnp.float32)}
+        return {
+            "feature_map": feature_map,
+            "embedding": embedding,
+            "outputs": outputs.astype(jnp.float32),
+        }

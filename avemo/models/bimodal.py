@@ -60,10 +60,14 @@ class BimodalModel(nn.Module):
         faces = faces[:, ::stride]
         b, length = faces.shape[:2]
         net = ImprovedAlexNet(
-            conv_features=self.conv_features, conv_strides=self.conv_strides,
+            conv_features=self.conv_features,
+            conv_strides=self.conv_strides,
             fc_features=self.fc_features,
-            num_outputs=self.num_outputs, dropout=self.alexnet_dropout, fc_impl=self.fc_impl,
-            dtype=self.dtype, name="alexnet",
+            num_outputs=self.num_outputs,
+            dropout=self.alexnet_dropout,
+            fc_impl=self.fc_impl,
+            dtype=self.dtype,
+            name="alexnet",
         )
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
         # serve stage-1 feature learning (Sec. 6.4) and keep their parameters for it.
@@ -79,13 +83,19 @@ class BimodalModel(nn.Module):
         if self.use_audio_cnn:
             spec = batch["spectrogram"]
             b, length = spec.shape[:2]
-            cnn = AudioCNN(self.audio_cnn_features, self.audio_cnn_kernel_sizes,
-                           self.audio_cnn_pool_size, self.audio_cnn_output_features,
-                           dtype=self.dtype, name="audio_cnn")
+            cnn = AudioCNN(
+                self.audio_cnn_features,
+                self.audio_cnn_kernel_sizes,
+                self.audio_cnn_pool_size,
+                self.audio_cnn_output_features,
+                dtype=self.dtype,
+                name="audio_cnn",
+            )
             emb = cnn(spec.reshape((b * length,) + spec.shape[2:]))
             x = jnp.concatenate([x, emb.reshape(b, length, -1).astype(self.dtype)], axis=-1)
-        return SequenceLSTM(self.lstm_features, self.audio_dense_features, dtype=self.dtype,
-                            name="audio_lstm")(x)
+        return SequenceLSTM(
+            self.lstm_features, self.audio_dense_features, dtype=self.dtype, name="audio_lstm"
+        )(x)
 
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], train: bool = False) -> dict[str, jax.Array]:
@@ -95,14 +105,20 @@ class BimodalModel(nn.Module):
         if self.mode in ("fusion", "video"):
             fmap = self._face_features(batch["faces"], train)
             if self.mode == "video":
-                h = SequenceLSTM(self.lstm_features, self.audio_dense_features, dtype=self.dtype,
-                                 name="video_lstm")(fmap.mean(axis=2))
-            context, weights = SpatialAttention(self.attention_features, self.lstm_features,
-                                                dtype=self.dtype, name="attention")(fmap, h)
+                h = SequenceLSTM(
+                    self.lstm_features,
+                    self.audio_dense_features,
+                    dtype=self.dtype,
+                    name="video_lstm",
+                )(fmap.mean(axis=2))
+            context, weights = SpatialAttention(
+                self.attention_features, self.lstm_features, dtype=self.dtype, name="attention"
+            )(fmap, h)
             out["attention"] = weights
         if self.mode == "fusion":
-            beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype,
-                             name="gate")(h, context)
+            beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype, name="gate")(
+                h, context
+            )
             fused = fuse(h, context, beta)
             out["audio_gate"] = beta
         elif self.mode == "audio":
@@ -110,11 +126,13 @@ class BimodalModel(nn.Module):
         else:
             fused = context
         if self.output_lstm_features:
-            fused = SequenceLSTM(self.output_lstm_features, dtype=self.dtype,
-                                 name="output_lstm")(fused)
+            fused = SequenceLSTM(self.output_lstm_features, dtype=self.dtype, name="output_lstm")(
+                fused
+            )
         fused = nn.Dropout(self.head_dropout, deterministic=not train)(fused)
         out["outputs"] = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(fused).astype(
-            jnp.float32)
+            jnp.float32
+        )
         return out
 
 

@@ -51,8 +51,9 @@ class MetricWriter:
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         if not self._enabled or self._tb is None:
             return
-        flat = {k: v if isinstance(v, int | float | str | bool) else str(v)
-                for k, v in hparams.items()}
+        flat = {
+            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()
+        }
         self._tb.add_text("config", "\n".join(f"{k}: {v}" for k, v in sorted(flat.items())), 0)
 
     def flush(self) -> None:

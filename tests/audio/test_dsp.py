@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from tests.audio.audio_signals import RATE, bursts, tone
 
 from avemo.audio import config, dsp, features
+from tests.audio.audio_signals import RATE, bursts, tone
 
 
 def test_pre_emphasis_is_the_difference_equation():

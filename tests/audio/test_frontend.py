@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 import soundfile
-from tests.audio.audio_signals import RATE, bursts, speech_like
 
 from avemo.audio import AudioError, config, frontend, io, spectrogram
+from tests.audio.audio_signals import RATE, bursts, speech_like
 
 
 def _cfg(opensmile_set="none", **features):

@@ -6,9 +6,9 @@ import av
 import numpy as np
 import pytest
 import soundfile
-from tests.audio.audio_signals import RATE, tone
 
 from avemo.audio import AudioError, io
+from tests.audio.audio_signals import RATE, tone
 
 
 def _write_mp4(path, audio: np.ndarray | None, rate: int = 44100, seconds: float = 1.0):

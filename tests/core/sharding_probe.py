@@ -32,8 +32,15 @@ def main(num_steps: int) -> None:
         state, m = trainer.train_step(state, trainer.to_global(batch), trainer.base_rng)
         losses.append(float(m["loss"]))
     leaves = [np.asarray(x).ravel() for x in jax.tree.leaves((state.params, state.batch_stats))]
-    print(json.dumps({"devices": jax.device_count(), "losses": losses,
-                      "params": np.concatenate(leaves).tolist()}))
+    print(
+        json.dumps(
+            {
+                "devices": jax.device_count(),
+                "losses": losses,
+                "params": np.concatenate(leaves).tolist(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

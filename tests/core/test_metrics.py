@@ -50,11 +50,14 @@ def test_pooled_and_session_mean_differ_as_defined():
     targets = {"a": rng.standard_normal((100, 2)), "b": rng.standard_normal((80, 2)) + 3}
     preds = {"a": targets["a"] * 0.5, "b": targets["b"] + 1.0}
     out = metrics.evaluate_sessions(preds, targets)
-    pooled = metrics.ccc(np.concatenate([preds["a"][:, 0], preds["b"][:, 0]]),
-                         np.concatenate([targets["a"][:, 0], targets["b"][:, 0]]))
+    pooled = metrics.ccc(
+        np.concatenate([preds["a"][:, 0], preds["b"][:, 0]]),
+        np.concatenate([targets["a"][:, 0], targets["b"][:, 0]]),
+    )
     per = np.mean([metrics.ccc(preds[k][:, 0], targets[k][:, 0]) for k in "ab"])
     assert out["ccc_pooled/arousal"] == pytest.approx(pooled)
     assert out["ccc_session_mean/arousal"] == pytest.approx(per)
     assert out["ccc_pooled/arousal"] != pytest.approx(out["ccc_session_mean/arousal"])
     assert out["rmse_pooled/mean"] == pytest.approx(
-        np.mean([out["rmse_pooled/arousal"], out["rmse_pooled/valence"]]))
+        np.mean([out["rmse_pooled/arousal"], out["rmse_pooled/valence"]])
+    )

@@ -1,4 +1,4 @@
-"""One device vs 8 host CPU devices: the same loss for the same batch, close parameters after steps."""
+"""One device vs 8 host CPU devices: same loss for the same batch, close parameters after steps."""
 
 import json
 import os
@@ -11,10 +11,20 @@ from tests.conftest import ROOT
 
 
 def _run(devices: int, steps: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "tests/core/sharding_probe.py", str(steps)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600, check=True)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    out = subprocess.run(
+        [sys.executable, "tests/core/sharding_probe.py", str(steps)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

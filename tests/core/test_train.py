@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from avemo import checkpointing, config as config_lib, train
+from avemo import checkpointing, train
+from avemo import config as config_lib
 from avemo.reporting.writers import read_metrics
 from configs import tiny
 from tests.conftest import ROOT
@@ -22,14 +23,18 @@ def _final_params(workdir, config):
     ckpt = checkpointing.Checkpointer(workdir, "dev/ccc_pooled/mean", async_save=False)
     state, _ = ckpt.restore(ckpt.latest_step(), trainer.restore_target(), None)
     ckpt.close()
-    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats,
-                                                     state.opt_state))]
+    return [
+        np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+    ]
 
 
 def _rows(workdir, first_step):
     drop = ("train/steps_per_second",)
-    return [{k: v for k, v in r.items() if k not in drop}
-            for r in read_metrics(workdir) if r["step"] > first_step]
+    return [
+        {k: v for k, v in r.items() if k not in drop}
+        for r in read_metrics(workdir)
+        if r["step"] > first_step
+    ]
 
 
 def test_resume_is_identical_to_straight_run(tmp_path):
@@ -45,25 +50,44 @@ def test_resume_is_identical_to_straight_run(tmp_path):
     second.train.num_steps = 2 * n
     train.train_and_evaluate(second, str(tmp_path / "resumed"))
 
-    for a, b in zip(_final_params(str(tmp_path / "straight"), straight),
-                    _final_params(str(tmp_path / "resumed"), second), strict=True):
+    for a, b in zip(
+        _final_params(str(tmp_path / "straight"), straight),
+        _final_params(str(tmp_path / "resumed"), second),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     assert _rows(str(tmp_path / "straight"), n) == _rows(str(tmp_path / "resumed"), n)
 
 
 def _cli(workdir, *overrides, **kwargs):
-    return [sys.executable, "-m", "avemo.main", "--config", "configs/tiny.py", "--workdir",
-            str(workdir), *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "avemo.main",
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
 
 
 def test_sigterm_saves_exits_zero_and_resumes_identically(tmp_path):
     total = 400
-    overrides = [f"--config.train.num_steps={total}", "--config.train.log_every_steps=1",
-                 "--config.train.eval_every_steps=100000",
-                 "--config.train.checkpoint_every_steps=100000"]
+    overrides = [
+        f"--config.train.num_steps={total}",
+        "--config.train.log_every_steps=1",
+        "--config.train.eval_every_steps=100000",
+        "--config.train.checkpoint_every_steps=100000",
+    ]
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_cli(workdir, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cli(workdir, *overrides),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         rows = read_metrics(str(workdir))
@@ -81,8 +105,9 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_cli(straight, *overrides), cwd=ROOT, check=True, capture_output=True)
     config = tiny.get_config()
-    for a, b in zip(_final_params(str(straight), config), _final_params(str(workdir), config),
-                    strict=True):
+    for a, b in zip(
+        _final_params(str(straight), config), _final_params(str(workdir), config), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -96,14 +121,18 @@ def test_cli_tiny_run_writes_checkpoint_and_metrics(tmp_path):
     assert os.listdir(tmp_path / "w" / "tensorboard")
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("--config.train.no_such_key=1", "unknown config key config.train.no_such_key"),
-    ("--config.train.num_steps=abc", "num_steps"),
-    ("--config.model.mode=trimodal", "config.model.mode"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("--config.train.no_such_key=1", "unknown config key config.train.no_such_key"),
+        ("--config.train.num_steps=abc", "num_steps"),
+        ("--config.model.mode=trimodal", "config.model.mode"),
+    ],
+)
 def test_cli_bad_config_is_one_line_error(tmp_path, override, needle):
-    result = subprocess.run(_cli(tmp_path / "w", override), cwd=ROOT, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        _cli(tmp_path / "w", override), cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr

@@ -44,8 +44,9 @@ def test_process_shards_partition_the_global_batch():
 
 def test_eval_plan_stitches_back_every_step_exactly():
     config, sessions = _sessions()
-    short = pipeline.PreparedSession("dev_short", "dev",
-                                     {k: v[:17] for k, v in sessions[-1].arrays.items()})
+    short = pipeline.PreparedSession(
+        "dev_short", "dev", {k: v[:17] for k, v in sessions[-1].arrays.items()}
+    )
     sessions = [s for s in sessions if s.split == "dev"] + [short]
     plan = pipeline.eval_plan(sessions, config)
     outputs = [{"outputs": b["labels"]} for b in plan.batches]  # an "identity model"

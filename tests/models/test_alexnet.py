@@ -19,7 +19,9 @@ def test_conv_and_dense_paths_give_identical_outputs(size, channels):
     dense = ImprovedAlexNet(conv_features=(8, 16, 16), fc_features=(32, 32), fc_impl="dense")
     variables = conv.init(jax.random.key(1), images)
     # The same parameter tree serves both implementations.
-    assert jax.tree.structure(variables) == jax.tree.structure(dense.init(jax.random.key(1), images))
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        dense.init(jax.random.key(1), images)
+    )
     out_conv = conv.apply(variables, images)
     out_dense = dense.apply(variables, images)
     for key in ("embedding", "outputs"):
@@ -39,8 +41,9 @@ def test_fc_as_conv_has_exactly_the_parameters_of_the_dense_layer():
 
 
 def test_paper_shaped_network_shapes_and_parameter_count():
-    net = ImprovedAlexNet(conv_features=(96, 256, 384), conv_strides=(2, 1, 1),
-                          fc_features=(4096, 4096))
+    net = ImprovedAlexNet(
+        conv_features=(96, 256, 384), conv_strides=(2, 1, 1), fc_features=(4096, 4096)
+    )
     x = jnp.zeros((1, 224, 224, 3), jnp.uint8)
     variables = jax.eval_shape(net.init, jax.random.key(0), x)
     out = jax.eval_shape(net.apply, variables, x)
@@ -56,6 +59,8 @@ def test_uint8_input_is_scaled_like_float_input():
     net = ImprovedAlexNet(conv_features=(4, 4, 4), fc_features=(8, 8))
     raw = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 1)).astype(np.uint8)
     variables = net.init(jax.random.key(0), raw)
-    np.testing.assert_allclose(net.apply(variables, raw)["outputs"],
-                               net.apply(variables, raw.astype(np.float32) / 255)["outputs"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        net.apply(variables, raw)["outputs"],
+        net.apply(variables, raw.astype(np.float32) / 255)["outputs"],
+        rtol=1e-6,
+    )

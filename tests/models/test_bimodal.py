@@ -21,9 +21,18 @@ def _batch(b=2, length=5, size=16, dim=6):
 
 @pytest.mark.parametrize("mode", ["fusion", "audio", "video"])
 def test_modes_give_per_step_outputs(mode):
-    model = BimodalModel(mode=mode, conv_features=(4, 8, 8), fc_features=(8, 8), lstm_features=8,
-                         audio_dense_features=8, attention_features=8, output_lstm_features=8,
-                         use_audio_cnn=True, audio_cnn_features=(2, 4, 4), audio_cnn_output_features=8)
+    model = BimodalModel(
+        mode=mode,
+        conv_features=(4, 8, 8),
+        fc_features=(8, 8),
+        lstm_features=8,
+        audio_dense_features=8,
+        attention_features=8,
+        output_lstm_features=8,
+        use_audio_cnn=True,
+        audio_cnn_features=(2, 4, 4),
+        audio_cnn_output_features=8,
+    )
     batch = _batch()
     variables = model.init(jax.random.key(0), batch)
     out = model.apply(variables, batch)

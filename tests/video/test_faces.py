@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from tests.video.generated_videos import astronaut_bgr, face_patch
 
 from avemo.video import faces
+from tests.video.generated_videos import astronaut_bgr, face_patch
 
 # Where the astronaut's face is in the 512 x 512 photo (x0, y0, x1, y1), generously: the
 # detector must put its box centre inside and cover most of it.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from tests.video.generated_videos import FACE_ORIGIN, FACE_PATCH, HEIGHT, WIDTH, write_video
 
 from avemo.video import frontend
 from avemo.video.errors import VideoError, VideoWarning
+from tests.video.generated_videos import FACE_ORIGIN, FACE_PATCH, HEIGHT, WIDTH, write_video
 
 
 def _absent_steps(result) -> list[int]:

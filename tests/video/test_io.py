@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from tests.video.generated_videos import read_barcode, write_video
 
 from avemo.video import io
 from avemo.video.errors import VideoError
+from tests.video.generated_videos import read_barcode, write_video
 
 STEP = 0.04
 
