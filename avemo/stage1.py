@@ -509,8 +509,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    from avemo.main import configure_logging
-
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file(
         "config",
@@ -532,7 +530,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1])  # Grain reads absl flags
-    configure_logging()
+    # avemo's progress at INFO, libraries (Orbax logs through absl) at WARNING, as avemo.main.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
+    logging.getLogger("avemo").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         summary = train_stage1(config, flag_values.workdir)
     except config_lib.ConfigError as err:
