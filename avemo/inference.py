@@ -1,0 +1,139 @@
+"""A trained model back from its workdir, and its predictions on whole sessions.
+
+workdir (config.json, normalizer.npz, checkpoints/) -> `TrainedModel` -> per-step arousal,
+valence and audio gate for `PreparedSession`s (evaluation) or for raw recordings (prediction,
+through the same front ends and the saved z-normalisation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+
+from avemo import checkpointing, train
+from avemo import config as config_lib
+from avemo.data import pipeline
+from avemo.data.prepare import NORMALIZER_FILE
+
+log = logging.getLogger("avemo")
+
+
+class NoModelError(FileNotFoundError):
+    """The workdir holds no trained model (no config.json or no checkpoint)."""
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    config: ml_collections.ConfigDict
+    trainer: train.Trainer
+    state: train.TrainState
+    step: int
+    workdir: str
+
+    def normalizer(self):
+        from avemo.audio import normalize
+
+        return normalize.load(os.path.join(self.workdir, NORMALIZER_FILE))
+
+    def predict(self, sessions: Sequence[pipeline.PreparedSession]) -> dict[str, dict]:
+        """{session: {"outputs": [T, 2], "audio_gate": [T] (fusion only)}}."""
+        plan = pipeline.eval_plan(sessions, self.config)
+        return self.trainer.predict(self.state, plan)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise NoModelError(f"{workdir}: no config.json -- not an avemo workdir")
+    config = config_lib.base_config()
+    loaded = json.loads(pathlib.Path(path).read_text())
+    defaulted = _overlay(config, loaded, "")
+    if defaulted:
+        log.warning(
+            "%s predates config key(s) %s; using their defaults.", path, ", ".join(defaulted)
+        )
+    return config_lib.validate(config)
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict, prefix: str) -> list[str]:
+    """Writes saved values into the schema (tuples stay tuples); returns keys left at default."""
+    defaulted = []
+    for key in config.keys():
+        if key not in saved:
+            defaulted.append(prefix + key)
+            continue
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            defaulted += _overlay(value, saved[key], f"{prefix}{key}.")
+        elif isinstance(value, tuple) and isinstance(saved[key], list):
+            config[key] = tuple(tuple(v) if isinstance(v, list) else v for v in saved[key])
+        else:
+            config[key] = saved[key]
+    unknown = sorted(set(saved) - set(config.keys()))
+    if unknown:
+        raise config_lib.ConfigError(
+            f"saved config has unknown key(s): {', '.join(prefix + k for k in unknown)}"
+        )
+    return defaulted
+
+
+def example_from_config(
+    config: ml_collections.ConfigDict, feature_dim: int
+) -> dict[str, np.ndarray]:
+    """A one-window batch of zeros with the shapes the model was built for."""
+    length, size = config.eval.window_steps, config.video.crop_size
+    channels = 1 if config.video.color_mode == "gray" else 3
+    if config.data.corpus == "memory":
+        size, channels = config.data.memory.face_size, 1
+    batch = {
+        "faces": np.zeros((1, length, size, size, channels), np.uint8),
+        "face_present": np.zeros((1, length), np.float32),
+        "audio_features": np.zeros((1, length, feature_dim), np.float32),
+        "speech_energy": np.zeros((1, length), np.float32),
+        "labels": np.zeros((1, length, 2), np.float32),
+        "mask": np.zeros((1, length), np.float32),
+    }
+    if config.model.audio_cnn.enabled:
+        from avemo.audio import spectrogram
+
+        batch["spectrogram"] = np.zeros(
+            (1, length) + tuple(spectrogram.patch_shape(config.audio)), np.float32
+        )
+    return batch
+
+
+def load(workdir: str, which: str = "best") -> TrainedModel:
+    """The trained model of `workdir`: its best-by-dev checkpoint ("best") or the latest.
+
+    Raises:
+      NoModelError: no config or no checkpoint in `workdir`.
+    """
+    workdir = os.path.abspath(workdir)
+    config = load_config(workdir)
+    normalizer_path = os.path.join(workdir, NORMALIZER_FILE)
+    if config.data.corpus == "memory":
+        feature_dim = config.data.memory.feature_dim
+    elif os.path.exists(normalizer_path):
+        from avemo.audio import normalize
+
+        feature_dim = int(normalize.load(normalizer_path).mean.shape[0])
+    else:
+        raise NoModelError(f"{workdir}: no {NORMALIZER_FILE} (audio normalisation statistics)")
+    ckpt = checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}")
+    try:
+        step = ckpt.best_step() if which == "best" else None
+        step = step if step is not None else ckpt.latest_step()
+        if step is None:
+            raise NoModelError(f"{workdir}: no checkpoint in {ckpt.directory}")
+        trainer = train.Trainer(config, example_from_config(config, feature_dim), 1)
+        state, _ = ckpt.restore(step, trainer.restore_target(), None)
+    finally:
+        ckpt.close()
+    return TrainedModel(config, trainer, state, step, workdir)
