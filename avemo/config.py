@@ -125,6 +125,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.context_steps = 100  # ... each prediction sees at least this much history.
     c.eval.batch_size = 8
     c.eval.splits = ("dev",)
+    # Reports (avemo.evaluate: tables, plots, missing-modality protocol, post-processing fit)
+    # written at the end of train_and_evaluate.
+    c.eval.report_at_end = True
+
+    # AVEC-style post-processing of predictions (avemo.postprocess), each step optional; fitted on
+    # dev predictions by avemo.evaluate, saved as workdir/postprocess.json, applied by predict too.
+    c.postprocess = ml_collections.ConfigDict()
+    c.postprocess.delay = True  # label-delay compensation: shift maximising dev CCC
+    c.postprocess.max_delay_steps = 50  # shifts searched: -max ... +max steps (40 ms each)
+    c.postprocess.bias = True  # add mean(dev gold) - mean(dev prediction)
+    c.postprocess.scale = True  # spread scaled to the std of the training labels
+    c.postprocess.median = True  # median filter over time
+    c.postprocess.median_window_steps = 5  # odd
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.enabled = True
@@ -211,6 +224,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
     if flat["model.video_frame_stride"] < 1:
         raise ConfigError("config.model.video_frame_stride must be >= 1")
+    if flat["postprocess.max_delay_steps"] < 0:
+        raise ConfigError("config.postprocess.max_delay_steps must be >= 0")
+    if (
+        flat["postprocess.median_window_steps"] < 1
+        or flat["postprocess.median_window_steps"] % 2 == 0
+    ):
+        raise ConfigError("config.postprocess.median_window_steps must be a positive odd number")
     if flat["loss.aux_weight"] < 0:
         raise ConfigError("config.loss.aux_weight (lambda) must be >= 0")
     if not 0.0 <= flat["model.fixed_gate_value"] <= 1.0:
