@@ -1,0 +1,215 @@
+"""AVEC-style post-processing of predictions: delay, bias, scale, median, fitted on dev only.
+
+model outputs [T, 2] -> label-delay compensation -> bias correction -> scaling to the training
+label spread -> median smoothing -> reports / predict. `fit` chooses the parameters on dev
+predictions (pooled CCC, Eq. 35) and keeps a step only where it does not lower dev CCC; the result
+is saved with the model (`workdir/postprocess.json`) and `apply` replays it identically in
+`avemo.evaluate` and `avemo.predict`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from scipy import ndimage
+
+from avemo.metrics import DIMENSIONS, ccc
+
+FILE = "postprocess.json"
+STEPS = ("delay", "bias", "scale", "median")
+VERSION = 1
+
+
+def shift(values: np.ndarray, steps: int) -> np.ndarray:
+    """y[t] = x[t - steps] along axis 0, the edges held at the first/last value.
+
+    Positive `steps` delays the predictions (they then match labels that lag the signals, i.e.
+    the raters' reaction time); negative `steps` advances them.
+    """
+    values = np.asarray(values)
+    n = values.shape[0]
+    if steps == 0 or n == 0:
+        return values.copy()
+    index = np.clip(np.arange(n) - steps, 0, n - 1)
+    return values[index]
+
+
+def median_smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Running median over `window` steps (centred, edges replicated) along axis 0."""
+    if window <= 1:
+        return np.asarray(values).copy()
+    return ndimage.median_filter(np.asarray(values), size=window, axes=(0,), mode="nearest")
+
+
+def _apply_step(step: str, values: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    """One step on one session's one dimension [T]."""
+    if step == "delay":
+        return shift(values, int(p["steps"]))
+    if step == "bias":
+        return values + p["offset"]
+    if step == "scale":
+        return p["center"] + p["factor"] * (values - p["center"])
+    if step == "median":
+        return median_smooth(values, int(p["window"]))
+    raise ValueError(f"unknown post-processing step {step!r}")
+
+
+def _pooled_ccc(predictions: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -> float:
+    return ccc(np.concatenate(predictions), np.concatenate(gold))
+
+
+def fit(
+    dev_predictions: Mapping[str, np.ndarray],
+    dev_labels: Mapping[str, np.ndarray],
+    train_labels: Sequence[np.ndarray],
+    cfg: ml_collections.ConfigDict,
+) -> dict[str, Any]:
+    """Fits the enabled steps, in order, on dev predictions; returns the parameters to save.
+
+    Each step is fitted on the output of the steps before it, per dimension:
+      delay:  the shift s in [-max_delay_steps, max_delay_steps] maximising pooled dev CCC;
+      bias:   offset = mean(dev gold) - mean(dev prediction) (removes the (mu_x - mu_y)^2 term
+              of Eq. 35, so it never lowers CCC);
+      scale:  y = c + f (x - c), c = mean(dev prediction), f = std(train labels) / std(dev
+              prediction);
+      median: running median over `median_window_steps`.
+    A step that would lower pooled dev CCC is recorded with `applied: false` and skipped.
+
+    Args:
+      dev_predictions: {session: [T, 2]} raw model outputs on dev sessions.
+      dev_labels: {session: [T, 2]} their gold standard.
+      train_labels: [T, 2] gold standards of the training sessions (for the label spread).
+      cfg: `config.postprocess`.
+
+    Returns:
+      {"version", "sessions", "dimensions": {dim: {step: {..., applied, ccc_before, ccc_after}}}}.
+    """
+    names = sorted(dev_predictions)
+    if not names:
+        raise ValueError("post-processing needs at least one dev session with labels")
+    train_std = (
+        np.concatenate([np.asarray(t, np.float64) for t in train_labels]).std(axis=0)
+        if len(train_labels)
+        else None
+    )
+    dimensions = {}
+    for d, dim in enumerate(DIMENSIONS):
+        current = [np.asarray(dev_predictions[n][:, d], np.float64) for n in names]
+        gold = [np.asarray(dev_labels[n][:, d], np.float64) for n in names]
+        steps: dict[str, dict[str, Any]] = {}
+        for step in STEPS:
+            if not cfg[step]:
+                continue
+            before = _pooled_ccc(current, gold)
+            if step == "delay":
+                limit = int(cfg.max_delay_steps)
+                scores = [
+                    (_pooled_ccc([shift(x, s) for x in current], gold), -abs(s), s)
+                    for s in range(-limit, limit + 1)
+                ]
+                params = {"steps": int(max(scores)[2])}  # best CCC; ties: smallest |shift|
+            elif step == "bias":
+                pooled = np.concatenate(current)
+                params = {"offset": float(np.concatenate(gold).mean() - pooled.mean())}
+            elif step == "scale":
+                pooled = np.concatenate(current)
+                if train_std is None:
+                    raise ValueError("post-processing 'scale' needs training labels")
+                spread = pooled.std()
+                factor = float(train_std[d] / spread) if spread > 0 else 1.0
+                params = {
+                    "center": float(pooled.mean()),
+                    "factor": factor,
+                    "train_label_std": float(train_std[d]),
+                }
+            else:
+                params = {"window": int(cfg.median_window_steps)}
+            candidate = [_apply_step(step, x, params) for x in current]
+            after = _pooled_ccc(candidate, gold)
+            applied = after >= before
+            if applied:
+                current = candidate
+            steps[step] = {
+                **params,
+                "applied": bool(applied),
+                "ccc_before": before,
+                "ccc_after": after if applied else before,
+                "ccc_if_applied": after,
+            }
+        dimensions[dim] = steps
+    return {"version": VERSION, "fitted_on": names, "dimensions": dimensions}
+
+
+def apply(outputs: np.ndarray, params: Mapping[str, Any] | None) -> np.ndarray:
+    """The fitted steps on one session's outputs [T, 2] (None: unchanged)."""
+    outputs = np.asarray(outputs, np.float64)
+    if params is None:
+        return outputs.astype(np.float32)
+    result = outputs.copy()
+    for d, dim in enumerate(DIMENSIONS):
+        steps = params["dimensions"].get(dim, {})
+        values = outputs[:, d]
+        for step in STEPS:  # always in the fitted order
+            if step in steps and steps[step]["applied"]:
+                values = _apply_step(step, values, steps[step])
+        result[:, d] = values
+    return result.astype(np.float32)
+
+
+def save(workdir: str | os.PathLike, params: Mapping[str, Any]) -> pathlib.Path:
+    """Writes `workdir/postprocess.json` atomically."""
+    path = pathlib.Path(workdir) / FILE
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            json.dump(params, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The saved parameters of `workdir`, or None when none were fitted."""
+    path = pathlib.Path(workdir) / FILE
+    if not path.is_file():
+        return None
+    params = json.loads(path.read_text())
+    if params.get("version") != VERSION:
+        raise ValueError(f"{path}: post-processing version {params.get('version')} unsupported")
+    return params
+
+
+def summary_rows(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per dimension and step: parameters and dev CCC before/after, for reports."""
+    rows = []
+    for dim, steps in params["dimensions"].items():
+        for step, p in steps.items():
+            detail = {
+                k: v
+                for k, v in p.items()
+                if k not in ("applied", "ccc_before", "ccc_after", "ccc_if_applied")
+            }
+            rows.append(
+                {
+                    "dimension": dim,
+                    "step": step,
+                    "applied": p["applied"],
+                    "ccc_before": p["ccc_before"],
+                    "ccc_after": p["ccc_after"],
+                    "ccc_if_applied": p["ccc_if_applied"],
+                    "parameters": ", ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in detail.items()
+                    ),
+                }
+            )
+    return rows
