@@ -432,6 +432,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         os.replace(tmp, os.path.join(workdir, "final_metrics.json"))
+    if config.eval.report_at_end and step >= total_steps:  # every process predicts; 0 writes
+        from avemo import evaluate as evaluate_lib
+
+        evaluate_lib.report_after_training(config, workdir)
     return last_eval
 
 
