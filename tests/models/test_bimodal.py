@@ -82,3 +82,23 @@ def test_audio_cnn_keeps_spatial_size_same_padding_stride_one_pools():
     assert shapes == [(2, 120, 120, 4), (2, 120, 120, 16), (2, 120, 120, 32)]
     kernels = [variables["params"][f"Conv_{i}"]["kernel"].shape for i in range(3)]
     assert kernels == [(2, 2, 1, 4), (3, 3, 4, 16), (3, 3, 16, 32)]
+
+
+def test_video_frame_stride_runs_the_cnn_on_every_stride_th_step_only():
+    kwargs = dict(mode="video", conv_features=(4, 4, 4), fc_features=(8, 8), lstm_features=8,
+                  audio_dense_features=8, attention_features=8, output_lstm_features=0)
+    batch = _batch(length=7)
+    strided = BimodalModel(video_frame_stride=3, **kwargs)
+    variables = strided.init(jax.random.key(0), batch)
+    out, state = strided.apply(variables, batch, capture_intermediates=True,
+                               mutable=["intermediates"])
+    frames = state["intermediates"]["alexnet"]["__call__"][0]["feature_map"].shape[0]
+    assert frames == 2 * 3  # batch 2 x steps {0, 3, 6}
+    # Faces between the strided steps do not matter; a face at a strided step does.
+    changed = dict(batch, faces=batch["faces"].copy())
+    changed["faces"][:, [1, 2, 4, 5]] = 0
+    np.testing.assert_array_equal(strided.apply(variables, changed)["outputs"], out["outputs"])
+    changed["faces"][:, 3] = 0
+    assert not np.allclose(strided.apply(variables, changed)["outputs"], out["outputs"])
+    full = BimodalModel(video_frame_stride=1, **kwargs)
+    assert full.apply(variables, batch)["outputs"].shape == out["outputs"].shape
