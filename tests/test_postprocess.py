@@ -1,0 +1,140 @@
+"""AVEC-style post-processing: each step against its closed form, the keep-only-if-better rule."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from avemo import config as config_lib
+from avemo import postprocess
+from avemo.metrics import ccc
+
+
+def _cfg(**enabled) -> ml_collections.ConfigDict:
+    cfg = config_lib.base_config().postprocess
+    cfg.unlock()
+    for step in postprocess.STEPS:
+        cfg[step] = enabled.get(step, False)
+    cfg.max_delay_steps = 20
+    cfg.median_window_steps = 5
+    return cfg
+
+
+def _smooth(rng, n, width=15):
+    kernel = np.hanning(width) / np.hanning(width).sum()
+    return np.convolve(rng.standard_normal(n + width), kernel, mode="same")[:n]
+
+
+def _pair(rng, n=400):
+    return np.stack([_smooth(rng, n), _smooth(rng, n)], axis=1)
+
+
+@pytest.mark.parametrize("delay", [7, -4, 0])
+def test_delay_recovers_a_known_shift(delay):
+    rng = np.random.default_rng(1)
+    preds = {f"s{i}": _pair(rng) for i in range(3)}
+    # Gold lags the signals by `delay` steps: gold[t] = x[t - delay].
+    gold = {n: postprocess.shift(x, delay) for n, x in preds.items()}
+    params = postprocess.fit(preds, gold, [], _cfg(delay=True))
+    for dim in ("arousal", "valence"):
+        fitted = params["dimensions"][dim]["delay"]
+        assert fitted["steps"] == delay
+        assert fitted["ccc_after"] > 0.99
+    for name, x in preds.items():
+        np.testing.assert_allclose(postprocess.apply(x, params), gold[name], atol=1e-6)
+
+
+def test_shift_holds_edges():
+    x = np.arange(5.0)
+    np.testing.assert_array_equal(postprocess.shift(x, 2), [0, 0, 0, 1, 2])
+    np.testing.assert_array_equal(postprocess.shift(x, -2), [2, 3, 4, 4, 4])
+
+
+def test_bias_and_scale_are_exact():
+    rng = np.random.default_rng(2)
+    gold = {f"s{i}": _pair(rng) for i in range(2)}
+    preds = {n: 0.5 * g + np.array([0.3, -0.2]) for n, g in gold.items()}
+    train = [_pair(rng) * 2.0, _pair(rng) * 2.0]
+    params = postprocess.fit(preds, gold, train, _cfg(bias=True, scale=True))
+    all_gold = np.concatenate(list(gold.values()))
+    all_pred = np.concatenate(list(preds.values()))
+    train_std = np.concatenate(train).std(axis=0)
+    for d, dim in enumerate(("arousal", "valence")):
+        steps = params["dimensions"][dim]
+        offset = all_gold[:, d].mean() - all_pred[:, d].mean()
+        assert steps["bias"]["offset"] == pytest.approx(offset, abs=1e-12)
+        assert steps["bias"]["applied"]
+        assert steps["scale"]["center"] == pytest.approx(all_gold[:, d].mean(), abs=1e-9)
+        assert steps["scale"]["factor"] == pytest.approx(train_std[d] / all_pred[:, d].std())
+    out = np.concatenate([postprocess.apply(preds[n], params) for n in sorted(preds)])
+    for d, dim in enumerate(("arousal", "valence")):
+        if params["dimensions"][dim]["scale"]["applied"]:
+            assert out[:, d].std() == pytest.approx(train_std[d], rel=1e-5)
+        assert out[:, d].mean() == pytest.approx(all_gold[:, d].mean(), abs=1e-5)
+
+
+def test_median_matches_brute_force_and_removes_spikes():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(50)
+    padded = np.concatenate([[x[0]] * 2, x, [x[-1]] * 2])
+    expected = np.array([np.median(padded[i : i + 5]) for i in range(50)])
+    np.testing.assert_allclose(postprocess.median_smooth(x, 5), expected)
+    spikes = np.zeros(20)
+    spikes[[4, 11]] = 5.0
+    np.testing.assert_array_equal(postprocess.median_smooth(spikes, 3), np.zeros(20))
+
+
+def test_fit_never_lowers_dev_ccc_and_apply_reproduces_it():
+    rng = np.random.default_rng(4)
+    gold = {f"s{i}": _pair(rng, 300) for i in range(3)}
+    preds = {
+        n: 0.3 * postprocess.shift(g, -5) + 0.1 * rng.standard_normal(g.shape) + 0.4
+        for n, g in gold.items()
+    }
+    train = [_pair(rng, 300)]
+    cfg = _cfg(delay=True, bias=True, scale=True, median=True)
+    params = postprocess.fit(preds, gold, train, cfg)
+    out = {n: postprocess.apply(preds[n], params) for n in preds}
+    for d, dim in enumerate(("arousal", "valence")):
+        steps = params["dimensions"][dim]
+        raw = ccc(np.concatenate([preds[n][:, d] for n in sorted(preds)]),
+                  np.concatenate([gold[n][:, d] for n in sorted(gold)]))  # fmt: skip
+        chain = [steps[s] for s in postprocess.STEPS]
+        assert chain[0]["ccc_before"] == pytest.approx(raw)
+        for before, after in zip(chain, chain[1:], strict=False):
+            assert after["ccc_before"] == pytest.approx(before["ccc_after"])
+            assert before["ccc_after"] >= before["ccc_before"]
+        final = ccc(np.concatenate([out[n][:, d] for n in sorted(out)]),
+                    np.concatenate([gold[n][:, d] for n in sorted(gold)]))  # fmt: skip
+        assert final == pytest.approx(chain[-1]["ccc_after"], abs=1e-5)
+        assert final > raw
+        assert steps["delay"]["steps"] == 5
+
+
+def test_a_step_that_would_lower_ccc_is_skipped():
+    rng = np.random.default_rng(5)
+    rough = rng.standard_normal((200, 2))  # white noise: a median filter destroys it
+    params = postprocess.fit({"s": rough}, {"s": rough}, [], _cfg(median=True))
+    for dim in ("arousal", "valence"):
+        step = params["dimensions"][dim]["median"]
+        assert not step["applied"]
+        assert step["ccc_if_applied"] < step["ccc_before"] == step["ccc_after"] == 1.0
+    np.testing.assert_allclose(postprocess.apply(rough, params), rough, atol=1e-6)
+
+
+def test_save_load_round_trip_is_atomic(tmp_path):
+    rng = np.random.default_rng(6)
+    preds = {"s": _pair(rng)}
+    params = postprocess.fit(preds, preds, [preds["s"]], _cfg(bias=True, median=True))
+    postprocess.save(tmp_path, params)
+    assert [p.name for p in tmp_path.iterdir()] == [postprocess.FILE]
+    assert postprocess.load(tmp_path) == json.loads(json.dumps(params))
+    assert postprocess.load(tmp_path / "missing") is None
+
+
+def test_config_rejects_an_even_median_window():
+    config = config_lib.base_config()
+    config.postprocess.median_window_steps = 4
+    with pytest.raises(config_lib.ConfigError, match="median_window_steps"):
+        config_lib.validate(config)
