@@ -1,0 +1,30 @@
+"""The auxiliary-loss ablation (Sec. 5.2, Eq. 31): lambda in {0, 0.1, 0.3, 1} x 3 seeds.
+
+Run (all 12 points, 2 at a time on a 2-core machine; re-running skips finished points):
+  python -m launch.sweep --config configs/ablation_aux.py --workdir workdir/ablation_aux \
+      --executor local --workers 1
+  python -m launch.collect workdir/ablation_aux \
+      --metrics dev/ccc_pooled/arousal,dev/ccc_pooled/valence
+
+Each point is the default fusion experiment on the embedded corpus with a shorter budget; its
+evaluation report (reports/ in the point's workdir) adds the missing-modality protocol and the
+correlation between the gate beta and the modality availability (m - n).
+"""
+
+from configs import default
+from launch import hyper
+
+
+def get_config(arg=None):  # noqa: ARG001
+    c = default.get_config()
+    c.train.num_steps = 300
+    c.train.eval_every_steps = 100
+    c.train.checkpoint_every_steps = 100
+    return c
+
+
+def get_sweep(arg=None):  # noqa: ARG001
+    return hyper.product(
+        hyper.sweep("loss.aux_weight", [0.0, 0.1, 0.3, 1.0]),
+        hyper.sweep("seed", [0, 1, 2]),
+    )
