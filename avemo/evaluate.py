@@ -157,7 +157,7 @@ def gate_modality_correlation(
     availability = (
         np.asarray(speech_energy, np.float64) - np.asarray(face_present, np.float64)
     ).ravel()
-    if beta.std() == 0 or availability.std() == 0:
+    if np.ptp(beta) == 0 or np.ptp(availability) == 0:
         return float("nan")
     return float(np.corrcoef(beta, availability)[0, 1])
 

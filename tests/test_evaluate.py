@@ -1,0 +1,132 @@
+"""Evaluation reports: the missing-modality protocol's inputs, β correlation, reports on disk."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from avemo import evaluate, inference, postprocess, train
+from avemo.audio import frontend, normalize
+from avemo.data.corpora import get_sessions
+from configs import tiny
+from tests.trained_model import trained_workdir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_workdir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def dev_inputs(trained):
+    workdir, config = trained
+    sessions = train.load_sessions(config, str(workdir))
+    dev = [s for s in sessions if s.split == "dev"]
+    raw = {s.name: s for s in get_sessions(config.data)}
+    normalizer = normalize.load(workdir / "normalizer.npz")
+    return config, dev, raw, normalizer
+
+
+def test_face_removed_has_no_face_anywhere_and_keeps_audio(dev_inputs):
+    config, dev, raw, normalizer = dev_inputs
+    assert dev[0].arrays["face_present"].max() == 1.0  # the corpus shows a face
+    (removed,) = evaluate.protocol_sessions("face_removed", dev, raw, config, normalizer)
+    assert np.all(removed.arrays["face_present"] == 0)
+    assert not np.any(removed.arrays["faces"])
+    for key in ("audio_features", "speech_energy", "labels"):
+        np.testing.assert_array_equal(removed.arrays[key], dev[0].arrays[key])
+
+
+def test_audio_silenced_is_the_front_end_on_silence(dev_inputs):
+    config, dev, raw, normalizer = dev_inputs
+    (silenced,) = evaluate.protocol_sessions("audio_silenced", dev, raw, config, normalizer)
+    signal = evaluate.session_signal(raw[dev[0].name], config)
+    silence = frontend.extract((np.zeros_like(signal), 16000), dev[0].num_steps, config.audio)
+    expected = normalize.apply(silence["audio_features"], normalizer)
+    np.testing.assert_allclose(silenced.arrays["audio_features"], expected, atol=1e-6)
+    assert np.all(silenced.arrays["speech_energy"] == 0)
+    assert dev[0].arrays["speech_energy"].max() > 0.5  # there was speech before
+    np.testing.assert_array_equal(silenced.arrays["faces"], dev[0].arrays["faces"])
+    np.testing.assert_array_equal(silenced.arrays["face_present"], dev[0].arrays["face_present"])
+
+
+def test_far_field_is_quieter_duller_and_changes_the_features(dev_inputs):
+    config, dev, raw, normalizer = dev_inputs
+    rate = 16000
+    t = np.arange(rate) / rate
+    low, high = np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 5000 * t)
+    level = lambda x: 20 * np.log10(np.sqrt(np.mean(x[rate // 2 :] ** 2)))  # noqa: E731
+    assert -35.0 < level(evaluate.far_field(low, rate)) - level(low) < -20.0
+    assert level(evaluate.far_field(high, rate)) - level(high) < -50.0  # low-passed
+    (far,) = evaluate.protocol_sessions("far_field", dev, raw, config, normalizer)
+    assert far.arrays["audio_features"].shape == dev[0].arrays["audio_features"].shape
+    assert not np.allclose(far.arrays["audio_features"], dev[0].arrays["audio_features"])
+    np.testing.assert_array_equal(far.arrays["face_present"], dev[0].arrays["face_present"])
+
+
+def test_gate_correlation_closed_form():
+    rng = np.random.default_rng(0)
+    speech = rng.uniform(size=100)
+    faces = (rng.uniform(size=100) > 0.3).astype(np.float32)
+    beta = 0.5 + 0.25 * (speech - faces)  # Eq. (31)'s optimum direction
+    assert evaluate.gate_modality_correlation(beta, speech, faces) == pytest.approx(1.0)
+    assert evaluate.gate_modality_correlation(1 - beta, speech, faces) == pytest.approx(-1.0)
+    assert np.isnan(evaluate.gate_modality_correlation(np.full(100, 0.4), speech, faces))
+
+
+def test_reports_protocols_and_post_processing_on_disk(trained):
+    workdir, _ = trained
+    summary = evaluate.evaluate_workdir(str(workdir))
+    reports = workdir / "reports"
+    for name in ("report.md", "metrics.csv", "robustness.csv", "postprocess.csv", "summary.json"):
+        assert (reports / name).is_file()
+    assert (reports / "plots" / "dev_1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(reports.rglob(".*.tmp"))
+    assert set(summary["robustness"]) == set(evaluate.PROTOCOLS)
+    for entry in summary["robustness"].values():
+        assert np.isfinite(entry["ccc_mean"]) and -1 <= entry["ccc_mean"] <= 1
+        assert -1 <= entry["gate_availability_corr"] <= 1 or np.isnan(
+            entry["gate_availability_corr"]
+        )
+    rows = list(csv.DictReader((reports / "metrics.csv").open()))
+    # 4 protocols x (raw, postprocessed) x (dev_1, pooled)
+    assert len(rows) == 16
+    # The table's numbers are the model's predictions scored with the saved post-processing.
+    model = inference.load(str(workdir))
+    dev = [s for s in train.load_sessions(model.config, str(workdir)) if s.split == "dev"]
+    params = postprocess.load(workdir)
+    out = postprocess.apply(model.predict(dev)["dev_1"]["outputs"], params)
+    row = next(
+        r
+        for r in rows
+        if (r["protocol"], r["stage"], r["session"]) == ("normal", "postprocessed", "dev_1")
+    )
+    gold = dev[0].arrays["labels"]
+    from avemo.metrics import ccc
+
+    assert float(row["ccc_arousal"]) == pytest.approx(ccc(out[:, 0], gold[:, 0]), abs=1e-6)
+    # Post-processing fitted on dev improves or keeps dev CCC, step by step.
+    for step in summary["postprocess"]:
+        assert step["ccc_after"] >= step["ccc_before"]
+    raw_row = next(
+        r for r in rows if (r["protocol"], r["stage"], r["session"]) == ("normal", "raw", "pooled")
+    )
+    post_row = next(
+        r
+        for r in rows
+        if (r["protocol"], r["stage"], r["session"]) == ("normal", "postprocessed", "pooled")
+    )
+    for dim in ("arousal", "valence"):
+        assert float(post_row[f"ccc_{dim}"]) >= float(raw_row[f"ccc_{dim}"]) - 1e-9
+
+
+def test_training_writes_reports_at_the_end(tmp_path):
+    config = tiny.get_config()
+    config.train.num_steps = 2
+    config.eval.report_at_end = True
+    train.train_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "reports" / "report.md").is_file()
+    assert (tmp_path / "postprocess.json").is_file()
+    robustness = list(csv.DictReader((tmp_path / "reports" / "robustness.csv").open()))
+    # The in-memory corpus has no recordings to degrade: normal and face_removed only.
+    assert [r["protocol"] for r in robustness] == ["normal", "face_removed"]
