@@ -1,7 +1,9 @@
 """Evaluation reports: the missing-modality protocol's inputs, β correlation, reports on disk."""
 
 import csv
+import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -120,13 +122,25 @@ def test_reports_protocols_and_post_processing_on_disk(trained):
         assert float(post_row[f"ccc_{dim}"]) >= float(raw_row[f"ccc_{dim}"]) - 1e-9
 
 
-def test_training_writes_reports_at_the_end(tmp_path):
-    config = tiny.get_config()
-    config.train.num_steps = 2
+def test_training_writes_reports_at_the_end(trained, tmp_path):
+    """The `eval.report_at_end` hook; a finished run re-launched only writes its reports."""
+    workdir, config = trained
+    copy = tmp_path / "workdir"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("reports", "postprocess.json"))
+    config = ml_collections.ConfigDict(config.to_dict())
     config.eval.report_at_end = True
-    train.train_and_evaluate(config, str(tmp_path))
-    assert (tmp_path / "reports" / "report.md").is_file()
-    assert (tmp_path / "postprocess.json").is_file()
-    robustness = list(csv.DictReader((tmp_path / "reports" / "robustness.csv").open()))
-    # The in-memory corpus has no recordings to degrade: normal and face_removed only.
-    assert [r["protocol"] for r in robustness] == ["normal", "face_removed"]
+    train.train_and_evaluate(config, str(copy))
+    assert (copy / "reports" / "report.md").is_file()
+    assert (copy / "reports" / "plots" / "dev_1.png").is_file()
+    assert postprocess.load(copy)["fitted_on"] == ["dev_1"]
+    robustness = list(csv.DictReader((copy / "reports" / "robustness.csv").open()))
+    assert [r["protocol"] for r in robustness] == list(evaluate.PROTOCOLS)
+
+
+def test_no_reports_when_disabled_or_without_checkpoints(tmp_path):
+    config = tiny.get_config()  # report_at_end False
+    assert not config.eval.report_at_end
+    config.eval.report_at_end = True
+    config.checkpoint.enabled = False
+    evaluate.report_after_training(config, str(tmp_path))  # nothing to reload: no reports
+    assert not (tmp_path / "reports").exists()
