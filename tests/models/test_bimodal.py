@@ -85,13 +85,21 @@ def test_audio_cnn_keeps_spatial_size_same_padding_stride_one_pools():
 
 
 def test_video_frame_stride_runs_the_cnn_on_every_stride_th_step_only():
-    kwargs = dict(mode="video", conv_features=(4, 4, 4), fc_features=(8, 8), lstm_features=8,
-                  audio_dense_features=8, attention_features=8, output_lstm_features=0)
+    kwargs = dict(
+        mode="video",
+        conv_features=(4, 4, 4),
+        fc_features=(8, 8),
+        lstm_features=8,
+        audio_dense_features=8,
+        attention_features=8,
+        output_lstm_features=0,
+    )
     batch = _batch(length=7)
     strided = BimodalModel(video_frame_stride=3, **kwargs)
     variables = strided.init(jax.random.key(0), batch)
-    out, state = strided.apply(variables, batch, capture_intermediates=True,
-                               mutable=["intermediates"])
+    out, state = strided.apply(
+        variables, batch, capture_intermediates=True, mutable=["intermediates"]
+    )
     frames = state["intermediates"]["alexnet"]["__call__"][0]["feature_map"].shape[0]
     assert frames == 2 * 3  # batch 2 x steps {0, 3, 6}
     # Faces between the strided steps do not matter; a face at a strided step does.
