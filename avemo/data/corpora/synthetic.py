@@ -32,7 +32,7 @@ from avemo.data.corpora import arff_io
 from avemo.data.corpora.base import CorpusError
 
 # Bump when the generator's output changes, so cached corpora are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_NAME = "corpus.json"
 STEP_SECONDS = 0.04
 
@@ -516,7 +516,9 @@ def generate_session(root: pathlib.Path, name: str, split: str, index: int, opti
     step_times = np.arange(num_steps) * STEP_SECONDS
     at_frames = lambda values: np.interp(frame_times, step_times, values)  # noqa: E731
     mouth_open = at_frames(ndimage.uniform_filter1d(speech_active.astype(float), 3))
-    motion = 1.0 + 0.3 * arousal
+    # The face carries mostly valence (smile, sad brows at full strength) and some arousal (eye
+    # opening, brow raise and head-motion energy at a third of it); the voice the reverse.
+    motion = 1.0 + 0.1 * arousal
     pose_x = at_frames(10.0 * motion * smooth_noise(rng, num_steps, 1.5 / STEP_SECONDS))
     pose_y = at_frames(6.0 * motion * smooth_noise(rng, num_steps, 1.5 / STEP_SECONDS))
     pose_angle = at_frames(4.0 * motion * smooth_noise(rng, num_steps, 2.0 / STEP_SECONDS))
@@ -541,8 +543,8 @@ def generate_session(root: pathlib.Path, name: str, split: str, index: int, opti
                     # The photo already smiles: frowning needs the larger displacement.
                     "smile": frame_valence[k] * (1.0 if frame_valence[k] > 0 else 1.6),
                     "brows_sad": max(-frame_valence[k], 0.0),
-                    "eyes_open": frame_arousal[k],
-                    "brows_raise": 0.7 * frame_arousal[k],
+                    "eyes_open": 0.35 * frame_arousal[k],
+                    "brows_raise": 0.25 * frame_arousal[k],
                     "mouth_open": mouth_open[k],
                 }
                 pose = (pose_x[k], pose_y[k], pose_angle[k], pose_scale[k])
