@@ -56,10 +56,45 @@ def _lstm_flops(config, feature_dim: int) -> float:
     return 3.0 * per_step * b * length
 
 
-def bench_model(name: str, steps: int) -> dict:
+def _program_flops(trainer, state, batch, name: str, b: int, length: int) -> float:
+    """XLA's FLOP count of the train step; where this backend gives none (jax 0.11 on CUDA),
+    the identical program's count from XLA CPU in a subprocess (FLOPs do not depend on the
+    device)."""
+    cost = trainer.train_step.lower(state, batch, trainer.base_rng).cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    if cost and cost.get("flops"):
+        return float(cost["flops"])
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avemo.bench",
+            "train",
+            "--models",
+            name,
+            "--flops-only",
+            "--batch",
+            f"{b}x{length}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["flops"])
+
+
+def bench_model(name: str, steps: int, batch_shape: str = "", flops_only: bool = False) -> dict:
     from avemo import train
 
     config = _config(name)
+    if batch_shape:
+        config.train.batch_size, config.train.window_steps = map(int, batch_shape.split("x"))
     b, length = config.train.batch_size, config.train.window_steps
     size, channels = config.video.crop_size, 1 if config.video.color_mode == "gray" else 3
     feature_dim = 93
@@ -81,12 +116,11 @@ def bench_model(name: str, steps: int) -> dict:
     state = trainer.init_state()
     params = sum(x.size for x in jax.tree.leaves(state.params))
     global_batch = trainer.to_global(batch)
-    traced = trainer.train_step.trace(state, global_batch, trainer.base_rng)
-    cost = traced.lower().cost_analysis()
-    if not cost:  # some backends (jax 0.11 CUDA) give none: count the same program lowered for CPU
-        cost = traced.lower(lowering_platforms=("cpu",)).cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float(cost.get("flops", 0.0)) + _lstm_flops(config, feature_dim) * (length - 1) / length
+    if flops_only:
+        cost = trainer.train_step.lower(state, global_batch, trainer.base_rng).cost_analysis()
+        return {"flops": float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])}
+    flops = _program_flops(trainer, state, global_batch, name, b, length)
+    flops += _lstm_flops(config, feature_dim) * (length - 1) / length
     state, metrics = trainer.train_step(state, global_batch, trainer.base_rng)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -111,12 +145,19 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m avemo.bench train")
     parser.add_argument("--models", default="default,paper")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--flops-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", default="", help="windows x steps, e.g. 8x150")
     args = parser.parse_args(argv)
     sys.path.insert(0, ".")
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1])
+    if args.flops_only:
+        import json
+
+        print(json.dumps(bench_model(args.models, 0, args.batch, flops_only=True)))
+        return
     peak = matmul_peak()
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
     print(f"matmul peak (f32, default precision): {peak / 1e9:.1f} GFLOP/s")
@@ -126,7 +167,7 @@ def main(argv: list[str]) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        r = bench_model(name, args.steps)
+        r = bench_model(name, args.steps, args.batch)
         print(
             f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['crop']} | "
             f"{r['frame_stride']} | {r['step_s']:.4f} | {r['frames_per_s']:.0f} | "
