@@ -65,6 +65,7 @@ def model_defaults() -> ml_collections.ConfigDict:
     m.audio_cnn.output_features = 64
     # Audio stream: Dense -> scanned LSTM (Eq. 27).
     m.audio_dense_features = 64
+    m.audio_input_dropout = 0.0  # dropout on the audio feature vector (0 = off, the paper)
     m.lstm_features = 64
     # Attention (Eq. 28): width of the tanh layer.
     m.attention_features = 64
@@ -233,6 +234,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.postprocess.median_window_steps must be a positive odd number")
     if flat["loss.aux_weight"] < 0:
         raise ConfigError("config.loss.aux_weight (lambda) must be >= 0")
+    if not 0.0 <= flat["model.audio_input_dropout"] < 1.0:
+        raise ConfigError("config.model.audio_input_dropout must be in [0, 1)")
     if not 0.0 <= flat["model.fixed_gate_value"] <= 1.0:
         raise ConfigError("config.model.fixed_gate_value must be in [0, 1]")
     return config

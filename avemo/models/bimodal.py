@@ -40,6 +40,7 @@ class BimodalModel(nn.Module):
     audio_cnn_pool_size: int = 3
     audio_cnn_output_features: int = 64
     audio_dense_features: int = 64
+    audio_input_dropout: float = 0.0
     lstm_features: int = 64
     attention_features: int = 64
     gate: str = "learned"
@@ -78,8 +79,12 @@ class BimodalModel(nn.Module):
             fmap = jnp.repeat(fmap, stride, axis=1)[:, :full_length]
         return fmap
 
-    def _audio_stream(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    def _audio_stream(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
         x = batch["audio_features"].astype(self.dtype)
+        if self.audio_input_dropout:
+            # Element-wise dropout on the feature vector: keeps the fast-learning audio stream
+            # from carrying everything (the face stream then has to contribute).
+            x = nn.Dropout(self.audio_input_dropout, deterministic=not train)(x)
         if self.use_audio_cnn:
             spec = batch["spectrogram"]
             b, length = spec.shape[:2]
@@ -101,7 +106,7 @@ class BimodalModel(nn.Module):
     def __call__(self, batch: Mapping[str, jax.Array], train: bool = False) -> dict[str, jax.Array]:
         out: dict[str, jax.Array] = {}
         if self.mode in ("fusion", "audio"):
-            h = self._audio_stream(batch)
+            h = self._audio_stream(batch, train)
         if self.mode in ("fusion", "video"):
             fmap = self._face_features(batch["faces"], train)
             if self.mode == "video":
@@ -152,6 +157,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         audio_cnn_pool_size=model_cfg.audio_cnn.pool_size,
         audio_cnn_output_features=model_cfg.audio_cnn.output_features,
         audio_dense_features=model_cfg.audio_dense_features,
+        audio_input_dropout=model_cfg.audio_input_dropout,
         lstm_features=model_cfg.lstm_features,
         attention_features=model_cfg.attention_features,
         gate=model_cfg.gate,

@@ -110,3 +110,28 @@ def test_video_frame_stride_runs_the_cnn_on_every_stride_th_step_only():
     assert not np.allclose(strided.apply(variables, changed)["outputs"], out["outputs"])
     full = BimodalModel(video_frame_stride=1, **kwargs)
     assert full.apply(variables, batch)["outputs"].shape == out["outputs"].shape
+
+
+def test_audio_input_dropout_acts_in_training_only():
+    model = BimodalModel(
+        mode="audio",
+        lstm_features=8,
+        audio_dense_features=8,
+        output_lstm_features=0,
+        head_dropout=0.0,
+        audio_input_dropout=0.5,
+    )
+    batch = _batch()
+    variables = model.init(jax.random.key(0), batch)
+    plain = BimodalModel(
+        mode="audio",
+        lstm_features=8,
+        audio_dense_features=8,
+        output_lstm_features=0,
+        head_dropout=0.0,
+    )
+    np.testing.assert_array_equal(
+        model.apply(variables, batch)["outputs"], plain.apply(variables, batch)["outputs"]
+    )
+    trained = model.apply(variables, batch, train=True, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(trained["outputs"], plain.apply(variables, batch)["outputs"])
