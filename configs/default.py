@@ -18,6 +18,9 @@ def get_config(arg=None):  # noqa: ARG001
     c.model.alexnet.fc_features = (64, 64)
     c.model.video_frame_stride = 4
     c.model.audio_dense_features = 64
+    # Not in the paper: without it the fast-learning audio stream carries valence too and the face
+    # is under-used (dev valence CCC 0.751 vs 0.810 with it, one seed each, corpus v2).
+    c.model.audio_input_dropout = 0.5
     c.model.lstm_features = 64
     c.model.attention_features = 32
     c.model.output_lstm_features = 64
