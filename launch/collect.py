@@ -3,7 +3,10 @@
     python -m launch.collect ROOT [--metrics dev/ccc_pooled/arousal,dev/ccc_pooled/valence]
                                   [--seed-key seed]
 
-Reads `ROOT/*/point.json` (overrides) and `final_metrics.json`; points whose overrides differ
+Reads `ROOT/*/point.json` (overrides) and `final_metrics.json`; a metric named
+`report/<protocol>/<name>` is read from the point's evaluation report instead
+(`reports/summary.json`, e.g. `report/face_removed/ccc_mean`,
+`report/normal/gate_availability_corr`). Points whose overrides differ
 only in the seed form one row. Only finished points (`DONE`, see `launch.sweep`) are aggregated;
 unfinished ones are counted in the `incomplete` column. Writes `ROOT/results.md` and
 `ROOT/results.csv` atomically and prints the Markdown table. The std is the sample standard
@@ -73,6 +76,12 @@ def gather(root: str, metrics: Sequence[str], seed_key: str = "seed") -> list[Ro
             row.incomplete += 1
             continue
         final = _read_json(metrics_path)
+        summary_path = os.path.join(workdir, "reports", "summary.json")
+        if os.path.exists(summary_path):
+            robustness = _read_json(summary_path).get("robustness", {})
+            for protocol, values in robustness.items():
+                for key, value in values.items():
+                    final[f"report/{protocol}/{key}"] = value
         seed = overrides.get(seed_key)
         if seed is None and os.path.exists(os.path.join(workdir, "config.json")):
             seed = _read_json(os.path.join(workdir, "config.json")).get(seed_key)

@@ -61,3 +61,16 @@ def test_collect_chosen_metrics_and_single_seed(tmp_path):
     assert len(rows) == 1 and rows[0].values == {"dev/rmse_pooled/mean": [0.25]}
     assert collect.mean_std([0.25]) == (0.25, 0.0)
     assert "0.2500 ± 0.0000" in (tmp_path / "results.md").read_text()
+
+
+def test_collect_reads_report_metrics_from_the_evaluation_summary(tmp_path):
+    for seed, drop in enumerate((0.1, 0.3)):
+        _point(tmp_path, seed, {"loss.aux_weight": 0.1, "seed": seed}, {ARO: 0.5, VAL: 0.5})
+        reports = (
+            tmp_path / sweep_lib.point_name({"loss.aux_weight": 0.1, "seed": seed}) / "reports"
+        )
+        reports.mkdir()
+        summary = {"robustness": {"face_removed": {"ccc_mean_drop": drop}}}
+        (reports / "summary.json").write_text(json.dumps(summary))
+    rows = collect.gather(str(tmp_path), ["report/face_removed/ccc_mean_drop"])
+    assert rows[0].values["report/face_removed/ccc_mean_drop"] == [0.1, 0.3]
