@@ -32,7 +32,7 @@ from avemo.data.corpora import arff_io
 from avemo.data.corpora.base import CorpusError
 
 # Bump when the generator's output changes, so cached corpora are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 2
 MARKER_NAME = "corpus.json"
 STEP_SECONDS = 0.04
 
@@ -238,7 +238,7 @@ def synthesize_voice(
     semitones = (
         4.0 * arousal
         + (1.5 + 1.5 * (arousal + 1)) * accent[syllable] * np.sin(np.pi * np.clip(position, 0, 1))
-        + 0.2 * valence  # version 3: the voice carries only some valence (was 0.5)
+        + 0.5 * valence
     )
     f0 = f0_base * 2.0 ** (semitones / 12.0)
     glottal_phase = np.cumsum(f0) / sample_rate
@@ -253,7 +253,7 @@ def synthesize_voice(
     source += 0.02 * rng.standard_normal(num) * flow  # Aspiration.
     # Brightness (spectral tilt): mix in a pre-emphasised copy; more with valence and arousal.
     emphasised = source - 0.95 * np.concatenate([[0.0], source[:-1]])
-    brightness = np.clip(0.6 + 0.15 * valence + 0.2 * arousal, 0.05, None)  # v3: 0.15 (was 0.45)
+    brightness = np.clip(0.6 + 0.45 * valence + 0.2 * arousal, 0.05, None)
     source = source + brightness * emphasised
 
     smile = (valence + 1.0) / 2.0
@@ -262,7 +262,7 @@ def synthesize_voice(
         selected = vowel[syllable] == index
         if not selected.any():
             continue
-        for shift, weight in ((1.0, 1.0 - smile), (1.03, smile)):  # v3: 3 % (was 8 %)
+        for shift, weight in ((1.0, 1.0 - smile), (1.08, smile)):
             sos = _formant_sos(formants * formant_scale * shift, sample_rate)
             filtered = signal.sosfilt(sos, source)
             filtered /= np.sqrt(np.mean(filtered**2)) + 1e-12
