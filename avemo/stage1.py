@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 from avemo import config as config_lib
 from avemo import metrics as metrics_lib
 from avemo import objectives, sharding
+from avemo import train as train_lib
 from avemo.data.pipeline import PreparedSession
 from avemo.models.backbones import BACKBONES, build_backbone
 from avemo.reporting.writers import MetricWriter
@@ -189,9 +190,7 @@ def train_step(
     rng = jax.random.fold_in(base_rng, state.step)
 
     def loss_fn(params):
-        variables = {"params": params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
+        variables = train_lib.model_variables(state, params)
         out, updates = state.apply_fn(
             variables, batch["faces"], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
         )
@@ -206,9 +205,7 @@ def train_step(
 
 
 def predict_step(state: Any, faces: jax.Array) -> jax.Array:
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
+    variables = train_lib.model_variables(state)
     return state.apply_fn(variables, faces, train=False)["outputs"]
 
 

@@ -130,6 +130,14 @@ def losses(
     return {"loss": main + config.loss.aux_weight * aux, "loss_main": main, "loss_aux": aux}
 
 
+def model_variables(state: Any, params: Any = None) -> dict[str, Any]:
+    """Flax variables of a train state: its (or the given) params, plus batch stats if any."""
+    variables = {"params": state.params if params is None else params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -140,9 +148,7 @@ def train_step(
     rng = jax.random.fold_in(base_rng, state.step)
 
     def loss_fn(params):
-        variables = {"params": params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
+        variables = model_variables(state, params)
         outputs, updates = state.apply_fn(
             variables, batch, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
         )
@@ -163,9 +169,7 @@ def train_step(
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
+    variables = model_variables(state)
     outputs = state.apply_fn(variables, batch, train=False)
     keep = {"outputs": outputs["outputs"]}
     if "audio_gate" in outputs:
