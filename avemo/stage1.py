@@ -223,8 +223,6 @@ class Stage1Trainer:
     """Backbone, mesh, shardings and the jitted train / predict functions for stage 1."""
 
     def __init__(self, config: ml_collections.ConfigDict, example_faces: np.ndarray):
-        from avemo.train import TrainState, make_optimizer
-
         s = config.stage1
         self.mesh = sharding.make_mesh(config.mesh)
         self.data_size = self.mesh.shape["data"]
@@ -237,21 +235,11 @@ class Stage1Trainer:
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
         self.model = build_backbone(s.backbone, config)
-        tx = make_optimizer(_stage1_train_config(config), s.num_steps)
+        tx = train_lib.make_optimizer(_stage1_train_config(config), s.num_steps)
         self.base_rng = jax.random.key(config.seed)
         example = jnp.asarray(example_faces[:1])
 
-        def init(rng):
-            params_rng, dropout_rng = jax.random.split(rng)
-            variables = self.model.init(
-                {"params": params_rng, "dropout": dropout_rng}, example, train=False
-            )
-            return TrainState.create(
-                apply_fn=self.model.apply,
-                params=variables["params"],
-                tx=tx,
-                batch_stats=variables.get("batch_stats", {}),
-            )
+        init = train_lib.state_initializer(self.model, tx, example)
 
         abstract = jax.eval_shape(init, self.base_rng)
         self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
@@ -325,7 +313,6 @@ def train_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     Raises:
       ConfigError: for an invalid config or data without training frames.
     """
-    from avemo.train import load_sessions
 
     validate(config)
     s = config.stage1
@@ -338,7 +325,7 @@ def train_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    sessions = load_sessions(config, workdir)
+    sessions = train_lib.load_sessions(config, workdir)
     train_pairs = face_frames(sessions, ("train",), s.frame_stride)
     held_out = eval_frames(face_frames(sessions, tuple(s.eval_splits)), s.eval_max_frames)
     if not len(train_pairs):

@@ -138,6 +138,22 @@ def model_variables(state: Any, params: Any = None) -> dict[str, Any]:
     return variables
 
 
+def state_initializer(model: Any, tx: optax.GradientTransformation, example: Any):
+    """rng -> fresh TrainState of `model` (params, batch stats, optimiser) for `example` inputs."""
+
+    def init(rng: jax.Array) -> TrainState:
+        params_rng, dropout_rng = jax.random.split(rng)
+        variables = model.init({"params": params_rng, "dropout": dropout_rng}, example, train=False)
+        return TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            tx=tx,
+            batch_stats=variables.get("batch_stats", {}),
+        )
+
+    return init
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -200,20 +216,8 @@ class Trainer:
         self.base_rng = jax.random.key(config.seed)
         example = {k: jnp.asarray(v[:1]) for k, v in example.items()}
 
-        def init(rng):
-            params_rng, dropout_rng = jax.random.split(rng)
-            variables = self.model.init(
-                {"params": params_rng, "dropout": dropout_rng}, example, train=False
-            )
-            return TrainState.create(
-                apply_fn=self.model.apply,
-                params=variables["params"],
-                tx=self.tx,
-                batch_stats=variables.get("batch_stats", {}),
-            )
-
-        self._init = init
-        self.abstract_state = jax.eval_shape(init, self.base_rng)
+        self._init = state_initializer(self.model, self.tx, example)
+        self.abstract_state = jax.eval_shape(self._init, self.base_rng)
         self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
         self.train_step = jax.jit(
             functools.partial(train_step, config=config),

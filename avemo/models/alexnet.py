@@ -60,6 +60,37 @@ class FullyConnectedAsConv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+def to_float_images(images: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Images as `dtype`; integer (uint8) pixels are scaled to [0, 1]."""
+    x = images.astype(dtype)
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        x = x / 255.0
+    return x
+
+
+def regression_head(
+    x: jax.Array,
+    fc_features: Sequence[int],
+    num_outputs: int,
+    dropout: float,
+    fc_impl: str,
+    dtype: jnp.dtype,
+    train: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """FC layers as convolutions (ReLU + dropout each) and the linear output layer (Sec. 4.2).
+
+    Called inside a network's compact `__call__`, so its layers (`fc1`, `fc2`, ..., `output`)
+    belong to that network. Returns (embedding [N, K_last], outputs [N, num_outputs] float32).
+    """
+    for i, features in enumerate(fc_features):
+        x = FullyConnectedAsConv(features, impl=fc_impl, dtype=dtype, name=f"fc{i + 1}")(x)
+        x = nn.relu(x)
+        x = nn.Dropout(dropout, deterministic=not train)(x)
+    embedding = x.reshape(x.shape[0], -1)
+    outputs = nn.Dense(num_outputs, dtype=dtype, name="output")(embedding)
+    return embedding, outputs.astype(jnp.float32)
+
+
 class ConvBlock(nn.Module):
     """3x3 convolution -> ReLU -> 2x2/2 max-pool -> batch normalisation (Sec. 4.2, Eq. 16-21)."""
 
@@ -102,9 +133,7 @@ class ImprovedAlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        x = images.astype(self.dtype)
-        if jnp.issubdtype(images.dtype, jnp.integer):
-            x = x / 255.0
+        x = to_float_images(images, self.dtype)
         for i, (features, stride) in enumerate(
             zip(self.conv_features, self.conv_strides, strict=True)
         ):
@@ -112,16 +141,11 @@ class ImprovedAlexNet(nn.Module):
                 features, self.kernel_size, stride, dtype=self.dtype, name=f"conv{i + 1}"
             )(x, train)
         feature_map = x
-        for i, features in enumerate(self.fc_features):
-            x = FullyConnectedAsConv(
-                features, impl=self.fc_impl, dtype=self.dtype, name=f"fc{i + 1}"
-            )(x)
-            x = nn.relu(x)
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        embedding = x.reshape(x.shape[0], -1)
-        outputs = nn.Dense(self.num_outputs, dtype=self.dtype, name="output")(embedding)
+        embedding, outputs = regression_head(
+            x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
+        )
         return {
             "feature_map": feature_map,
             "embedding": embedding,
-            "outputs": outputs.astype(jnp.float32),
+            "outputs": outputs,
         }

@@ -30,38 +30,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from avemo.models.alexnet import FullyConnectedAsConv, ImprovedAlexNet
+from avemo.models.alexnet import ImprovedAlexNet, regression_head, to_float_images
 
 BACKBONES = ("improved_alexnet", "alexnet", "vgg", "inception")
-
-
-def _to_float(images: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    x = images.astype(dtype)
-    if jnp.issubdtype(images.dtype, jnp.integer):
-        x = x / 255.0
-    return x
-
-
-class _Head(nn.Module):
-    """Fully connected layers (ReLU + dropout each) and the linear output, as in Sec. 4.2."""
-
-    fc_features: Sequence[int]
-    num_outputs: int
-    dropout: float
-    fc_impl: str = "dense"
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        for i, features in enumerate(self.fc_features):
-            x = FullyConnectedAsConv(
-                features, impl=self.fc_impl, dtype=self.dtype, name=f"fc{i + 1}"
-            )(x)
-            x = nn.relu(x)
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        embedding = x.reshape(x.shape[0], -1)
-        outputs = nn.Dense(self.num_outputs, dtype=self.dtype, name="output")(embedding)
-        return embedding, outputs.astype(jnp.float32)
 
 
 class TraditionalAlexNet(nn.Module):
@@ -81,7 +52,7 @@ class TraditionalAlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        x = _to_float(images, self.dtype)
+        x = to_float_images(images, self.dtype)
         layers = list(zip(self.conv_features, self.kernel_sizes, self.conv_strides, strict=True))
         pool_after = {0, 1, len(layers) - 1}
         for i, (features, kernel, stride) in enumerate(layers):
@@ -96,9 +67,9 @@ class TraditionalAlexNet(nn.Module):
             x = nn.relu(x)
             if i in pool_after:
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-        embedding, outputs = _Head(
-            self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, name="head"
-        )(x, train)
+        embedding, outputs = regression_head(
+            x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
+        )
         return {"feature_map": x, "embedding": embedding, "outputs": outputs}
 
 
@@ -115,7 +86,7 @@ class VGGNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        x = _to_float(images, self.dtype)
+        x = to_float_images(images, self.dtype)
         for b, features in enumerate(self.block_features):
             for j in range(self.convs_per_block):
                 x = nn.Conv(
@@ -127,9 +98,9 @@ class VGGNet(nn.Module):
                 )(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        embedding, outputs = _Head(
-            self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, name="head"
-        )(x, train)
+        embedding, outputs = regression_head(
+            x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
+        )
         return {"feature_map": x, "embedding": embedding, "outputs": outputs}
 
 
@@ -193,16 +164,16 @@ class InceptionNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        x = _to_float(images, self.dtype)
+        x = to_float_images(images, self.dtype)
         x = _ConvBN(self.stem_features, 3, self.dtype, name="stem")(x, train)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         for i, features in enumerate(self.module_features):
             x = InceptionModule(tuple(features), self.dtype, name=f"inception{i + 1}")(x, train)
             if i in tuple(self.pool_after):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        embedding, outputs = _Head(
-            self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, name="head"
-        )(x, train)
+        embedding, outputs = regression_head(
+            x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
+        )
         return {"feature_map": x, "embedding": embedding, "outputs": outputs}
 
 
