@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
 
 import cv2
 import ml_collections
@@ -52,7 +53,7 @@ def extract(
     """Face crops, face flag and boxes on the label grid of a video.
 
     Args:
-      video_path: mp4/avi/... readable by OpenCV's FFmpeg backend.
+      video_path: mp4/avi/mkv/ts/... readable by FFmpeg (PyAV).
       num_steps: T, the number of label steps; None derives it from the container's duration.
       cfg: the video config (`config.video`, see `avemo.video.config.defaults`).
       frame_times_path: RECOLA per-frame times (CSV); None uses the container's timestamps.
@@ -69,29 +70,60 @@ def extract(
         padded with face_present = 0 and a VideoWarning; so is a video with no face at all.
     """
     path = os.fspath(video_path)
-    _check_config(cfg)
     if num_steps is None:
         num_steps = num_steps_for(path, step_seconds)
+    channels = 1 if cfg.color_mode == "gray" else 3
+    crops = np.zeros((max(num_steps, 0), cfg.crop_size, cfg.crop_size, channels), np.uint8)
+    face_present = np.zeros(max(num_steps, 0), np.float32)
+    face_boxes = np.full((max(num_steps, 0), 4), np.nan, np.float32)
+    for step, crop, box in iter_steps(path, num_steps, cfg, frame_times_path, step_seconds):
+        if crop is not None:
+            crops[step], face_present[step], face_boxes[step] = crop, 1.0, box
+    return {"faces": crops, "face_present": face_present, "face_boxes": face_boxes}
+
+
+def iter_steps(
+    video_path: str | os.PathLike[str],
+    num_steps: int,
+    cfg: ml_collections.ConfigDict,
+    frame_times_path: str | os.PathLike[str] | None = None,
+    step_seconds: float = DEFAULT_STEP_SECONDS,
+    *,
+    max_missing_tail_seconds: float | None = None,
+) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
+    """`extract` as a stream: (step, crop [S, S, C] or None where no face, box [4]) in step order.
+
+    Memory does not grow with the video's length: one decoded frame per step of the smoother's
+    look-ahead is held. Steps past the end of the video are yielded without a face.
+    `max_missing_tail_seconds` overrides `cfg.max_missing_tail_seconds` (None: the config's;
+    math.inf: any shortfall is padded with a warning, as prediction wants).
+
+    Raises:
+      VideoError: as `extract`.
+    """
+    path = os.fspath(video_path)
+    _check_config(cfg)
     if num_steps < 1:
         raise VideoError(path, f"asked for {num_steps} label steps; need at least 1")
+    tail_limit = cfg.max_missing_tail_seconds
+    if max_missing_tail_seconds is not None:
+        tail_limit = max_missing_tail_seconds
     frame_times = None if frame_times_path is None else io.read_frame_times(frame_times_path)
     if cfg.detector.num_threads > 0:
         cv2.setNumThreads(int(cfg.detector.num_threads))
 
     tracker = faces.FaceTracker(cfg.detector)
     smoother = faces.StreamingBoxSmoother(cfg.smoothing.max_gap_steps, cfg.smoothing.window_steps)
-    channels = 1 if cfg.color_mode == "gray" else 3
-    crops = np.zeros((num_steps, cfg.crop_size, cfg.crop_size, channels), np.uint8)
-    face_present = np.zeros(num_steps, np.float32)
-    face_boxes = np.full((num_steps, 4), np.nan, np.float32)
     waiting_frames: dict[int, np.ndarray] = {}
+    any_face = False
+    no_box = np.full(4, np.nan, np.float32)
 
-    def finalise(step: int, box: np.ndarray, present: bool) -> None:
+    def finalise(step: int, box: np.ndarray, present: bool):
         frame = waiting_frames.pop(step)
         if present:
-            crops[step] = faces.crop_face(frame, box, cfg.crop_size, cfg.color_mode, cfg.margin)
-            face_present[step] = 1.0
-            face_boxes[step] = box
+            crop = faces.crop_face(frame, box, cfg.crop_size, cfg.color_mode, cfg.margin)
+            return step, crop, np.asarray(box, np.float32)
+        return step, None, no_box
 
     detected_index, detected_box = -1, None
     for step, frame_index, frame in io.step_frames(path, num_steps, step_seconds, frame_times):
@@ -99,10 +131,14 @@ def extract(
             detected_index, detected_box = frame_index, tracker.next(frame)
         waiting_frames[step] = frame
         for final in smoother.push(detected_box):
-            finalise(*final)
+            result = finalise(*final)
+            any_face |= result[1] is not None
+            yield result
     covered_steps = len(smoother)
     for final in smoother.finish():
-        finalise(*final)
+        result = finalise(*final)
+        any_face |= result[1] is not None
+        yield result
 
     if covered_steps < num_steps:
         missing_seconds = (num_steps - covered_steps) * step_seconds
@@ -110,14 +146,15 @@ def extract(
             f"video ends {missing_seconds:.2f} s before the last of {num_steps} label steps "
             f"(covers {covered_steps})"
         )
-        if missing_seconds > cfg.max_missing_tail_seconds + io.TIME_TOLERANCE_SECONDS:
+        if missing_seconds > tail_limit + io.TIME_TOLERANCE_SECONDS:
             raise VideoError(path, problem + "; more than max_missing_tail_seconds")
         message = f"{path}: {problem}; padded with face_present = 0"
         warnings.warn(message, VideoWarning, stacklevel=2)
-    if not face_present.any():
+        for step in range(covered_steps, num_steps):
+            yield step, None, no_box
+    if not any_face:
         warnings.warn(
             f"{path}: no face detected in any of {num_steps} steps; face_present is 0 throughout",
             VideoWarning,
             stacklevel=2,
         )
-    return {"faces": crops, "face_present": face_present, "face_boxes": face_boxes}
