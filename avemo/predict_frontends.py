@@ -1,0 +1,273 @@
+"""Streaming front ends for prediction (new recording → bounded-memory model inputs).
+
+Two tasks per recording, each runnable in its own worker process so that both cores are used:
+
+- `video_task`: decode (PyAV, container clock) → Haar detection on the frames of the 40 ms grid
+  only (tracking, downscaled) → smoothing → crops, written to a raw file step by step
+  (`faces.u8`, [T, S, S, C] uint8), so memory does not grow with the video's length.
+- `audio_task`: the video's own track (or a separate file) → 16 kHz mono (streamed, placed at
+  the frames' own timestamps) → `avemo.audio.frontend.extract_long` in 5-minute chunks.
+
+Imperfect input gives a result and notes rather than a refusal where a result is defined:
+clipped audio (the share is reported; training still refuses it, `audio.max_clipped_fraction`),
+a missing or undecodable audio track (features of silence, m = 0: the model sees the face only,
+the paper's §5.2 case), short or silent audio (silence), a video shorter than its container says
+(padded with face_present = 0), no face anywhere. What cannot be predicted (no decodable frame,
+an unreadable file, an unreadable `--audio` file) raises `AudioError`/`VideoError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import pathlib
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+FACES_FILE = "faces.u8"
+_FLUSH_STEPS = 500  # crops buffered before they are appended to the faces file
+_PROGRESS_STEPS = 250  # report video progress every this many steps (10 s of media)
+AUDIO_CHUNK_SECONDS = 300.0
+AUDIO_MARGIN_SECONDS = 10.0
+
+Report = Callable[[str, float], None]  # (stage, seconds of media done)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One recording to predict, as the worker processes see it (picklable)."""
+
+    name: str
+    video_path: str
+    audio_path: str | None
+    num_steps: int
+    step_seconds: float
+    tmp_dir: str
+    config_json: str
+    video_seconds: float  # the video stream's end on the container clock
+
+
+def _config(job: Job):
+    import json
+
+    import ml_collections
+
+    return ml_collections.ConfigDict(json.loads(job.config_json))
+
+
+def _notes_from(caught: list[warnings.WarningMessage], path: str) -> list[str]:
+    notes = []
+    for w in caught:
+        text = str(w.message).removeprefix(f"{path}: ")
+        if "no face detected" in text:
+            continue  # the face share says it
+        notes.append(text)
+    return notes
+
+
+def video_task(job: Job, report: Report | None = None) -> dict[str, Any]:
+    """Face crops into `job.tmp_dir/faces.u8`; returns face_present [T], notes and timings."""
+    from avemo.video import frontend, io
+
+    cfg = _config(job).video
+    started, cpu = time.perf_counter(), time.process_time()
+    channels = 1 if cfg.color_mode == "gray" else 3
+    face_present = np.zeros(job.num_steps, np.float32)
+    buffer = np.zeros((_FLUSH_STEPS, cfg.crop_size, cfg.crop_size, channels), np.uint8)
+    filled = 0
+    path = pathlib.Path(job.tmp_dir) / FACES_FILE
+    with warnings.catch_warnings(record=True) as caught, open(path, "wb") as faces_file:
+        warnings.simplefilter("always")
+        info = io.probe(job.video_path)
+        steps = frontend.iter_steps(
+            job.video_path,
+            job.num_steps,
+            cfg,
+            step_seconds=job.step_seconds,
+            max_missing_tail_seconds=math.inf,
+        )
+        for step, crop, _ in steps:
+            if crop is not None:
+                buffer[filled] = crop.reshape(buffer.shape[1:])
+                face_present[step] = 1.0
+            else:
+                buffer[filled] = 0
+            filled += 1
+            if filled == _FLUSH_STEPS:
+                faces_file.write(buffer.tobytes())
+                filled = 0
+            if report is not None and (step + 1) % _PROGRESS_STEPS == 0:
+                report("video", (step + 1) * job.step_seconds)
+        faces_file.write(buffer[:filled].tobytes())
+    notes = _notes_from(caught, job.video_path)
+    if info.rotation:
+        notes.append(f"video rotated by {info.rotation}° (display matrix); frames turned upright")
+    if report is not None:
+        report("video", job.num_steps * job.step_seconds)
+    return {
+        "face_present": face_present,
+        "notes": notes,
+        "rotation": info.rotation,
+        "seconds": {"video": time.perf_counter() - started},
+        "cpu_seconds": {"video": time.process_time() - cpu},
+    }
+
+
+def audio_task(job: Job, report: Report | None = None) -> dict[str, Any]:
+    """Audio features on the grid (chunked); a missing/unusable own track gives silence + note.
+
+    Raises:
+      AudioError: a separate `--audio` file that cannot be used.
+    """
+    from avemo.audio import frontend, io
+    from avemo.audio.errors import AudioError
+
+    config = _config(job)
+    cfg = config.audio
+    cfg.max_clipped_fraction = 1.0  # prediction reports clipping instead of refusing
+    keep_logmel = bool(config.model.audio_cnn.enabled)
+    started, cpu = time.perf_counter(), time.process_time()
+    load_report = io.LoadReport()
+    notes: list[str] = []
+    source: Any = job.audio_path or job.video_path
+    silent = False
+    if job.audio_path is None and not io.has_audio_track(job.video_path):
+        notes.append("no audio track: features of silence, m = 0 (face only)")
+        silent = True
+    progress = None if report is None else (lambda seconds: report("audio", seconds))
+    out = None
+    if not silent:
+        try:
+            out = frontend.extract_long(
+                source,
+                job.num_steps,
+                cfg,
+                job.step_seconds,
+                chunk_seconds=AUDIO_CHUNK_SECONDS,
+                margin_seconds=AUDIO_MARGIN_SECONDS,
+                keep_logmel=keep_logmel,
+                report=load_report,
+                progress=progress,
+            )
+        except AudioError as error:
+            if job.audio_path is not None:
+                raise
+            notes.append(f"audio track unusable ({error.problem}): features of silence, m = 0")
+            silent = True
+    if silent:
+        samples = int(math.ceil((job.num_steps - 1) * job.step_seconds * cfg.sample_rate)) + 1
+        out = frontend.extract_long(
+            (np.zeros(samples, np.float32), cfg.sample_rate),
+            job.num_steps,
+            cfg,
+            job.step_seconds,
+            chunk_seconds=AUDIO_CHUNK_SECONDS,
+            margin_seconds=AUDIO_MARGIN_SECONDS,
+            keep_logmel=keep_logmel,
+            progress=progress,
+        )
+        out["speech_energy"] = np.zeros(job.num_steps, np.float32)
+    else:
+        notes += _audio_notes(load_report, cfg, job)
+    speech_share = float(np.mean(out["speech_mask"]))
+    if not silent and speech_share < 0.01:
+        notes.append("no speech found in the audio (silent or too quiet)")
+    out.pop("speech_mask")
+    return {
+        "arrays": out,
+        "notes": notes,
+        "silent": silent,
+        "speech_share": speech_share,
+        "clipped_share": load_report.clipped_fraction,
+        "seconds": {"audio": time.perf_counter() - started},
+        "cpu_seconds": {"audio": time.process_time() - cpu},
+    }
+
+
+def _audio_notes(report, cfg, job: Job) -> list[str]:
+    notes = []
+    if report.clipped_fraction >= 0.001:  # a few full-scale peaks are normal
+        notes.append(f"{100 * report.clipped_fraction:.1f} % of audio clipped")
+    if report.gaps:
+        notes.append(
+            f"{report.gaps} gap(s) in the audio track ({report.gap_seconds:.2f} s) "
+            "filled with silence"
+        )
+    if report.loudest_channel_share > 0.01:
+        notes.append(
+            f"stereo mix-down took the louder channel in {100 * report.loudest_channel_share:.0f}"
+            " % of blocks (anti-phase or one-sided channels)"
+        )
+    audio_seconds = report.samples / cfg.sample_rate
+    grid_seconds = (job.num_steps - 1) * job.step_seconds
+    if audio_seconds < grid_seconds - 1.0:
+        notes.append(
+            f"audio lasts {audio_seconds:.1f} s of {grid_seconds:.1f} s: the rest is silence"
+        )
+    elif audio_seconds > job.video_seconds + 1.0:
+        notes.append(
+            f"audio lasts {audio_seconds:.1f} s, the video {job.video_seconds:.1f} s: "
+            "audio past the video is ignored"
+        )
+    return notes
+
+
+# --------------------------------------------------------------------- worker-process plumbing
+
+_QUEUE = None
+
+
+def worker_init(queue) -> None:
+    """Pool initializer: Ctrl-C is the parent's business; progress goes through `queue`."""
+    import signal
+
+    global _QUEUE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _QUEUE = queue
+    logging.getLogger().setLevel(logging.ERROR)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _queue_report(name: str) -> Report | None:
+    if _QUEUE is None:
+        return None
+    return lambda stage, seconds: _QUEUE.put((name, stage, seconds))
+
+
+def run_in_worker(kind: str, job: Job) -> dict[str, Any]:
+    """Entry point of a pool worker: `kind` is "video" or "audio"."""
+    task = video_task if kind == "video" else audio_task
+    return task(job, _queue_report(job.name))
+
+
+class StepFile:
+    """A raw [T, ...] uint8 file read by step ranges (`faces.u8`): array[start:stop] reads only
+    those steps, so the model's windows never bring the whole video into memory."""
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...]):
+        self.path = os.fspath(path)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(np.uint8)
+        self._step_bytes = int(np.prod(self.shape[1:]))
+        size = os.path.getsize(self.path)
+        if size != self.shape[0] * self._step_bytes:
+            raise ValueError(f"{self.path}: {size} bytes, expected {self.shape[0]} steps")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("StepFile supports contiguous slices only")
+        start, stop, _ = index.indices(self.shape[0])
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as f:
+            f.seek(start * self._step_bytes)
+            data = np.fromfile(f, np.uint8, count * self._step_bytes)
+        return data.reshape((count,) + self.shape[1:])
