@@ -22,6 +22,7 @@ CODECS = {  # suffix -> (video codec, audio codec, audio sample format)
     ".ts": ("mpeg2video", "mp2", "s16"),
     ".mkv": ("mpeg4", "aac", "fltp"),
     ".avi": ("mpeg4", "mp2", "s16"),
+    ".mov": ("mpeg4", "pcm_s16le", "s16"),  # lossless audio: clipped samples stay at full scale
 }
 
 
