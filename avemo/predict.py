@@ -233,7 +233,7 @@ def predict_recording(
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as tmp:
         job = make_job(model, video_path, audio_path, tmp)
         try:
-            video = frontends.video_task(job)
+            video = frontends.merge_video([frontends.video_task(job)])
             audio = frontends.audio_task(job)
         except ValueError as err:  # AudioError, VideoError
             raise PredictError(str(err)) from err
@@ -455,7 +455,7 @@ class Progress:
             )
 
     def start(self, name: str, seconds: float) -> None:
-        entry = {"seconds": seconds, "video": 0.0, "audio": 0.0, "model": 0.0, "bar": None}
+        entry = {"seconds": seconds, "video": {}, "audio": 0.0, "model": 0.0, "bar": None}
         entry["started"] = time.monotonic()
         if self.tty:
             from tqdm import tqdm
@@ -471,9 +471,13 @@ class Progress:
         entry = self.state.get(name)
         if entry is None:
             return
-        entry[stage] = max(entry[stage], seconds)
+        if stage.startswith("video"):  # "video:<first step>" per segment
+            entry["video"][stage] = max(entry["video"].get(stage, 0.0), seconds)
+        else:
+            entry[stage] = max(entry[stage], seconds)
+        video = sum(entry["video"].values())
         # Front ends are 90 % of the work, the model the rest: one number of media seconds.
-        fronts = min(entry["video"], entry["audio"])
+        fronts = min(video, entry["audio"])
         done = 0.9 * fronts + 0.1 * entry["model"]
         if entry["bar"] is not None:
             entry["bar"].n = min(round(done, 1), entry["bar"].total)
@@ -485,7 +489,7 @@ class Progress:
             eta = elapsed * (1 - share) / share if share > 0 else math.nan
             print(
                 f"avemo.predict: {name}: {done:.0f}/{entry['seconds']:.0f} s "
-                f"({100 * share:.0f} %, video {entry['video']:.0f} s, audio {entry['audio']:.0f}"
+                f"({100 * share:.0f} %, video {video:.0f} s, audio {entry['audio']:.0f}"
                 f" s), elapsed {elapsed:.0f} s, ETA {eta:.0f} s; videos {self.done_videos}/"
                 f"{self.total}",
                 file=self.stream,
@@ -604,7 +608,7 @@ def run(
                     report = lambda stage, s, n=job.name: progress.update(n, stage, s)  # noqa: E731
                     try:
                         results = {
-                            "video": frontends.video_task(job, report),
+                            "video": frontends.merge_video([frontends.video_task(job, report)]),
                             "audio": frontends.audio_task(job, report),
                         }
                         complete(video, job, results["video"], results["audio"])
@@ -613,14 +617,15 @@ def run(
                         fail(video, err)
                     shutil.rmtree(tmp, ignore_errors=True)
                     continue
-                pending[job.name] = {
-                    "video_path": video,
-                    "job": job,
-                    "tasks": {
-                        kind: pool.apply_async(frontends.run_in_worker, (kind, job))
-                        for kind in ("video", "audio")
-                    },
-                }
+                # The audio task first, then the video in time segments: the workers share
+                # the work out (a long video keeps both cores busy).
+                frontends.allocate_faces(job)
+                tasks = {"audio": pool.apply_async(frontends.run_in_worker, ("audio", job))}
+                for segment in frontends.segments(job.num_steps, frontends.SEGMENT_STEPS):
+                    tasks[segment] = pool.apply_async(
+                        frontends.run_in_worker, ("video", job, segment)
+                    )
+                pending[job.name] = {"video_path": video, "job": job, "tasks": tasks}
             if pool is None:
                 continue
             time.sleep(0.1)
@@ -639,8 +644,9 @@ def run(
                 try:
                     if errors:
                         errors[0].get()
+                    video_parts = [t.get() for k, t in tasks.items() if k != "audio"]
                     complete(
-                        entry["video_path"], entry["job"], tasks["video"].get(),
+                        entry["video_path"], entry["job"], frontends.merge_video(video_parts),
                         tasks["audio"].get(),
                     )  # fmt: skip
                 except (ValueError, OSError) as err:

@@ -35,6 +35,11 @@ _FLUSH_STEPS = 500  # crops buffered before they are appended to the faces file
 _PROGRESS_STEPS = 250  # report video progress every this many steps (10 s of media)
 AUDIO_CHUNK_SECONDS = 300.0
 AUDIO_MARGIN_SECONDS = 10.0
+# Video segments for parallel workers: about this long (steps), each decoded from this many
+# steps before its start (1 s: the tracker's full search every 10 steps and the 5-step smoother
+# have settled by then).
+SEGMENT_STEPS = 7500
+SEGMENT_OVERLAP_STEPS = 25
 
 Report = Callable[[str, float], None]  # (stage, seconds of media done)
 
@@ -71,19 +76,49 @@ def _notes_from(caught: list[warnings.WarningMessage], path: str) -> list[str]:
     return notes
 
 
-def video_task(job: Job, report: Report | None = None) -> dict[str, Any]:
-    """Face crops into `job.tmp_dir/faces.u8`; returns face_present [T], notes and timings."""
+def crop_shape(job: Job) -> tuple[int, int, int]:
+    cfg = _config(job).video
+    return (cfg.crop_size, cfg.crop_size, 1 if cfg.color_mode == "gray" else 3)
+
+
+def allocate_faces(job: Job) -> pathlib.Path:
+    """The (sparse) faces file of all T steps, which video segments fill at their offsets."""
+    path = pathlib.Path(job.tmp_dir) / FACES_FILE
+    with open(path, "wb") as f:
+        f.truncate(job.num_steps * int(np.prod(crop_shape(job))))
+    return path
+
+
+def segments(num_steps: int, segment_steps: int) -> list[tuple[int, int]]:
+    """[first, stop) step ranges of about `segment_steps` covering the grid."""
+    count = max(1, round(num_steps / max(segment_steps, 1)))
+    bounds = np.linspace(0, num_steps, count + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def video_task(
+    job: Job, report: Report | None = None, segment: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Face crops of steps [first, stop) (default: all) into `job.tmp_dir/faces.u8` (allocated
+    by `allocate_faces`); returns face_present of those steps, notes and timings.
+
+    A segment that does not start at 0 is decoded from `SEGMENT_OVERLAP_STEPS` earlier (after a
+    seek), so that tracking and smoothing have settled when its own steps begin.
+    """
     from avemo.video import frontend, io
 
     cfg = _config(job).video
     started, cpu = time.perf_counter(), time.process_time()
-    channels = 1 if cfg.color_mode == "gray" else 3
-    face_present = np.zeros(job.num_steps, np.float32)
-    buffer = np.zeros((_FLUSH_STEPS, cfg.crop_size, cfg.crop_size, channels), np.uint8)
+    first, stop = segment or (0, job.num_steps)
+    face_present = np.zeros(stop - first, np.float32)
+    buffer = np.zeros((_FLUSH_STEPS,) + crop_shape(job), np.uint8)
     filled = 0
     path = pathlib.Path(job.tmp_dir) / FACES_FILE
-    with warnings.catch_warnings(record=True) as caught, open(path, "wb") as faces_file:
+    if not path.exists():
+        allocate_faces(job)
+    with warnings.catch_warnings(record=True) as caught, open(path, "r+b") as faces_file:
         warnings.simplefilter("always")
+        faces_file.seek(first * buffer[0].nbytes)
         info = io.probe(job.video_path)
         steps = frontend.iter_steps(
             job.video_path,
@@ -91,31 +126,49 @@ def video_task(job: Job, report: Report | None = None) -> dict[str, Any]:
             cfg,
             step_seconds=job.step_seconds,
             max_missing_tail_seconds=math.inf,
+            start_step=max(first - SEGMENT_OVERLAP_STEPS, 0),
+            stop_step=stop,
         )
         for step, crop, _ in steps:
+            if step < first:
+                continue
             if crop is not None:
                 buffer[filled] = crop.reshape(buffer.shape[1:])
-                face_present[step] = 1.0
+                face_present[step - first] = 1.0
             else:
                 buffer[filled] = 0
             filled += 1
             if filled == _FLUSH_STEPS:
                 faces_file.write(buffer.tobytes())
                 filled = 0
-            if report is not None and (step + 1) % _PROGRESS_STEPS == 0:
-                report("video", (step + 1) * job.step_seconds)
+            if report is not None and (step + 1 - first) % _PROGRESS_STEPS == 0:
+                report(f"video:{first}", (step + 1 - first) * job.step_seconds)
         faces_file.write(buffer[:filled].tobytes())
     notes = _notes_from(caught, job.video_path)
-    if info.rotation:
+    if info.rotation and first == 0:
         notes.append(f"video rotated by {info.rotation}° (display matrix); frames turned upright")
     if report is not None:
-        report("video", job.num_steps * job.step_seconds)
+        report(f"video:{first}", (stop - first) * job.step_seconds)
     return {
+        "segment": (first, stop),
         "face_present": face_present,
         "notes": notes,
-        "rotation": info.rotation,
         "seconds": {"video": time.perf_counter() - started},
         "cpu_seconds": {"video": time.process_time() - cpu},
+    }
+
+
+def merge_video(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One video result from its segments' results (steps in order, notes once, times summed)."""
+    parts = sorted(parts, key=lambda p: p["segment"][0])
+    notes: list[str] = []
+    for part in parts:
+        notes += [n for n in part["notes"] if n not in notes]
+    return {
+        "face_present": np.concatenate([p["face_present"] for p in parts]),
+        "notes": notes,
+        "seconds": {"video": sum(p["seconds"]["video"] for p in parts)},
+        "cpu_seconds": {"video": sum(p["cpu_seconds"]["video"] for p in parts)},
     }
 
 
@@ -240,10 +293,11 @@ def _queue_report(name: str) -> Report | None:
     return lambda stage, seconds: _QUEUE.put((name, stage, seconds))
 
 
-def run_in_worker(kind: str, job: Job) -> dict[str, Any]:
-    """Entry point of a pool worker: `kind` is "video" or "audio"."""
-    task = video_task if kind == "video" else audio_task
-    return task(job, _queue_report(job.name))
+def run_in_worker(kind: str, job: Job, segment: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Entry point of a pool worker: `kind` is "video" (a segment) or "audio"."""
+    if kind == "video":
+        return video_task(job, _queue_report(job.name), segment)
+    return audio_task(job, _queue_report(job.name))
 
 
 class StepFile:

@@ -90,6 +90,8 @@ def iter_steps(
     step_seconds: float = DEFAULT_STEP_SECONDS,
     *,
     max_missing_tail_seconds: float | None = None,
+    start_step: int = 0,
+    stop_step: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
     """`extract` as a stream: (step, crop [S, S, C] or None where no face, box [4]) in step order.
 
@@ -97,6 +99,10 @@ def iter_steps(
     look-ahead is held. Steps past the end of the video are yielded without a face.
     `max_missing_tail_seconds` overrides `cfg.max_missing_tail_seconds` (None: the config's;
     math.inf: any shortfall is padded with a warning, as prediction wants).
+    `start_step`/`stop_step` give a time segment [start, stop) of the grid (parallel workers):
+    decoding seeks near its start and tracking starts afresh there, so its first steps may
+    differ from a run over the whole video (callers overlap segments and drop those); the end
+    of the video is only checked when stop_step is num_steps.
 
     Raises:
       VideoError: as `extract`.
@@ -126,19 +132,23 @@ def iter_steps(
         return step, None, no_box
 
     detected_index, detected_box = -1, None
-    for step, frame_index, frame in io.step_frames(path, num_steps, step_seconds, frame_times):
+    stop = num_steps if stop_step is None else min(stop_step, num_steps)
+    frames = io.step_frames(path, stop, step_seconds, frame_times, start_step)
+    for step, frame_index, frame in frames:
         if frame_index != detected_index:  # several steps can show the same frame (fps < 25)
             detected_index, detected_box = frame_index, tracker.next(frame)
-        waiting_frames[step] = frame
+        waiting_frames[step - start_step] = frame  # the smoother counts from 0
         for final in smoother.push(detected_box):
             result = finalise(*final)
             any_face |= result[1] is not None
-            yield result
-    covered_steps = len(smoother)
+            yield (result[0] + start_step,) + result[1:]
+    covered_steps = start_step + len(smoother)
     for final in smoother.finish():
         result = finalise(*final)
         any_face |= result[1] is not None
-        yield result
+        yield (result[0] + start_step,) + result[1:]
+    if stop < num_steps:
+        return
 
     if covered_steps < num_steps:
         missing_seconds = (num_steps - covered_steps) * step_seconds

@@ -299,14 +299,26 @@ def to_bgr(frame) -> np.ndarray:
     return image
 
 
-def _decoded(path: str, frame_times: np.ndarray | None) -> Iterator[tuple[int, float, object]]:
-    """(index, time on the container clock, PyAV frame) for every decoded frame, in order."""
+def _decoded(
+    path: str, frame_times: np.ndarray | None, seek_seconds: float = 0.0
+) -> Iterator[tuple[int, float, object]]:
+    """(index, time on the container clock, PyAV frame) for every decoded frame, in order.
+
+    `seek_seconds` > 0 starts at the last keyframe at or before that time (indices then count
+    from there; not with `frame_times`, which are matched to frames by index).
+    """
     import av
 
     container, stream = _open(path)
     with container:
         stream.thread_type = "AUTO"  # FFmpeg's frame/slice threads
         origin = container_origin(container)
+        if seek_seconds > 0 and frame_times is None and stream.time_base is not None:
+            target = int((seek_seconds + origin) / stream.time_base)
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            except (av.error.FFmpegError, ValueError):
+                container.seek(0)
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         previous_time = -math.inf
@@ -380,8 +392,12 @@ def step_frames(
     num_steps: int,
     step_seconds: float,
     frame_times: np.ndarray | None = None,
+    start_step: int = 0,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Streams the label grid: yields (step, frame index, BGR frame) for steps 0, 1, 2, ...
+
+    `start_step` > 0 seeks to a keyframe at least a second before that step and yields from
+    it on (a time segment, for parallel workers; frame indices then count from the keyframe).
 
     Follows the timing rule of this module (same result as `step_frame_indices` on the frame
     times). Holds one frame of look-ahead, decodes every frame up to the last one needed but
@@ -392,7 +408,7 @@ def step_frames(
       VideoError: the file is unusable or has no decodable frame.
     """
     path = os.fspath(video_path)
-    step = 0
+    step = start_step
     held: list = []  # [index, time, PyAV frame, converted image or None]
     times: list[float] = []
 
@@ -401,7 +417,8 @@ def step_frames(
             held[3] = to_bgr(held[2])
         return held[3]
 
-    for index, time_seconds, frame in _decoded(path, frame_times):
+    seek = max(start_step * step_seconds - 1.0, 0.0) if frame_times is None else 0.0
+    for index, time_seconds, frame in _decoded(path, frame_times, seek):
         if held:
             while step < num_steps and step * step_seconds < time_seconds - TIME_TOLERANCE_SECONDS:
                 yield step, held[0], image()
