@@ -1,4 +1,4 @@
-"""`python -m avemo.bench {train,audio,video,predict} [args]`: dispatches to the benchmark of that stage."""
+"""`python -m avemo.bench {train,audio,video,predict} [args]`: the benchmark of that stage."""
 
 import importlib
 import sys
