@@ -19,13 +19,14 @@ an unreadable file, an unreadable `--audio` file) raises `AudioError`/`VideoErro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
 import pathlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,7 @@ def video_task(
     seek), so that tracking and smoothing have settled when its own steps begin.
     """
     from avemo.video import frontend, io
+    from avemo.video.errors import VideoError
 
     cfg = _config(job).video
     started, cpu = time.perf_counter(), time.process_time()
@@ -129,6 +131,15 @@ def video_task(
             start_step=max(first - SEGMENT_OVERLAP_STEPS, 0),
             stop_step=stop,
         )
+        try:
+            steps = list_or_stream(steps, first)
+        except VideoError as error:
+            if first == 0 or "no decodable frames" not in error.problem:
+                raise
+            # A segment past the real end of a video whose container overstates its length.
+            steps = iter([(step, None, None) for step in range(first, stop)])
+            message = f"no frames after {first * job.step_seconds:.1f} s; face_present = 0"
+            warnings.warn(message, stacklevel=2)
         for step, crop, _ in steps:
             if step < first:
                 continue
@@ -156,6 +167,14 @@ def video_task(
         "seconds": {"video": time.perf_counter() - started},
         "cpu_seconds": {"video": time.process_time() - cpu},
     }
+
+
+def list_or_stream(steps: Iterator, first: int) -> Iterator:
+    """`steps` with its first item fetched now, so that a segment without frames fails here."""
+    head = next(steps, None)
+    if head is None:
+        return iter(())
+    return itertools.chain([head], steps)
 
 
 def merge_video(parts: list[dict[str, Any]]) -> dict[str, Any]:
