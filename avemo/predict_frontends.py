@@ -114,6 +114,7 @@ def video_task(
     first, stop = segment or (0, job.num_steps)
     face_present = np.zeros(stop - first, np.float32)
     buffer = np.zeros((_FLUSH_STEPS,) + crop_shape(job), np.uint8)
+    clock: dict[str, float] = {}
     filled = 0
     path = pathlib.Path(job.tmp_dir) / FACES_FILE
     if not path.exists():
@@ -130,6 +131,7 @@ def video_task(
             max_missing_tail_seconds=math.inf,
             start_step=max(first - SEGMENT_OVERLAP_STEPS, 0),
             stop_step=stop,
+            timings=clock,
         )
         try:
             steps = list_or_stream(steps, first)
@@ -160,11 +162,18 @@ def video_task(
         notes.append(f"video rotated by {info.rotation}° (display matrix); frames turned upright")
     if report is not None:
         report(f"video:{first}", (stop - first) * job.step_seconds)
+    total = time.perf_counter() - started
+    detect, crop = clock.get("detect", 0.0), clock.get("crop", 0.0)
     return {
         "segment": (first, stop),
         "face_present": face_present,
         "notes": notes,
-        "seconds": {"video": time.perf_counter() - started},
+        "seconds": {
+            "video": total,
+            "video_detect": detect,
+            "video_crop": crop,
+            "video_decode_other": total - detect - crop,
+        },
         "cpu_seconds": {"video": time.process_time() - cpu},
     }
 
@@ -186,7 +195,7 @@ def merge_video(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "face_present": np.concatenate([p["face_present"] for p in parts]),
         "notes": notes,
-        "seconds": {"video": sum(p["seconds"]["video"] for p in parts)},
+        "seconds": {k: sum(p["seconds"][k] for p in parts) for k in parts[0]["seconds"]},
         "cpu_seconds": {"video": sum(p["cpu_seconds"]["video"] for p in parts)},
     }
 

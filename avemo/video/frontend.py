@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -92,6 +93,7 @@ def iter_steps(
     max_missing_tail_seconds: float | None = None,
     start_step: int = 0,
     stop_step: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
     """`extract` as a stream: (step, crop [S, S, C] or None where no face, box [4]) in step order.
 
@@ -102,7 +104,8 @@ def iter_steps(
     `start_step`/`stop_step` give a time segment [start, stop) of the grid (parallel workers):
     decoding seeks near its start and tracking starts afresh there, so its first steps may
     differ from a run over the whole video (callers overlap segments and drop those); the end
-    of the video is only checked when stop_step is num_steps.
+    of the video is only checked when stop_step is num_steps. `timings`, if given, receives
+    the seconds spent in face detection ("detect") and in cropping ("crop").
 
     Raises:
       VideoError: as `extract`.
@@ -124,10 +127,16 @@ def iter_steps(
     any_face = False
     no_box = np.full(4, np.nan, np.float32)
 
+    clock = {"detect": 0.0, "crop": 0.0} if timings is None else timings
+    clock.setdefault("detect", 0.0)
+    clock.setdefault("crop", 0.0)
+
     def finalise(step: int, box: np.ndarray, present: bool):
         frame = waiting_frames.pop(step)
         if present:
+            started = time.perf_counter()
             crop = faces.crop_face(frame, box, cfg.crop_size, cfg.color_mode, cfg.margin)
+            clock["crop"] += time.perf_counter() - started
             return step, crop, np.asarray(box, np.float32)
         return step, None, no_box
 
@@ -136,7 +145,9 @@ def iter_steps(
     frames = io.step_frames(path, stop, step_seconds, frame_times, start_step)
     for step, frame_index, frame in frames:
         if frame_index != detected_index:  # several steps can show the same frame (fps < 25)
+            started = time.perf_counter()
             detected_index, detected_box = frame_index, tracker.next(frame)
+            clock["detect"] += time.perf_counter() - started
         waiting_frames[step - start_step] = frame  # the smoother counts from 0
         for final in smoother.push(detected_box):
             result = finalise(*final)
