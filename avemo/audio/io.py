@@ -356,7 +356,7 @@ def _blocks_with_av(path: Path) -> Iterator[tuple[np.ndarray, float, float | Non
         rate = stream.rate or stream.codec_context.sample_rate
         if not rate:
             raise AudioError(name, "audio track has no sample rate")
-        origin = max(container_origin(container), 0.0)
+        origin = container_origin(container)
         # Planar float keeps every channel; the mix-down and resampling are ours (soxr).
         resampler = av.AudioResampler(format="fltp", rate=rate)
         try:

@@ -83,7 +83,11 @@ def _open(path: str):
 
 
 def container_origin(container) -> float:
-    """The container's start time in seconds (the earliest stream start), 0 when unknown."""
+    """Time 0 of the shared clock: the container's start (the earliest stream start), or 0.
+
+    A negative start (mp4/mkv edit lists: AAC priming samples before the presentation start)
+    counts as 0: presentation starts there, and the audio before it is dropped.
+    """
     start = container.start_time
     if start is None:
         starts = [
@@ -91,8 +95,8 @@ def container_origin(container) -> float:
             for s in container.streams
             if s.start_time is not None and s.time_base is not None
         ]
-        return min(starts) if starts else 0.0
-    return float(start) / 1_000_000  # AV_TIME_BASE
+        return max(min(starts), 0.0) if starts else 0.0
+    return max(float(start) / 1_000_000, 0.0)  # AV_TIME_BASE
 
 
 def quarter_turns(rotation: float | None) -> int:
