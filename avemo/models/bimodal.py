@@ -21,6 +21,7 @@ import ml_collections
 from avemo.models.alexnet import ImprovedAlexNet
 from avemo.models.attention import AudioGate, SpatialAttention, fuse
 from avemo.models.audio_cnn import AudioCNN
+from avemo.models.dropout import Dropout, is_active
 from avemo.models.recurrent import SequenceLSTM
 
 
@@ -81,10 +82,10 @@ class BimodalModel(nn.Module):
 
     def _audio_stream(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
         x = batch["audio_features"].astype(self.dtype)
-        if self.audio_input_dropout:
+        if is_active(self.audio_input_dropout):  # a number, or a per-member array (population)
             # Element-wise dropout on the feature vector: keeps the fast-learning audio stream
             # from carrying everything (the face stream then has to contribute).
-            x = nn.Dropout(self.audio_input_dropout, deterministic=not train)(x)
+            x = Dropout(self.audio_input_dropout, deterministic=not train)(x)
         if self.use_audio_cnn:
             spec = batch["spectrogram"]
             b, length = spec.shape[:2]
@@ -108,7 +109,11 @@ class BimodalModel(nn.Module):
         if self.mode in ("fusion", "audio"):
             h = self._audio_stream(batch, train)
         if self.mode in ("fusion", "video"):
-            fmap = self._face_features(batch["faces"], train)
+            fmap = (  # feature maps computed outside (population training) or by the CNN here
+                batch["face_feature_map"]
+                if "face_feature_map" in batch
+                else self._face_features(batch["faces"], train)
+            )
             if self.mode == "video":
                 h = SequenceLSTM(
                     self.lstm_features,
@@ -134,7 +139,7 @@ class BimodalModel(nn.Module):
             fused = SequenceLSTM(self.output_lstm_features, dtype=self.dtype, name="output_lstm")(
                 fused
             )
-        fused = nn.Dropout(self.head_dropout, deterministic=not train)(fused)
+        fused = Dropout(self.head_dropout, deterministic=not train)(fused)
         out["outputs"] = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(fused).astype(
             jnp.float32
         )
