@@ -41,6 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -71,6 +72,7 @@ _IGNORED_KEYS = ("mesh.data",)
 DATA_ORDERS = ("shared", "member")
 MEMBER_CONVS = ("auto", "loop", "vmap")
 POPULATION_FILE = "population.json"
+MEMBER_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 
 class PopulationError(ValueError):
@@ -589,8 +591,13 @@ def train_population(
         member_conv,
         member_devices,
     )
+    # One pipeline per member: a small read-ahead each (Grain's default buffers 500 batches per
+    # iterator, GBs for K of them); one shared pipeline keeps the defaults of a separate run.
     iters = (
-        [iter(pipeline.train_dataset(sessions, c)) for c in configs]
+        [
+            iter(pipeline.train_dataset(sessions, c, read_options=MEMBER_READ_OPTIONS))
+            for c in configs
+        ]
         if data_order == "member"
         else [iter(pipeline.train_dataset(sessions, config))]
     )
@@ -639,7 +646,7 @@ def train_population(
             k,
             config.model.mode,
             f"{params:,}",
-            "x".join(f"{n} {a}" for a, n in trainer.mesh.shape.items()),
+            " x ".join(f"{n} {a}" for a, n in trainer.mesh.shape.items()),
             "shared (frozen, once for all)" if trainer.shared_face else trainer.member_conv,
             data_order,
         )

@@ -114,8 +114,13 @@ def train_dataset(
     config: ml_collections.ConfigDict,
     process_index: int = 0,
     process_count: int = 1,
+    read_options: grain.ReadOptions | None = None,
 ) -> grain.IterDataset:
-    """Shuffled, repeated, process-sharded, batched training windows."""
+    """Shuffled, repeated, process-sharded, batched training windows.
+
+    `read_options`: Grain's reading threads and prefetch buffer (None: Grain's defaults, which
+    buffer up to 500 batches); the data order does not depend on them.
+    """
     train = [s for s in sessions if s.split == "train" and s.has_labels]
     if not train:
         raise ValueError("no labelled training sessions")
@@ -136,7 +141,7 @@ def train_dataset(
     # any number of processes.
     ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
     ds = ds[process_index::process_count]
-    return ds.to_iter_dataset()
+    return ds.to_iter_dataset(read_options)
 
 
 def num_train_windows(

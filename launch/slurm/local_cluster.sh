@@ -53,6 +53,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 ReturnToService=2
@@ -62,20 +64,23 @@ SchedulerParameters=batch_sched_delay=0
 NodeName=${HOST} CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
+running() {  # the daemon whose pid file is $1 is alive
+  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
 if ! cmp -s "$NEW" "$CONF"; then
   mv "$NEW" "$CONF"
   chmod 644 "$CONF"
-  # a changed configuration: restart the daemons we may have started before
-  pkill -x slurmd 2>/dev/null || true
-  pkill -x slurmctld 2>/dev/null || true
-  sleep 1
+  # A changed configuration: restart the daemons this script started before (by their pid).
+  for pidfile in /run/slurmd.pid /run/slurmctld.pid; do
+    if running "$pidfile"; then kill "$(cat "$pidfile")"; sleep 1; fi
+  done
 else
   rm -f "$NEW"
 fi
 
-pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
+running /run/slurmctld.pid || /usr/sbin/slurmctld
 for _ in $(seq 50); do scontrol ping >/dev/null 2>&1 && break; sleep 0.2; done
-pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
+running /run/slurmd.pid || /usr/sbin/slurmd
 
 for _ in $(seq 60); do
   state=$(sinfo -h -N -o %t 2>/dev/null | head -n1)
