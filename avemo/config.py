@@ -83,6 +83,14 @@ def model_defaults() -> ml_collections.ConfigDict:
     # none; loaded at initialisation (not on resume). freeze_video: zero updates to the branch.
     m.video_init = ""
     m.freeze_video = False
+    # --- throughput (issue 10) ---
+    # Max-pooling: "fast" (reshape + max / shifted maxima; identical outputs, cheap gradient on
+    # XLA CPU) | "reduce_window" (the literal nn.max_pool). See avemo/models/layers.py.
+    m.pool_impl = "fast"
+    # With freeze_video: compute the frozen face CNN's feature maps once per (stage-1 weights,
+    # front-end config, session), cache them (avemo/data/frozen.py) and train the fusion on them
+    # instead of running the CNN every step. Outputs equal the live frozen CNN's.
+    m.frozen_feature_cache = True
     return m
 
 
@@ -203,6 +211,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.mode", ("fusion", "audio", "video"))
     _check_choice(flat, "model.dtype", ("float32", "bfloat16"))
     _check_choice(flat, "model.alexnet.fc_impl", ("conv", "dense"))
+    _check_choice(flat, "model.pool_impl", ("fast", "reduce_window"))
     _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
     _check_choice(flat, "loss.main", ("rmse", "ccc", "rmse+ccc"))
     _check_choice(flat, "train.optimizer", ("adam", "sgd"))

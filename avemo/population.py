@@ -134,6 +134,7 @@ def face_cnn(model: BimodalModel) -> ImprovedAlexNet:
         dropout=model.alexnet_dropout,
         fc_impl=model.fc_impl,
         dtype=model.dtype,
+        pool_impl=model.pool_impl,
     )
 
 
@@ -338,8 +339,13 @@ class PopulationTrainer:
         if "alexnet" in batch_stats:
             alex_vars["batch_stats"] = batch_stats["alexnet"]
 
+        frozen = self.config.model.freeze_video  # inference mode, no gradient (as the model)
+
         def one(variables, member_faces, rng):
-            return face_feature_map(self.model, variables, member_faces, train_mode, rng)
+            fmap, stats = face_feature_map(
+                self.model, variables, member_faces, train_mode and not frozen, rng
+            )
+            return (jax.lax.stop_gradient(fmap), None) if frozen else (fmap, stats)
 
         if self.member_conv == "vmap":
             return jax.vmap(one, in_axes=(0, 0 if per_member_faces else None, 0))(
@@ -352,17 +358,21 @@ class PopulationTrainer:
             stats.append(st)
         return jnp.stack(maps), (None if stats[0] is None else _stack(stats))
 
+    def _live_face(self, batch) -> bool:
+        """Whether this step runs a face CNN (no: audio mode, or cached frozen maps)."""
+        return self.has_face and "faces" in batch
+
     def _shared_face_map(self, state, faces):
         """The frozen branch, shared by all members (identical stage-1 weights): run once.
 
-        Like `avemo.train.train_step`, the frozen CNN runs in training mode (batch statistics)
-        and its running statistics and weights stay those of stage 1; no gradient flows into it.
+        As in `BimodalModel._face_features`, the frozen CNN runs in inference mode (its stage-1
+        running statistics) under stop_gradient.
         """
         alex_vars = {"params": _take(state.params["alexnet"], 0)}
         if "alexnet" in state.batch_stats:
             alex_vars["batch_stats"] = _take(state.batch_stats["alexnet"], 0)
         alex_vars = jax.lax.stop_gradient(alex_vars)
-        fmap, _ = face_feature_map(self.model, alex_vars, faces, True, None)
+        fmap, _ = face_feature_map(self.model, alex_vars, faces, False, None)
         return jax.lax.stop_gradient(fmap)
 
     # --------------------------------------------------------------------------- the step
@@ -378,9 +388,9 @@ class PopulationTrainer:
 
         def total_loss(params):
             fmaps, fmap_axis, alex_stats = None, None, None
-            if self.has_face and self.shared_face:
+            if self._live_face(batch) and self.shared_face:
                 fmaps = self._shared_face_map(state, batch["faces"])
-            elif self.has_face:
+            elif self._live_face(batch):
                 fmaps, alex_stats = self._face_maps(
                     params, state.batch_stats, batch["faces"], rngs, True, batch_axis == 0
                 )
@@ -390,7 +400,7 @@ class PopulationTrainer:
                 b = dict(b)
                 if fmap is not None:
                     b["face_feature_map"] = fmap
-                    b.pop("faces")
+                    b.pop("faces", None)
                 variables = {"params": p}
                 if bs:
                     variables["batch_stats"] = bs
@@ -435,12 +445,12 @@ class PopulationTrainer:
 
     def _eval_step(self, state, batch):
         fmaps, fmap_axis = None, None
-        if self.has_face and self.shared_face:
+        if self._live_face(batch) and self.shared_face:
             alex_vars = {"params": _take(state.params["alexnet"], 0)}
             if "alexnet" in state.batch_stats:
                 alex_vars["batch_stats"] = _take(state.batch_stats["alexnet"], 0)
             fmaps, _ = face_feature_map(self.model, alex_vars, batch["faces"], False)
-        elif self.has_face:
+        elif self._live_face(batch):
             fmaps, _ = self._face_maps(  # evaluation batches are the same for every member
                 state.params, state.batch_stats, batch["faces"], [None] * self.k, False, False
             )
@@ -450,7 +460,7 @@ class PopulationTrainer:
             b = dict(batch)
             if fmap is not None:
                 b["face_feature_map"] = fmap
-                b.pop("faces")
+                b.pop("faces", None)
             variables = {"params": p}
             if bs:
                 variables["batch_stats"] = bs
@@ -477,6 +487,31 @@ class PopulationTrainer:
             for m in range(self.k):
                 outputs[m].append({key: np.asarray(v[m]) for key, v in out.items()})
         return [pipeline.stitch(plan, o) for o in outputs]
+
+
+def attach_frozen_features(
+    trainer: PopulationTrainer, sessions: Sequence[pipeline.PreparedSession]
+) -> list[pipeline.PreparedSession]:
+    """Sessions carrying the frozen face branch's cached maps (`avemo.data.frozen`), if enabled.
+
+    Every member shares the branch (the same `model.video_init`), so its feature maps are
+    computed once per session and no member runs a face CNN during training or evaluation.
+    """
+    from avemo.data import frozen
+
+    config = trainer.config
+    if not frozen.enabled(config):
+        return list(sessions)
+    if not config.model.video_init:
+        raise PopulationError(
+            "model.freeze_video with the feature cache needs model.video_init (members' random "
+            "face branches differ); set it, or model.frozen_feature_cache=False"
+        )
+    from avemo import stage1
+
+    state0 = jax.jit(trainer._init)(jax.random.key(trainer.seeds[0]))
+    params, stats = stage1.load_into(state0.params, state0.batch_stats, config.model.video_init)
+    return frozen.attach(sessions, config, jax.device_get(frozen.branch_variables(params, stats)))
 
 
 def make_population_mesh(
@@ -582,7 +617,6 @@ def train_population(
             import shutil
 
             shutil.copyfile(src, os.path.join(workdir, "normalizer.npz"))
-    eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
     total_steps = train.num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = PopulationTrainer(
         configs,
@@ -592,6 +626,8 @@ def train_population(
         member_conv,
         member_devices,
     )
+    sessions = attach_frozen_features(trainer, sessions)
+    eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
     # One pipeline per member: a small read-ahead each (Grain's default buffers 500 batches per
     # iterator, GBs for K of them); one shared pipeline keeps the defaults of a separate run.
     iters = (
@@ -617,6 +653,7 @@ def train_population(
         "member_conv": trainer.member_conv,
         "mesh": dict(trainer.mesh.shape),
         "shared_face": trainer.shared_face,
+        "cached_face_features": "faces" not in sessions[0].arrays,
     }
     _write_json(os.path.join(population_dir, POPULATION_FILE), record)
 
@@ -648,7 +685,9 @@ def train_population(
             config.model.mode,
             f"{params:,}",
             " x ".join(f"{n} {a}" for a, n in trainer.mesh.shape.items()),
-            "shared (frozen, once for all)" if trainer.shared_face else trainer.member_conv,
+            "none (cached frozen maps)"
+            if "faces" not in sessions[0].arrays
+            else ("shared (frozen, once for all)" if trainer.shared_face else trainer.member_conv),
             data_order,
         )
         for writer, c in zip(writers, configs, strict=True):

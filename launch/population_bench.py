@@ -45,6 +45,7 @@ def measure(config_spec: str, k: int, member_conv: str, steps: int, data_order: 
         data_order=data_order,
         member_conv=member_conv,
     )
+    sessions = population.attach_frozen_features(trainer, sessions)  # frozen: cached maps
     state = trainer.init_state()
     iters = [
         iter(pipeline.train_dataset(sessions, c))
@@ -67,7 +68,7 @@ def measure(config_spec: str, k: int, member_conv: str, steps: int, data_order: 
     return {
         "K": k,
         "member_conv": trainer.member_conv,
-        "shared_face": trainer.shared_face,
+        "shared_face": trainer.shared_face or "faces" not in sessions[0].arrays,
         "compile_s": compile_s,
         "step_s": float(np.median(times)),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

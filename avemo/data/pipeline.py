@@ -18,8 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-# Per-step arrays a window carries (spectrogram patches are cut from `logmel` on the fly).
-STEP_KEYS = ("faces", "face_present", "audio_features", "speech_energy", "labels")
+# Per-step arrays a window carries (spectrogram patches are cut from `logmel` on the fly);
+# `face_features`: cached maps of a frozen face branch (avemo.data.frozen), in place of faces.
+STEP_KEYS = ("faces", "face_features", "face_present", "audio_features", "speech_energy", "labels")
 
 
 @dataclasses.dataclass(frozen=True)

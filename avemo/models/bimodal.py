@@ -50,15 +50,27 @@ class BimodalModel(nn.Module):
     head_dropout: float = 0.1
     num_outputs: int = 2
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"
+    # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
+    # running statistics, no dropout) under stop_gradient, in training as in evaluation.
+    freeze_video: bool = False
 
-    def _face_features(self, faces: jax.Array, train: bool) -> jax.Array:
-        """Feature maps [B, L, k, C] of the face crops.
+    def _face_features(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
+        """Feature maps [B, L, k, C] of the face crops (`faces`), or the precomputed maps of a
+        frozen branch (`face_features` [B, L, k, C], see `avemo.data.frozen`).
 
         With `video_frame_stride` s > 1 the CNN sees every s-th step and each map is held for
         s steps (a face changes slowly next to the 40 ms grid; the CNN's cost drops by s).
         """
-        full_length = faces.shape[1]
         stride = self.video_frame_stride
+        if "face_features" in batch:  # cached maps of the frozen CNN at every step
+            fmap = batch["face_features"].astype(self.dtype)
+            full_length = fmap.shape[1]
+            if stride > 1:
+                fmap = jnp.repeat(fmap[:, ::stride], stride, axis=1)[:, :full_length]
+            return fmap
+        faces = batch["faces"]
+        full_length = faces.shape[1]
         faces = faces[:, ::stride]
         b, length = faces.shape[:2]
         net = ImprovedAlexNet(
@@ -69,12 +81,16 @@ class BimodalModel(nn.Module):
             dropout=self.alexnet_dropout,
             fc_impl=self.fc_impl,
             dtype=self.dtype,
+            pool_impl=self.pool_impl,
             name="alexnet",
         )
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
         # serve stage-1 feature learning (Sec. 6.4) and keep their parameters for it.
-        out = net(faces.reshape((b * length,) + faces.shape[2:]), train=train)
+        frozen = self.freeze_video
+        out = net(faces.reshape((b * length,) + faces.shape[2:]), train=train and not frozen)
         fmap = out["feature_map"]
+        if frozen:
+            fmap = jax.lax.stop_gradient(fmap)
         fmap = fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3])
         if stride > 1:
             fmap = jnp.repeat(fmap, stride, axis=1)[:, :full_length]
@@ -95,6 +111,7 @@ class BimodalModel(nn.Module):
                 self.audio_cnn_pool_size,
                 self.audio_cnn_output_features,
                 dtype=self.dtype,
+                pool_impl=self.pool_impl,
                 name="audio_cnn",
             )
             emb = cnn(spec.reshape((b * length,) + spec.shape[2:]))
@@ -109,10 +126,10 @@ class BimodalModel(nn.Module):
         if self.mode in ("fusion", "audio"):
             h = self._audio_stream(batch, train)
         if self.mode in ("fusion", "video"):
-            fmap = (  # feature maps computed outside (population training) or by the CNN here
+            fmap = (  # maps computed outside (population training: per member) or here
                 batch["face_feature_map"]
                 if "face_feature_map" in batch
-                else self._face_features(batch["faces"], train)
+                else self._face_features(batch, train)
             )
             if self.mode == "video":
                 h = SequenceLSTM(
@@ -171,4 +188,6 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,
         dtype=jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32,
+        pool_impl=model_cfg.pool_impl,
+        freeze_video=model_cfg.freeze_video,
     )
