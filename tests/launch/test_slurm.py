@@ -182,6 +182,6 @@ def test_requeued_job_saves_on_sigterm_and_resumes_to_the_same_result(cluster, t
     assert "Resumed from" in log, log
     resumed_at = int(re.search(r"at step (\d+)", log.split("Resumed from", 1)[1]).group(1))
     assert 3 <= resumed_at < steps  # saved on SIGTERM mid-run, not at the end
-    steps_seen = [r["step"] for r in read_metrics(str(tmp_path / "requeued"))]
-    assert steps_seen == list(range(1, steps + 1))  # each step once: no step lost or repeated
+    trained = [r["step"] for r in read_metrics(str(tmp_path / "requeued")) if "train/loss" in r]
+    assert trained == list(range(1, steps + 1))  # each step once: no step lost or repeated
     _assert_close(_final(tmp_path / "requeued"), _final(tmp_path / "straight"), rtol=1e-6)
