@@ -72,7 +72,7 @@ _IGNORED_KEYS = ("mesh.data",)
 DATA_ORDERS = ("shared", "member")
 MEMBER_CONVS = ("auto", "loop", "vmap")
 POPULATION_FILE = "population.json"
-MEMBER_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 
 class PopulationError(ValueError):
@@ -628,16 +628,12 @@ def train_population(
     )
     sessions = attach_frozen_features(trainer, sessions)
     eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
-    # One pipeline per member: a small read-ahead each (Grain's default buffers 500 batches per
-    # iterator, GBs for K of them); one shared pipeline keeps the defaults of a separate run.
-    iters = (
-        [
-            iter(pipeline.train_dataset(sessions, c, read_options=MEMBER_READ_OPTIONS))
-            for c in configs
-        ]
-        if data_order == "member"
-        else [iter(pipeline.train_dataset(sessions, config))]
-    )
+    # A small read-ahead per pipeline: Grain's default buffers 500 batches per iterator (GBs for
+    # K member pipelines, or for cached frozen maps); the data order does not depend on it.
+    iters = [
+        iter(pipeline.train_dataset(sessions, c, read_options=READ_OPTIONS))
+        for c in (configs if data_order == "member" else configs[:1])
+    ]
     plan = pipeline.eval_plan(eval_sessions, config) if eval_sessions else None
     writers = [MetricWriter(w) for w in workdirs]
     best_metric = f"dev/{config.checkpoint.best_metric}"
