@@ -112,7 +112,7 @@ def test_population_sigterm_saves_and_resumes_to_the_uninterrupted_result(tmp_pa
         stderr=subprocess.STDOUT,
         text=True,
     )
-    first = root / "aux_weight=0.0,learning_rate=0.0005,seed=0"
+    first = root / sweep_lib.expand(CONFIG + ":long", str(root))[0].name
     deadline = time.time() + 300
     while time.time() < deadline:
         rows = read_metrics(str(first)) if first.exists() else []
