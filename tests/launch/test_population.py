@@ -213,9 +213,7 @@ def test_members_spread_over_eight_devices_match_one_device():
     eight = _probe(8, 4, "auto")  # 4 members x 2 data devices
     assert one["mesh"] == {"members": 1, "data": 1} and one["member_conv"] == "loop"
     assert eight["devices"] == 8 and eight["mesh"] == {"members": 4, "data": 2}
-    assert eight["member_conv"] == "vmap" and eight["sharding"].startswith(
-        "PartitionSpec('members'"
-    )
+    assert eight["member_conv"] == "vmap" and "'members'" in eight["sharding"]
     np.testing.assert_allclose(eight["losses"][0], one["losses"][0], rtol=1e-5)
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-4)
     np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-3, atol=1e-5)
