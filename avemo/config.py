@@ -128,6 +128,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every_steps = 20
     c.train.eval_every_steps = 100
     c.train.checkpoint_every_steps = 100
+    # --- input pipeline (issue 10) --- batches Grain prepares ahead of the step in background
+    # threads. Grain's own default (500 elements, 16 threads) held ~2.5 GB of default batches
+    # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
+    c.train.prefetch_batches = 4
+    c.train.pipeline_threads = 2
 
     c.eval = ml_collections.ConfigDict()
     c.eval.window_steps = 250  # whole sessions are evaluated in windows ...
@@ -232,6 +237,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
+    if flat["train.prefetch_batches"] < 0 or flat["train.pipeline_threads"] < 0:
+        raise ConfigError("config.train.prefetch_batches and .pipeline_threads must be >= 0")
     if flat["model.video_frame_stride"] < 1:
         raise ConfigError("config.model.video_frame_stride must be >= 1")
     if flat["postprocess.max_delay_steps"] < 0:

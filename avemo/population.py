@@ -145,14 +145,13 @@ def face_feature_map(
     train_mode: bool,
     rng: jax.Array | None = None,
 ) -> tuple[jax.Array, Any]:
-    """Feature maps [B, L, k, C] of `BimodalModel._face_features`, outside the model.
+    """Maps [B, ceil(L/s), k, C] of every s-th step, as `BimodalModel._face_maps` computes them.
 
+    Computed outside the model (population training) and passed in as `face_feature_map`.
     `variables` are the `alexnet` entries of the model's params (and batch stats). Returns the
     maps and the updated batch statistics (train mode) or None.
     """
-    full_length = faces.shape[1]
-    stride = model.video_frame_stride
-    faces = faces[:, ::stride]
+    faces = faces[:, :: model.video_frame_stride]
     b, length = faces.shape[:2]
     frames = faces.reshape((b * length,) + faces.shape[2:])
     net = face_cnn(model)
@@ -164,10 +163,7 @@ def face_feature_map(
     else:
         out, new_stats = net.apply(variables, frames, train=False), None
     fmap = out["feature_map"]
-    fmap = fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3])
-    if stride > 1:
-        fmap = jnp.repeat(fmap, stride, axis=1)[:, :full_length]
-    return fmap, new_stats
+    return fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3]), new_stats
 
 
 def _take(tree: Any, m: int) -> Any:
@@ -399,8 +395,7 @@ class PopulationTrainer:
             def member(p, bs, fmap, rng, h, b):
                 b = dict(b)
                 if fmap is not None:
-                    b["face_feature_map"] = fmap
-                    b.pop("faces", None)
+                    b["face_feature_map"] = fmap  # `faces` stays: it gives the step count
                 variables = {"params": p}
                 if bs:
                     variables["batch_stats"] = bs
@@ -459,8 +454,7 @@ class PopulationTrainer:
         def member(p, bs, fmap):
             b = dict(batch)
             if fmap is not None:
-                b["face_feature_map"] = fmap
-                b.pop("faces", None)
+                b["face_feature_map"] = fmap  # `faces` stays: it gives the step count
             variables = {"params": p}
             if bs:
                 variables["batch_stats"] = bs

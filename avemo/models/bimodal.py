@@ -25,6 +25,11 @@ from avemo.models.dropout import Dropout, is_active
 from avemo.models.recurrent import SequenceLSTM
 
 
+def _face_steps(batch: Mapping[str, jax.Array]) -> int:
+    """L, the steps of a batch's face input (`faces` or cached `face_features`)."""
+    return (batch["face_features"] if "face_features" in batch else batch["faces"]).shape[1]
+
+
 class BimodalModel(nn.Module):
     """Per-step arousal/valence from a batch of windows (see docs/contracts.md for the keys)."""
 
@@ -56,21 +61,24 @@ class BimodalModel(nn.Module):
     freeze_video: bool = False
 
     def _face_features(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
-        """Feature maps [B, L, k, C] of the face crops (`faces`), or the precomputed maps of a
-        frozen branch (`face_features` [B, L, k, C], see `avemo.data.frozen`).
+        """Feature maps [B, L, k, C] of the face crops, each held for `video_frame_stride` steps."""
+        fmap, stride = self._face_maps(batch, train)
+        if stride > 1:
+            fmap = jnp.repeat(fmap, stride, axis=1)[:, : _face_steps(batch)]
+        return fmap
+
+    def _face_maps(self, batch: Mapping[str, jax.Array], train: bool) -> tuple[jax.Array, int]:
+        """(maps [B, ceil(L/s), k, C] of every s-th step, s): the CNN over the face crops
+        (`faces`), or the precomputed maps of a frozen branch (`face_features` [B, L, k, C], see
+        `avemo.data.frozen`).
 
         With `video_frame_stride` s > 1 the CNN sees every s-th step and each map is held for
         s steps (a face changes slowly next to the 40 ms grid; the CNN's cost drops by s).
         """
         stride = self.video_frame_stride
         if "face_features" in batch:  # cached maps of the frozen CNN at every step
-            fmap = batch["face_features"].astype(self.dtype)
-            full_length = fmap.shape[1]
-            if stride > 1:
-                fmap = jnp.repeat(fmap[:, ::stride], stride, axis=1)[:, :full_length]
-            return fmap
+            return batch["face_features"][:, ::stride].astype(self.dtype), stride
         faces = batch["faces"]
-        full_length = faces.shape[1]
         faces = faces[:, ::stride]
         b, length = faces.shape[:2]
         net = ImprovedAlexNet(
@@ -91,10 +99,7 @@ class BimodalModel(nn.Module):
         fmap = out["feature_map"]
         if frozen:
             fmap = jax.lax.stop_gradient(fmap)
-        fmap = fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3])
-        if stride > 1:
-            fmap = jnp.repeat(fmap, stride, axis=1)[:, :full_length]
-        return fmap
+        return fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3]), stride
 
     def _audio_stream(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
         x = batch["audio_features"].astype(self.dtype)
@@ -126,11 +131,12 @@ class BimodalModel(nn.Module):
         if self.mode in ("fusion", "audio"):
             h = self._audio_stream(batch, train)
         if self.mode in ("fusion", "video"):
-            fmap = (  # maps computed outside (population training: per member) or here
-                batch["face_feature_map"]
+            maps, stride = (  # maps computed outside (population training: per member) or here
+                (batch["face_feature_map"], self.video_frame_stride)
                 if "face_feature_map" in batch
-                else self._face_features(batch, train)
+                else self._face_maps(batch, train)
             )
+            fmap = jnp.repeat(maps, stride, axis=1)[:, : _face_steps(batch)]  # held maps
             if self.mode == "video":
                 h = SequenceLSTM(
                     self.lstm_features,
@@ -140,7 +146,7 @@ class BimodalModel(nn.Module):
                 )(fmap.mean(axis=2))
             context, weights = SpatialAttention(
                 self.attention_features, self.lstm_features, dtype=self.dtype, name="attention"
-            )(fmap, h)
+            )(maps, h, stride)
             out["attention"] = weights
         if self.mode == "fusion":
             beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype, name="gate")(
