@@ -48,6 +48,12 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self._manager.best_step()
 
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def delete(self, step: int) -> None:
+        self._manager.delete(step)
+
     def save(
         self,
         step: int,

@@ -6,6 +6,11 @@ Run (all 12 points, 2 at a time on a 2-core machine; re-running skips finished p
   python -m launch.collect workdir/ablation_aux \
       --metrics dev/ccc_pooled/arousal,dev/ccc_pooled/valence
 
+The frozen-face recipe (Sec. 6.4: stage-1 face CNN, then the fusion with the CNN fixed), as a
+population whose members share one CNN forward per step:
+  python -m launch.sweep --config configs/ablation_aux.py:frozen=workdir/stage1 \
+      --workdir workdir/ablation_aux_frozen --executor population
+
 Each point is the default fusion experiment on the embedded corpus with a shorter budget; its
 evaluation report (reports/ in the point's workdir) adds the missing-modality protocol and the
 correlation between the gate beta and the modality availability (m - n).
@@ -15,7 +20,7 @@ from configs import default
 from launch import hyper
 
 
-def get_config(arg=None):  # noqa: ARG001
+def get_config(arg=None):
     c = default.get_config()
     # The committed table (docs/ablation_aux.md) was produced before the default config gained
     # audio input dropout; the ablation keeps the paper's model without it.
@@ -23,6 +28,9 @@ def get_config(arg=None):  # noqa: ARG001
     c.train.num_steps = 300
     c.train.eval_every_steps = 100
     c.train.checkpoint_every_steps = 100
+    if arg and arg.startswith("frozen="):  # stage-1 weights (avemo.stage1 workdir), kept fixed
+        c.model.video_init = arg.removeprefix("frozen=")
+        c.model.freeze_video = True
     return c
 
 

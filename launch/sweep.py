@@ -1,8 +1,16 @@
 """Runs every point of a config's sweep, each in its own workdir, locally or on SLURM (submitit).
 
-    python -m launch.sweep --config configs/X.py[:arg] --workdir ROOT --executor local|slurm \
+    python -m launch.sweep --config configs/X.py[:arg] --workdir ROOT \
+        --executor local|slurm|population [--population] [--members K] \
+        [--data-order shared|member] [--member-conv auto|loop|vmap] [--member-devices N] \
         [--workers N] [--dry-run] [--slurm.partition P --slurm.gpus_per_node G --slurm.nodes N \
          --slurm.time MIN --slurm.array_parallelism K ...]
+
+`--executor population` trains the points that share the model's shapes in this process, K at a
+time as one jitted program (`avemo.population`); points that differ in anything but the per-member
+keys (seed, loss.aux_weight, train.learning_rate, model.head_dropout, model.audio_input_dropout)
+form separate groups, and the command names the keys that split them. `--executor slurm
+--population` submits one SLURM job per population instead of one per point.
 
 A config file may define `get_sweep(arg=None)` returning a list of override dicts (see
 `launch.hyper`); without it the sweep is the config itself (one point, "default"). Every point is
@@ -334,6 +342,138 @@ class PointJob(submitit.helpers.Checkpointable):
         return result
 
 
+class PopulationJob(submitit.helpers.Checkpointable):
+    """One population (several points, one process) as a submitit job; requeued, it resumes."""
+
+    def __call__(
+        self,
+        config_spec: str,
+        members: list[tuple[dict[str, Any], str, str]],
+        population_dir: str,
+        options: dict[str, Any],
+    ) -> list[dict[str, float]]:
+        import logging
+
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS(sys.argv[:1])
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger("avemo").setLevel(logging.INFO)
+        points = [
+            Point(-1, name, dict(o), build_config(config_spec, o, label=name), workdir)
+            for o, name, workdir in members
+        ]
+        return _train_population(points, population_dir, options)
+
+
+def _train_population(
+    points: Sequence[Point], population_dir: str, options: Mapping[str, Any]
+) -> list[dict[str, float]]:
+    from avemo import population
+
+    if all(is_finished(p) for p in points):
+        return [_read_json(os.path.join(p.workdir, "final_metrics.json")) or {} for p in points]
+    result = population.train_population(
+        [p.config for p in points], [p.workdir for p in points], population_dir, **options
+    )
+    for p in points:
+        finish_if_complete(p)
+    return result
+
+
+def plan_populations(points: Sequence[Point], members: int = 0) -> list[list[Point]]:
+    """Groups of points that can share one program, each cut into populations of <= `members`."""
+    from avemo import population
+
+    populations = []
+    for indices in population.group_indices([p.config for p in points]):
+        group = [points[i] for i in indices]
+        size = members if members > 0 else len(group)
+        populations += [group[i : i + size] for i in range(0, len(group), size)]
+    return populations
+
+
+def describe_populations(populations: Sequence[Sequence[Point]], root: str) -> list[str]:
+    """Lines naming each population, its members and the keys that split the groups."""
+    from avemo import population
+
+    lines = []
+    heads = [pop[0].config for pop in populations]
+    split = population.differing_keys(heads) if len(heads) > 1 else []
+    for j, pop in enumerate(populations):
+        pop_dir = population_dir(root, pop)
+        lines.append(
+            f"  population {j + 1}/{len(populations)} ({len(pop)} members, "
+            f"{os.path.relpath(pop_dir, root)}): {', '.join(p.name for p in pop)}"
+        )
+        if split:
+            values = json.loads(population.group_key(pop[0].config))
+            lines.append(
+                "      shapes/settings: " + ", ".join(f"{k}={values.get(k)!r}" for k in split)
+            )
+    if split:
+        lines.append(f"  separate programs because these keys differ: {', '.join(split)}")
+    return lines
+
+
+def population_dir(root: str, points: Sequence[Point]) -> str:
+    from avemo import population
+
+    return os.path.join(
+        os.path.abspath(root),
+        "_population",
+        population.population_name([p.workdir for p in points]),
+    )
+
+
+def run_populations(
+    populations: Sequence[Sequence[Point]], root: str, options: Mapping[str, Any]
+) -> dict[str, str]:
+    """Trains each population in this process, one after another."""
+    from avemo.main import configure_logging
+
+    configure_logging()
+    status = {}
+    for pop in populations:
+        _train_population(pop, population_dir(root, pop), options)
+        for p in pop:
+            status[p.name] = "done" if is_finished(p) else "stopped early (re-run resumes)"
+            print(f"  {p.name}: {status[p.name]}", flush=True)
+    return status
+
+
+def submit_populations(
+    populations: Sequence[Sequence[Point]],
+    config_spec: str,
+    root: str,
+    params: Mapping[str, Any],
+    options: Mapping[str, Any],
+    executor: submitit.Executor | None = None,
+) -> list[submitit.Job]:
+    """One submitit job per population (a job array on SLURM)."""
+    if executor is None:
+        executor = submitit.AutoExecutor(
+            folder=os.path.join(root, "_submitit", "%j"), cluster="slurm"
+        )
+        executor.update_parameters(**params)
+    os.environ["PYTHONPATH"] = _child_env()["PYTHONPATH"]
+    with executor.batch():
+        jobs = [
+            executor.submit(
+                PopulationJob(),
+                config_spec,
+                [(p.overrides, p.name, p.workdir) for p in pop],
+                population_dir(root, pop),
+                dict(options),
+            )
+            for pop in populations
+        ]
+    for j, job in enumerate(jobs):
+        print(f"  population {j + 1}: submitted as SLURM job {job.job_id}", flush=True)
+    return jobs
+
+
 def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """submitit AutoExecutor parameters from the `--slurm.*` flags (unset ones left out)."""
     params = {
@@ -387,8 +527,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--config", required=True, help="configs/X.py or configs/X.py:arg")
     parser.add_argument("--workdir", required=True, help="sweep root; one folder per point")
-    parser.add_argument("--executor", choices=("local", "slurm"), default="local")
+    parser.add_argument("--executor", choices=("local", "slurm", "population"), default="local")
     parser.add_argument("--workers", type=int, default=1, help="local: points run at once")
+    pop = parser.add_argument_group("population training (avemo.population)")
+    pop.add_argument(
+        "--population",
+        action="store_true",
+        help="slurm: one job per population (--executor population implies it)",
+    )
+    pop.add_argument("--members", type=int, default=0, help="members per population (0: all)")
+    pop.add_argument(
+        "--data-order",
+        choices=("shared", "member"),
+        default="shared",
+        help="shared: one batch per step feeds all members; member: each its own seed's order",
+    )
+    pop.add_argument(
+        "--member-conv",
+        choices=("auto", "loop", "vmap"),
+        default="auto",
+        help="members' face CNNs: loop (CPU), vmap (GPU), auto picks by backend",
+    )
+    pop.add_argument(
+        "--member-devices", type=int, default=-1, help="devices on the members mesh axis"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list points and commands only")
     slurm = parser.add_argument_group("SLURM (--executor slurm, via submitit)")
     for flag, kind, text in (
@@ -407,6 +569,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ):
         slurm.add_argument(f"--slurm.{flag}", dest=f"slurm_{flag}", type=kind, help=text)
     args = parser.parse_args(argv)
+    if args.executor == "population":
+        args.population = True
+    if args.population and args.executor == "local":
+        parser.error("--population runs with --executor population or --executor slurm")
     if args.executor == "slurm":
         args.slurm_tasks_per_node = args.slurm_tasks_per_node or 1
         args.slurm_job_name = args.slurm_job_name or "avemo-sweep"
@@ -432,6 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  [{p.index}] {p.name}: {state}  {json.dumps(p.overrides)}", flush=True)
         if args.dry_run and p.name in to_run:
             print("      " + " ".join(command(p, args.config)), flush=True)
+    root = os.path.abspath(args.workdir)
+    populations = plan_populations(pending, args.members) if args.population else []
+    if populations:
+        print(f"{len(populations)} population(s):", flush=True)
+        for line in describe_populations(populations, root):
+            print(line, flush=True)
     if args.dry_run:
         if args.executor == "slurm":
             print(f"submitit parameters: {slurm_parameters(args)}")
@@ -439,6 +611,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in pending:
         write_point_file(p, args.config)
     if not pending:
+        return 0
+    if args.population:
+        options = {
+            "data_order": args.data_order,
+            "member_conv": args.member_conv,
+            "member_devices": args.member_devices,
+        }
+        if args.executor == "slurm":
+            submit_populations(populations, args.config, root, slurm_parameters(args), options)
+            return 0
+        run_populations(populations, root, options)  # failures raise; stopped early: exit 0
         return 0
     if args.executor == "local":
         status = run_local(pending, args.config, args.workers)

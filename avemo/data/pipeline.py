@@ -132,8 +132,13 @@ def train_dataset(
     config: ml_collections.ConfigDict,
     process_index: int = 0,
     process_count: int = 1,
+    read_options: grain.ReadOptions | None = None,
 ) -> grain.IterDataset:
-    """Shuffled, repeated, process-sharded, batched training windows."""
+    """Shuffled, repeated, process-sharded, batched training windows.
+
+    `read_options`: Grain's reading threads and prefetch buffer (None: `train.pipeline_threads`
+    and `train.prefetch_batches`); the data order does not depend on them.
+    """
     train = [s for s in sessions if s.split == "train" and s.has_labels]
     if not train:
         raise ValueError("no labelled training sessions")
@@ -157,7 +162,7 @@ def train_dataset(
     ds = ds[process_index::process_count]
     # A bounded read-ahead: `prefetch_batches` batches cut by `pipeline_threads` threads while
     # the device runs the step (0 threads: cut on demand in the training loop's thread).
-    options = grain.ReadOptions(
+    options = read_options or grain.ReadOptions(
         num_threads=config.train.pipeline_threads,
         prefetch_buffer_size=config.train.prefetch_batches,
     )

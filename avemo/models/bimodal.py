@@ -21,6 +21,7 @@ import ml_collections
 from avemo.models.alexnet import ImprovedAlexNet
 from avemo.models.attention import AudioGate, SpatialAttention, fuse
 from avemo.models.audio_cnn import AudioCNN
+from avemo.models.dropout import Dropout, is_active
 from avemo.models.recurrent import SequenceLSTM
 
 
@@ -102,10 +103,10 @@ class BimodalModel(nn.Module):
 
     def _audio_stream(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
         x = batch["audio_features"].astype(self.dtype)
-        if self.audio_input_dropout:
+        if is_active(self.audio_input_dropout):  # a number, or a per-member array (population)
             # Element-wise dropout on the feature vector: keeps the fast-learning audio stream
             # from carrying everything (the face stream then has to contribute).
-            x = nn.Dropout(self.audio_input_dropout, deterministic=not train)(x)
+            x = Dropout(self.audio_input_dropout, deterministic=not train)(x)
         if self.use_audio_cnn:
             spec = batch["spectrogram"]
             b, length = spec.shape[:2]
@@ -130,7 +131,11 @@ class BimodalModel(nn.Module):
         if self.mode in ("fusion", "audio"):
             h = self._audio_stream(batch, train)
         if self.mode in ("fusion", "video"):
-            maps, stride = self._face_maps(batch, train)
+            maps, stride = (  # maps computed outside (population training: per member) or here
+                (batch["face_feature_map"], self.video_frame_stride)
+                if "face_feature_map" in batch
+                else self._face_maps(batch, train)
+            )
             fmap = jnp.repeat(maps, stride, axis=1)[:, : _face_steps(batch)]  # held maps
             if self.mode == "video":
                 h = SequenceLSTM(
@@ -157,7 +162,7 @@ class BimodalModel(nn.Module):
             fused = SequenceLSTM(self.output_lstm_features, dtype=self.dtype, name="output_lstm")(
                 fused
             )
-        fused = nn.Dropout(self.head_dropout, deterministic=not train)(fused)
+        fused = Dropout(self.head_dropout, deterministic=not train)(fused)
         out["outputs"] = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(fused).astype(
             jnp.float32
         )
