@@ -114,8 +114,12 @@ def train_dataset(
     config: ml_collections.ConfigDict,
     process_index: int = 0,
     process_count: int = 1,
+    silence: Mapping[str, np.ndarray] | None = None,
 ) -> grain.IterDataset:
-    """Shuffled, repeated, process-sharded, batched training windows."""
+    """Shuffled, repeated, process-sharded, batched training windows.
+
+    `silence`: the inputs of a silent window, for modality dropout (`avemo.data.augment`).
+    """
     train = [s for s in sessions if s.split == "train" and s.has_labels]
     if not train:
         raise ValueError("no labelled training sessions")
@@ -131,6 +135,9 @@ def train_dataset(
         config.audio if config.model.audio_cnn.enabled else None,
     )
     ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
+    from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)
+
+    ds = augment.apply(ds, config, silence)
     # Process p reads the p-th contiguous block of every global batch, which is where the mesh
     # puts its rows: the global batch (content and order, hence dropout masks) is the same for
     # any number of processes.
