@@ -59,11 +59,13 @@ _AUDIO_KEYS = ("audio_features", "logmel", "speech_energy")
 
 
 def remove_faces(session: PreparedSession) -> PreparedSession:
-    """Protocol (a): no face anywhere (faces zero, face_present 0); audio untouched."""
-    arrays = dict(session.arrays)
-    arrays["faces"] = np.zeros_like(session.arrays["faces"])
-    arrays["face_present"] = np.zeros_like(session.arrays["face_present"])
-    return PreparedSession(session.name, session.split, arrays)
+    """Protocol (a): no face anywhere (faces zero, face_present 0); audio untouched.
+
+    The same transform as training's modality dropout (`avemo.data.augment.remove_face`).
+    """
+    from avemo.data import augment
+
+    return PreparedSession(session.name, session.split, augment.remove_face(session.arrays))
 
 
 def far_field(signal: np.ndarray, sample_rate: float, seed: int = FAR_FIELD_SEED) -> np.ndarray:

@@ -62,12 +62,13 @@ def silent_window(
     return out
 
 
-def remove_face(window: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Protocol (a) on one window: faces zero, face_present 0; everything else untouched."""
-    out = dict(window)
-    out["faces"] = np.zeros_like(window["faces"])
-    out["face_present"] = np.zeros_like(window["face_present"])
-    return out
+def remove_face(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Protocol (a) on a window or a session's arrays: every face input ("faces", and any other
+    "face*" array such as the flag) zero, so face_present = 0; everything else untouched."""
+    return {
+        k: np.zeros_like(v) if k.startswith("face") and k != "face_boxes" else v
+        for k, v in arrays.items()
+    }
 
 
 def silence_voice(

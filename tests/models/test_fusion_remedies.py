@@ -25,9 +25,10 @@ def _batch(b=2, length=6, size=16, dim=6):
 
 
 def _model(**kw):
+    kw = {"output_lstm_features": 8, **kw}
     return BimodalModel(
         conv_features=(4, 8, 8), fc_features=(8, 8), lstm_features=8, audio_dense_features=8,
-        attention_features=8, output_lstm_features=8, **kw,
+        attention_features=8, **kw,
     )  # fmt: skip
 
 
