@@ -93,6 +93,14 @@ def model_defaults() -> ml_collections.ConfigDict:
     # none; loaded at initialisation (not on resume). freeze_video: zero updates to the branch.
     m.video_init = ""
     m.freeze_video = False
+    # --- throughput (issue 10) ---
+    # Max-pooling: "fast" (reshape + max / shifted maxima; identical outputs, cheap gradient on
+    # XLA CPU) | "reduce_window" (the literal nn.max_pool). See avemo/models/layers.py.
+    m.pool_impl = "fast"
+    # With freeze_video: compute the frozen face CNN's feature maps once per (stage-1 weights,
+    # front-end config, session), cache them (avemo/data/frozen.py) and train the fusion on them
+    # instead of running the CNN every step. Outputs equal the live frozen CNN's.
+    m.frozen_feature_cache = True
     return m
 
 
@@ -136,6 +144,11 @@ def base_config() -> ml_collections.ConfigDict:
     # its face or its voice (equal odds), by the missing-modality protocol's transforms with m and
     # n set to match. 0 = off (the paper).
     c.train.modality_dropout = 0.0
+    # --- input pipeline (issue 10) --- batches Grain prepares ahead of the step in background
+    # threads. Grain's own default (500 elements, 16 threads) held ~2.5 GB of default batches
+    # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
+    c.train.prefetch_batches = 4
+    c.train.pipeline_threads = 2
 
     c.eval = ml_collections.ConfigDict()
     c.eval.window_steps = 250  # whole sessions are evaluated in windows ...
@@ -224,6 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.mode", ("fusion", "audio", "video"))
     _check_choice(flat, "model.dtype", ("float32", "bfloat16"))
     _check_choice(flat, "model.alexnet.fc_impl", ("conv", "dense"))
+    _check_choice(flat, "model.pool_impl", ("fast", "reduce_window"))
     _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
     if flat["model.video_lstm_features"] < 0:
@@ -257,6 +271,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
+    if flat["train.prefetch_batches"] < 0 or flat["train.pipeline_threads"] < 0:
+        raise ConfigError("config.train.prefetch_batches and .pipeline_threads must be >= 0")
     if flat["model.video_frame_stride"] < 1:
         raise ConfigError("config.model.video_frame_stride must be >= 1")
     if flat["postprocess.max_delay_steps"] < 0:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -46,6 +46,50 @@ class TrainedModel:
         """{session: {"outputs": [T, 2], "audio_gate": [T] (fusion only)}}."""
         plan = pipeline.eval_plan(sessions, self.config)
         return self.trainer.predict(self.state, plan)
+
+    def predict_streaming(
+        self,
+        session: pipeline.PreparedSession,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`predict` of one session, one batch of windows at a time (bounded memory).
+
+        The same overlapping windows and stitching as evaluation (`pipeline.eval_plan`: windows
+        of `eval.window_steps` overlapping by `eval.context_steps`, each step predicted by the
+        first window that gives it that much history), but only one batch of
+        `eval.batch_size` windows exists at a time, and the session's arrays are only sliced
+        (a `StepFile` of faces is read window by window). `progress(steps done)` after each batch.
+        """
+        config = self.config
+        window, context = config.eval.window_steps, config.eval.context_steps
+        size = config.eval.batch_size
+        spectrogram = config.audio if config.model.audio_cnn.enabled else None
+        steps = session.num_steps
+        placements: list[tuple[str, int, int, int]] = []
+        for j, start in enumerate(pipeline.window_starts(steps, window, window - context)):
+            previous_end = 0 if j == 0 else sum(placements[-1][1:])
+            keep_from = max(previous_end - start, 0)
+            kept = min(start + window, steps) - (start + keep_from)
+            placements.append((session.name, start, keep_from, kept))
+        result: dict[str, np.ndarray] = {}
+        for i in range(0, len(placements), size):
+            chunk = placements[i : i + size]
+            # pipeline._cut is the evaluation's own window cutter (zero padding, mask, patches).
+            windows = [pipeline._cut(session, p[1], window, spectrogram) for p in chunk]
+            while len(windows) < size:  # padding windows are fully masked
+                windows.append({k: np.zeros_like(v) for k, v in windows[0].items()})
+            batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+            plan = pipeline.EvalPlan([batch], chunk, {session.name: steps})
+            out = self.trainer.predict(self.state, plan)[session.name]
+            for _, start, keep_from, kept in chunk:
+                placed = slice(start + keep_from, start + keep_from + kept)
+                for key, values in out.items():
+                    if key not in result:
+                        result[key] = np.zeros((steps,) + values.shape[1:], values.dtype)
+                    result[key][placed] = values[placed]
+            if progress is not None:
+                progress(sum(chunk[-1][1:]))
+        return result
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

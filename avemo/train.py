@@ -81,6 +81,7 @@ def example_batch(
         config.train.window_steps,
         config.train.window_hop_steps,
         config.audio if config.model.audio_cnn.enabled else None,
+        config.data.step_seconds,
     )
     item = source[0]
     return {k: np.zeros((batch_size,) + v.shape, v.dtype) for k, v in item.items()}
@@ -179,17 +180,34 @@ def train_step(
         parts = losses(config, outputs, batch)
         return parts["loss"], (parts, updates.get("batch_stats", state.batch_stats), outputs)
 
-    grads, (parts, batch_stats, outputs) = jax.grad(loss_fn, has_aux=True)(state.params)
+    frozen = _frozen_params(state.params, config)
+    if frozen:  # gradients of the trainable part only: none are computed for the frozen branch
+        trainable = {k: v for k, v in state.params.items() if k not in frozen}
+        grads, (parts, batch_stats, outputs) = jax.grad(
+            lambda p: loss_fn({**p, **frozen}), has_aux=True
+        )(trainable)
+        grad_norm = optax.tree.norm(grads)  # of the trained parameters only
+        grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}  # set_to_zero ignores them
+    else:
+        grads, (parts, batch_stats, outputs) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
     if config.model.freeze_video and "alexnet" in batch_stats:  # frozen: keep stage-1 BN stats
         batch_stats = {**batch_stats, "alexnet": state.batch_stats["alexnet"]}
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = dict(parts, grad_norm=optax.tree.norm(grads))
+    metrics = dict(parts, grad_norm=grad_norm)
     if "audio_gate" in outputs:
         mask = batch["mask"]
         metrics["audio_gate_mean"] = jnp.sum(outputs["audio_gate"] * mask) / jnp.maximum(
             mask.sum(), 1.0
         )
     return new_state, metrics
+
+
+def _frozen_params(params: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict:
+    """The frozen video branch's parameters ({} unless `model.freeze_video`)."""
+    if config.model.freeze_video and "alexnet" in params:
+        return {"alexnet": params["alexnet"]}
+    return {}
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -397,9 +415,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.replace(tmp, os.path.join(workdir, "config.json"))
 
     sessions = load_sessions(config, workdir)
-    eval_sets = eval_split_sessions(sessions, config)
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)
+    from avemo.data import frozen
+
+    if frozen.enabled(config):  # frozen face branch: its feature maps once, cached (Sec. 6.4)
+        sessions = frozen.attach(sessions, config, frozen.initial_branch_variables(config, trainer))
+    eval_sets = eval_split_sessions(sessions, config)
     data_iter = iter(
         pipeline.train_dataset(
             sessions,

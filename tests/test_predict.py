@@ -65,7 +65,8 @@ def test_new_recording_one_row_per_step_with_flags_and_arff(
     assert predict.main(["--workdir", str(trained[0]), str(video), "--audio", str(audio),
                          "--out", str(out)]) == 0  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == [
-        "clip.csv", "clip.png", "clip_arousal.arff", "clip_valence.arff",
+        "clip.csv", "clip.json", "clip.png", "clip_arousal.arff", "clip_valence.arff",
+        "summary.csv", "summary.png",
     ]  # fmt: skip
     rows = list(csv.DictReader((out / "clip.csv").open()))
     steps = int(np.floor(duration / 0.04 + 1e-9)) + 1

@@ -8,6 +8,7 @@ descriptors. `grid_features` summarises them over 3 s windows (1 s shift) placed
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import ml_collections
@@ -139,6 +140,17 @@ def analyse_frames(signal: np.ndarray, cfg: ml_collections.ConfigDict) -> FrameA
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _smile(feature_set: str):
+    """One openSMILE extractor per feature set and process (building one takes ~0.5-3 s)."""
+    import opensmile
+
+    return opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, feature_set),
+        feature_level=opensmile.FeatureLevel.LowLevelDescriptors,
+    )
+
+
 def opensmile_llds(
     signal: np.ndarray, sample_rate: int, feature_set: str, frame_times: np.ndarray
 ) -> tuple[np.ndarray, list[str]]:
@@ -153,14 +165,10 @@ def opensmile_llds(
     Returns:
       ([F, d] float64, d names). NaN (openSMILE's answer to too-short input) becomes 0.
     """
-    import opensmile  # Imported here: loading it takes a moment and "none" does not need it.
 
     if feature_set not in OPENSMILE_SETS[:-1]:
         raise ValueError(f"unknown features.opensmile_set {feature_set!r}: {OPENSMILE_SETS}")
-    smile = opensmile.Smile(
-        feature_set=getattr(opensmile.FeatureSet, feature_set),
-        feature_level=opensmile.FeatureLevel.LowLevelDescriptors,
-    )
+    smile = _smile(feature_set)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "Segment too short, filling with NaN."
         table = smile.process_signal(np.asarray(signal, np.float32), sample_rate)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -24,12 +25,15 @@ def num_steps_for(duration_seconds: float, step_seconds: float = 0.04) -> int:
     return int(math.floor(duration_seconds / step_seconds + 1e-9)) + 1
 
 
-def load_source(source: Source, cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, str]:
+def load_source(
+    source: Source, cfg: ml_collections.ConfigDict, report: io.LoadReport | None = None
+) -> tuple[np.ndarray, str]:
     """(16 kHz mono 16-bit samples, name for errors) of a path or a (signal, rate) tuple."""
     options = dict(
         resample_quality=cfg.resample_quality,
         clip_level=cfg.clip_level,
         max_clipped_fraction=cfg.max_clipped_fraction,
+        report=report,
     )
     if isinstance(source, tuple):
         if len(source) != 2:
@@ -46,6 +50,7 @@ def extract(
     num_steps: int | None,
     cfg: ml_collections.ConfigDict,
     step_seconds: float = 0.04,
+    report: io.LoadReport | None = None,
 ) -> dict[str, np.ndarray]:
     """Audio model inputs of one session on the label grid t_k = k * step_seconds.
 
@@ -55,6 +60,7 @@ def extract(
         audio's duration.
       cfg: the audio config (`avemo.audio.config.defaults()` or `config.audio`).
       step_seconds: the label hop (`config.data.step_seconds`).
+      report: filled with what loading found (`avemo.audio.io.LoadReport`), if given.
 
     Returns:
       audio_features [T, D] float32 (not z-normalised), audio_feature_names [D] str,
@@ -66,9 +72,19 @@ def extract(
     Raises:
       AudioError: the file cannot be used (see `avemo.audio.io.load`).
     """
-    signal, name = load_source(source, cfg)
-    rate = cfg.sample_rate
-    duration = signal.size / rate
+    signal, name = load_source(source, cfg, report)
+    num_steps = _check_grid(signal, num_steps, cfg, step_seconds, name)
+    return features_from_signal(signal, num_steps, cfg, step_seconds)
+
+
+def _check_grid(
+    signal: np.ndarray,
+    num_steps: int | None,
+    cfg: ml_collections.ConfigDict,
+    step_seconds: float,
+    name: str,
+) -> int:
+    duration = signal.size / cfg.sample_rate
     if num_steps is None:
         num_steps = num_steps_for(duration, step_seconds)
     if int(num_steps) != num_steps or num_steps < 1:
@@ -83,6 +99,15 @@ def extract(
             grid_end,
             "the rest counts as silence" if duration < grid_end else "the rest is ignored",
         )
+    return num_steps
+
+
+def features_from_signal(
+    signal: np.ndarray, num_steps: int, cfg: ml_collections.ConfigDict, step_seconds: float = 0.04
+) -> dict[str, np.ndarray]:
+    """`extract` on an already loaded 16 kHz mono signal (time 0 = its first sample)."""
+    rate = cfg.sample_rate
+    grid_end = (num_steps - 1) * step_seconds
     needed = int(math.ceil(grid_end * rate)) + 1
     if signal.size < needed:
         signal = np.concatenate([signal, np.zeros(needed - signal.size, np.float32)])
@@ -143,3 +168,68 @@ def step_power_db(
     power = (running[end] - running[start]) / count
     with np.errstate(divide="ignore"):
         return np.maximum(10.0 * np.log10(np.maximum(power, 0.0)), -120.0)
+
+
+def extract_long(
+    source: Source,
+    num_steps: int | None,
+    cfg: ml_collections.ConfigDict,
+    step_seconds: float = 0.04,
+    *,
+    chunk_seconds: float = 300.0,
+    margin_seconds: float = 10.0,
+    keep_logmel: bool = True,
+    report: io.LoadReport | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """`extract` in chunks of the grid, so that memory stays bounded for hour-long recordings.
+
+    Recordings up to chunk + margin long go through `extract` unchanged. Longer ones are cut
+    into chunks of `chunk_seconds` (whole seconds, so that the 40 ms grid, the 10 ms frames and
+    the 1 s statistics shift stay aligned) read with `margin_seconds` of context on each side,
+    which covers every window that reaches across a border (3 s statistics, 1 s shift, openSMILE
+    and endpoint smoothing). The one difference to a whole-file run: the endpoint detector's
+    noise floor (a percentile of the frame energies) is that of each chunk and its margins, a
+    local noise floor. `progress(seconds done)` is called after each chunk.
+
+    Returns:
+      as `extract`; logmel only when `keep_logmel` (else an empty [0, n_mels] array).
+    """
+    if chunk_seconds != int(chunk_seconds) or margin_seconds != int(margin_seconds):
+        raise ValueError("chunk_seconds and margin_seconds must be whole seconds")
+    signal, name = load_source(source, cfg, report)
+    num_steps = _check_grid(signal, num_steps, cfg, step_seconds, name)
+    chunk_steps = int(round(chunk_seconds / step_seconds))
+    margin_steps = int(round(margin_seconds / step_seconds))
+    rate = cfg.sample_rate
+    if num_steps <= chunk_steps + margin_steps:
+        out = features_from_signal(signal, num_steps, cfg, step_seconds)
+        if progress is not None:
+            progress(num_steps * step_seconds)
+    else:
+        parts: dict[str, list[np.ndarray]] = {}
+        per_column = int(round(step_seconds / cfg.hop_seconds))
+        for first in range(0, num_steps, chunk_steps):
+            last = min(first + chunk_steps, num_steps)
+            local_first = max(first - margin_steps, 0)
+            local_last = min(last + margin_steps, num_steps)
+            start_sample = int(round(local_first * step_seconds * rate))
+            stop_sample = int(round((local_last - 1) * step_seconds * rate)) + 1
+            window = signal[start_sample : stop_sample + int(margin_seconds * rate)]
+            local = features_from_signal(window, local_last - local_first, cfg, step_seconds)
+            keep = slice(first - local_first, last - local_first)
+            for key in ("audio_features", "speech_energy", "speech_mask"):
+                parts.setdefault(key, []).append(local[key][keep])
+            if keep_logmel:
+                columns = slice(
+                    keep.start * per_column, None if last == num_steps else keep.stop * per_column
+                )
+                parts.setdefault("logmel", []).append(local["logmel"][columns])
+            names = local["audio_feature_names"]
+            if progress is not None:
+                progress(last * step_seconds)
+        out = {key: np.concatenate(values) for key, values in parts.items()}
+        out["audio_feature_names"] = names
+    if not keep_logmel:
+        out["logmel"] = np.zeros((0, cfg.spectrogram.n_mels), np.float32)
+    return out

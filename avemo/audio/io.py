@@ -1,13 +1,28 @@
 """Loading audio for the front end: any file or array → 16 kHz mono, 16-bit quantised (Step 1).
 
-WAV/FLAC/OGG … are read with libsndfile (`soundfile`); the audio track of a video (mp4/avi/mkv)
-with FFmpeg (`av`). Resampling uses soxr. Every failure becomes an `AudioError` naming the file.
+WAV/FLAC/OGG … are read with libsndfile (`soundfile`); the audio track of a video (mp4/avi/mkv/ts)
+with FFmpeg (`av`). Both are read in blocks and converted on the fly (mix-down, soxr resampling),
+so a long recording never exists in memory at its source rate and channel count. Every failure
+becomes an `AudioError` naming the file.
+
+One clock (as `avemo.video.io`): a video's audio is placed on the container clock, origin = the
+container's start time; every decoded audio frame sits at its own timestamp: a late start is
+padded with silence, a gap between frames (dropped packets) is filled with silence, an overlap
+keeps the samples already placed.
+
+Mix-down of several channels, per 20 ms block: the channel mean, unless the mean has less than
+half the power of the loudest channel in that block (anti-phase channels cancel, a one-sided
+recording loses 6 dB in the mean), in which case the loudest channel. Identical channels thus
+give the channel itself, and the absolute level that the speech energy m reads (dB re full scale)
+stays that of the recorded voice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +32,145 @@ import soxr
 from avemo.audio.errors import AudioError
 
 # Containers read with FFmpeg first (libsndfile cannot read them).
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4a", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"})
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4a", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts"}
+)
 _INT16_SCALE = 32768.0
+DOWNMIX_BLOCK_SECONDS = 0.02
+# Frames whose timestamp is further than this from where the previous frame ended open a gap
+# (filled with silence) or overlap (the overlapping part is dropped); closer ones are joined.
+GAP_TOLERANCE_SECONDS = 0.005
+_READ_BLOCK_SECONDS = 10.0
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What loading found: shares of problems a prediction reports instead of refusing."""
+
+    source_rate: float = 0.0
+    channels: int = 0
+    samples: int = 0  # at the target rate, after placement
+    clipped_fraction: float = 0.0
+    start_seconds: float = 0.0  # first audio sample on the container clock
+    gaps: int = 0
+    gap_seconds: float = 0.0
+    overlap_seconds: float = 0.0
+    loudest_channel_share: float = 0.0  # share of mix-down blocks that took the loudest channel
+    _clipped: int = 0
+    _counted: int = 0
+    _blocks: int = 0
+    _loudest_blocks: int = 0
+
+
+def downmix(signal: np.ndarray, rate: float, report: LoadReport | None = None) -> np.ndarray:
+    """[n, C] → [n]: per 20 ms block the channel mean, or the loudest channel where the mean has
+    less than half its power (see the module docstring)."""
+    if signal.shape[1] == 1:
+        return signal[:, 0]
+    block = max(1, int(round(DOWNMIX_BLOCK_SECONDS * rate)))
+    n, channels = signal.shape
+    mono = signal.mean(axis=1)
+    blocks = -(-n // block)
+    pad = blocks * block - n
+    padded = np.pad(signal, ((0, pad), (0, 0))) if pad else signal
+    power = np.square(padded).reshape(blocks, block, channels).sum(axis=1)  # [blocks, C]
+    mean_power = np.square(np.pad(mono, (0, pad)) if pad else mono).reshape(blocks, block).sum(1)
+    loudest = power.argmax(axis=1)
+    use_loudest = mean_power < 0.5 * power.max(axis=1)
+    if use_loudest.any():
+        chosen = np.repeat(np.where(use_loudest, loudest, -1), block)[:n]
+        rows = np.flatnonzero(chosen >= 0)
+        mono[rows] = signal[rows, chosen[rows]]
+    if report is not None:
+        report._blocks += blocks
+        report._loudest_blocks += int(use_loudest.sum())
+    return mono
+
+
+class _Assembler:
+    """Places timed source blocks on one clock: checks, mixes down, fills gaps, resamples."""
+
+    def __init__(
+        self, name: str, target_rate: int, quality: str, clip_level: float, report: LoadReport
+    ):
+        self.name, self.target_rate, self.quality = name, target_rate, quality
+        self.clip_level, self.report = clip_level, report
+        self.rate: float | None = None
+        self.resampler = None
+        self.chunks: list[np.ndarray] = []
+        self.next_time: float | None = None  # where the samples placed so far end (seconds)
+
+    def _emit(self, mono: np.ndarray, last: bool = False) -> None:
+        if self.resampler is not None:
+            mono = self.resampler.resample_chunk(mono, last=last)
+        if mono.size:
+            self.chunks.append(quantize_16bit(mono))
+
+    def add(self, block: np.ndarray, rate: float, time: float | None) -> None:
+        """Source samples [n, C] (full scale ±1) at `rate`; `time` on the clock (None: joined)."""
+        first = False
+        if self.rate is None:
+            if not np.isfinite(rate) or rate <= 0:
+                raise AudioError(self.name, f"invalid sample rate {rate}")
+            self.rate = float(rate)
+            self.report.source_rate, self.report.channels = self.rate, block.shape[1]
+            if round(rate) != self.target_rate or abs(rate - round(rate)) > 1e-6:
+                self.resampler = soxr.ResampleStream(
+                    self.rate, self.target_rate, 1, dtype="float64", quality=self.quality
+                )
+            start = 0.0 if time is None else time
+            self.report.start_seconds = start
+            if start > 0:
+                self.chunks.append(np.zeros(int(round(start * self.target_rate)), np.float32))
+            self.next_time = max(start, 0.0)
+            first = True
+        elif block.shape[1] != self.report.channels:
+            raise AudioError(self.name, "the number of audio channels changes within the file")
+        finite = np.isfinite(block)
+        if not finite.all():
+            bad = int(block.size - np.count_nonzero(finite))
+            raise AudioError(self.name, f"{bad} of {block.size} samples are NaN or infinite")
+        self.report._clipped += int(np.count_nonzero(np.abs(block) >= self.clip_level))
+        self.report._counted += block.size
+        if time is not None:
+            delta = time - self.next_time
+            if delta > GAP_TOLERANCE_SECONDS:
+                self.report.gaps += 1
+                self.report.gap_seconds += delta
+                self._emit(np.zeros(int(round(delta * self.rate))))
+                self.next_time = time
+            elif delta < -GAP_TOLERANCE_SECONDS or (first and delta < 0):
+                drop = int(round(-delta * self.rate))
+                self.report.overlap_seconds += min(drop, block.shape[0]) / self.rate
+                block = block[drop:]
+        if block.shape[0] == 0:
+            return
+        self._emit(downmix(block, self.rate, self.report))
+        self.next_time += block.shape[0] / self.rate
+
+    def finish(self) -> np.ndarray:
+        if self.rate is None:
+            raise AudioError(self.name, "contains no audio samples")
+        if self.resampler is not None:
+            self._emit(np.zeros(0), last=True)
+        report = self.report
+        report.clipped_fraction = report._clipped / max(report._counted, 1)
+        report.loudest_channel_share = report._loudest_blocks / max(report._blocks, 1)
+        signal = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        self.chunks = []
+        report.samples = int(signal.size)
+        if report._counted == 0:
+            raise AudioError(self.name, "contains no audio samples")
+        return signal
+
+
+def _check_clipping(name: str, report: LoadReport, max_clipped_fraction: float) -> None:
+    if report.clipped_fraction > max_clipped_fraction:
+        raise AudioError(
+            name,
+            f"clipped: {100 * report.clipped_fraction:.2f}% of samples at full scale "
+            f"(limit {100 * max_clipped_fraction:.2f}%)",
+        )
 
 
 def load(
@@ -28,15 +180,17 @@ def load(
     resample_quality: str = "HQ",
     clip_level: float = 0.999,
     max_clipped_fraction: float = 0.01,
+    report: LoadReport | None = None,
 ) -> np.ndarray:
     """Loads an audio file (or a video's audio track) as 16 kHz mono 16-bit samples (Step 1).
 
     Args:
-      path: wav/flac/… or mp4/avi/mkv file.
+      path: wav/flac/… or mp4/avi/mkv/ts file.
       sample_rate: target rate in Hz.
       resample_quality: soxr quality recipe.
       clip_level: |x| at or above this counts as a clipped sample.
-      max_clipped_fraction: more clipped samples than this share is an error.
+      max_clipped_fraction: more clipped samples than this share is an error (1.0: never).
+      report: filled with what loading found (clipped share, gaps, mix-down), if given.
 
     Returns:
       float32 samples in [-1, 1), values on the 16-bit grid (k / 32768), time 0 = start of file
@@ -52,30 +206,45 @@ def load(
         raise AudioError(name, "no such file")
     if path.stat().st_size == 0:
         raise AudioError(name, "file is empty (0 bytes)")
+    report = LoadReport() if report is None else report
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        signal, rate = _decode_with_av(path)
+        signal = _assemble(
+            name, _blocks_with_av(path), sample_rate, resample_quality, clip_level, report
+        )
     else:
         _check_riff_size(path)  # Before any decoder: FFmpeg would read a cut WAV silently too.
         try:
-            signal, rate = _decode_with_soundfile(path)
+            signal = _assemble(
+                name,
+                _blocks_with_soundfile(path),
+                sample_rate,
+                resample_quality,
+                clip_level,
+                report,
+            )
         except AudioError as sndfile_error:
+            if not sndfile_error.problem.startswith("libsndfile"):
+                raise
             # Not something libsndfile knows: try FFmpeg before giving up.
+            report = dataclasses.replace(LoadReport())
             try:
-                signal, rate = _decode_with_av(path)
+                signal = _assemble(
+                    name, _blocks_with_av(path), sample_rate, resample_quality, clip_level, report
+                )
             except AudioError as av_error:
                 raise AudioError(
                     name,
                     f"not a readable audio file ({sndfile_error.problem}; {av_error.problem})",
                 ) from None
-    return prepare(
-        signal,
-        rate,
-        sample_rate,
-        name=name,
-        resample_quality=resample_quality,
-        clip_level=clip_level,
-        max_clipped_fraction=max_clipped_fraction,
-    )
+    _check_clipping(name, report, max_clipped_fraction)
+    return signal
+
+
+def _assemble(name, blocks, sample_rate, quality, clip_level, report) -> np.ndarray:
+    assembler = _Assembler(name, sample_rate, quality, clip_level, report)
+    for block, rate, time in blocks:
+        assembler.add(block, rate, time)
+    return assembler.finish()
 
 
 def prepare(
@@ -87,15 +256,16 @@ def prepare(
     resample_quality: str = "HQ",
     clip_level: float = 0.999,
     max_clipped_fraction: float = 0.01,
+    report: LoadReport | None = None,
 ) -> np.ndarray:
     """Checks a decoded signal and converts it to `sample_rate` mono 16-bit (Step 1).
 
     Args:
-      signal: [n] or [n, channels] samples, full scale ±1.
+      signal: [n] or [n, channels] samples, full scale ±1 (integers: full scale of their type).
       rate: its sample rate in Hz.
       sample_rate: target rate.
       name: how the source is named in errors.
-      resample_quality, clip_level, max_clipped_fraction: see `load`.
+      resample_quality, clip_level, max_clipped_fraction, report: see `load`.
 
     Returns:
       float32 [n'] samples on the 16-bit grid.
@@ -112,23 +282,13 @@ def prepare(
         signal = signal.astype(np.float64) / (float(info.max) + 1.0)
     if signal.shape[0] == 0 or signal.shape[1] == 0:
         raise AudioError(name, "contains no audio samples")
-    if not np.isfinite(rate) or rate <= 0:
-        raise AudioError(name, f"invalid sample rate {rate}")
-    finite = np.isfinite(signal)
-    if not finite.all():
-        bad = int(signal.size - np.count_nonzero(finite))
-        raise AudioError(name, f"{bad} of {signal.size} samples are NaN or infinite")
-    clipped = float(np.mean(np.abs(signal) >= clip_level))
-    if clipped > max_clipped_fraction:
-        raise AudioError(
-            name,
-            f"clipped: {100 * clipped:.2f}% of samples at full scale "
-            f"(limit {100 * max_clipped_fraction:.2f}%)",
-        )
-    mono = signal.mean(axis=1, dtype=np.float64)
-    if round(rate) != sample_rate or abs(rate - round(rate)) > 1e-6:
-        mono = soxr.resample(mono, rate, sample_rate, quality=resample_quality)
-    return quantize_16bit(mono)
+    report = LoadReport() if report is None else report
+    out = _assemble(
+        name, [(signal.astype(np.float64), rate, None)], sample_rate, resample_quality,
+        clip_level, report,
+    )  # fmt: skip
+    _check_clipping(name, report, max_clipped_fraction)
+    return out
 
 
 def quantize_16bit(signal: np.ndarray) -> np.ndarray:
@@ -137,13 +297,19 @@ def quantize_16bit(signal: np.ndarray) -> np.ndarray:
     return (levels / _INT16_SCALE).astype(np.float32)
 
 
-def _decode_with_soundfile(path: Path) -> tuple[np.ndarray, float]:
+def _blocks_with_soundfile(path: Path) -> Iterator[tuple[np.ndarray, float, None]]:
     name = str(path)
     try:
-        signal, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        with soundfile.SoundFile(str(path)) as f:
+            rate = float(f.samplerate)
+            size = max(1, int(_READ_BLOCK_SECONDS * rate))
+            while True:
+                block = f.read(size, dtype="float64", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                yield block, rate, None
     except (soundfile.SoundFileError, RuntimeError) as error:
         raise AudioError(name, f"libsndfile cannot decode it: {error}") from None
-    return signal, float(rate)
 
 
 def _check_riff_size(path: Path) -> None:
@@ -161,9 +327,22 @@ def _check_riff_size(path: Path) -> None:
         )
 
 
-def _decode_with_av(path: Path) -> tuple[np.ndarray, float]:
-    """Decodes the first audio stream with FFmpeg; leading silence keeps container time 0."""
+def has_audio_track(path: str | os.PathLike) -> bool:
+    """Whether FFmpeg finds an audio stream in the file (False when it cannot open it)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return False
+
+
+def _blocks_with_av(path: Path) -> Iterator[tuple[np.ndarray, float, float | None]]:
+    """Decoded frames of the first audio stream as ([n, C], rate, time on the container clock)."""
     import av  # Imported here: only needed for containers.
+
+    from avemo.video.io import container_origin
 
     name = str(path)
     try:
@@ -177,29 +356,21 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, float]:
         rate = stream.rate or stream.codec_context.sample_rate
         if not rate:
             raise AudioError(name, "audio track has no sample rate")
+        origin = container_origin(container)
         # Planar float keeps every channel; the mix-down and resampling are ours (soxr).
         resampler = av.AudioResampler(format="fltp", rate=rate)
-        chunks: list[np.ndarray] = []
-        first_time: float | None = None
         try:
             for frame in container.decode(stream):
-                if first_time is None and frame.pts is not None and frame.time_base is not None:
-                    first_time = float(frame.pts * frame.time_base)
+                time = None
+                if frame.pts is not None and frame.time_base is not None:
+                    time = float(frame.pts * frame.time_base) - origin
                 for converted in resampler.resample(frame):
-                    chunks.append(converted.to_ndarray())
+                    yield converted.to_ndarray().T.astype(np.float64), float(rate), time
+                    time = None
             for converted in resampler.resample(None):
-                chunks.append(converted.to_ndarray())
+                yield converted.to_ndarray().T.astype(np.float64), float(rate), None
         except (av.error.FFmpegError, ValueError) as error:
             raise AudioError(name, f"audio track cannot be decoded: {error}") from None
-    if not chunks:
-        raise AudioError(name, "audio track contains no samples")
-    signal = np.concatenate(chunks, axis=1).T.astype(np.float64)  # [n, channels]
-    start = container_start_offset(first_time, rate)
-    if start > 0:
-        signal = np.concatenate([np.zeros((start, signal.shape[1])), signal])
-    elif start < 0:
-        signal = signal[-start:]
-    return signal, float(rate)
 
 
 def container_start_offset(first_time: float | None, rate: float) -> int:

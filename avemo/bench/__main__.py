@@ -1,9 +1,9 @@
-"""`python -m avemo.bench {train,audio,video} [args]`: dispatches to the benchmark of that stage."""
+"""`python -m avemo.bench {train,audio,video,predict} [args]`: the benchmark of that stage."""
 
 import importlib
 import sys
 
-_BENCHMARKS = ("train", "audio", "video")
+_BENCHMARKS = ("train", "audio", "video", "predict")
 
 
 def main() -> None:

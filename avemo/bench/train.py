@@ -1,11 +1,21 @@
 """Train-step benchmark: step time, frames/s and achieved FLOP/s next to a measured matmul peak.
 
-`python -m avemo.bench train [--models default,paper] [--steps N]`. FLOPs come from XLA's cost
-analysis of the *lowered* (backend-independent) step -- on GPUs the compiled module hides cuDNN
-convolutions in custom calls that the cost analysis does not count. XLA counts a scan/while body
-once, so the LSTMs' FLOPs are added analytically (2 * 4H * (D + H) multiply-adds per step and
-sample, x3 for forward + backward). The peak is an f32 matmul at default precision (TF32 on
-NVIDIA GPUs), 2048^2 on CPUs and 8192^2 on accelerators.
+`python -m avemo.bench train [--models default,paper] [--steps N] [--rounds R] [--torch PY]`.
+
+Per model it times, in one process and in alternating rounds (the machine may be shared):
+  * end-to-end: the train step on a pre-made batch and with the real Grain pipeline (windows cut
+    from prepared-shaped sessions held like the preparation cache's arrays, uint8 faces);
+  * frozen: the two-stage path (`model.freeze_video` + cached feature maps, Sec. 6.4);
+  * bf16: `model.dtype="bfloat16"` (accelerators only; XLA CPU has no fast bf16 matmul);
+  * torch: the same model in PyTorch eager (`avemo/bench/torch_reference.py`) when a Python with
+    torch is given (`--torch PY`, $AVEMO_TORCH_PYTHON, or this interpreter if it imports torch),
+    run as a subprocess whose rounds alternate with ours. torch is not a dependency of avemo.
+FLOPs come from XLA's cost analysis of the *lowered* (backend-independent) step -- on GPUs the
+compiled module hides cuDNN convolutions in custom calls that the cost analysis does not count.
+XLA counts a scan/while body once, so the LSTMs' FLOPs are added analytically (2 * 4H * (D + H)
+multiply-adds per step and sample, x3 for forward + backward). The peak is an f32 matmul at
+default precision (TF32 on NVIDIA GPUs), 2048^2 on CPUs and 8192^2 on accelerators, measured in
+the same run.
 """
 
 from __future__ import annotations
@@ -89,16 +99,9 @@ def _program_flops(trainer, state, batch, name: str, b: int, length: int) -> flo
     return float(json.loads(out.stdout.strip().splitlines()[-1])["flops"])
 
 
-def bench_model(name: str, steps: int, batch_shape: str = "", flops_only: bool = False) -> dict:
-    from avemo import train
-
-    config = _config(name)
-    if batch_shape:
-        config.train.batch_size, config.train.window_steps = map(int, batch_shape.split("x"))
+def _batch(config, rng: np.random.Generator, feature_dim: int = 93) -> dict[str, np.ndarray]:
     b, length = config.train.batch_size, config.train.window_steps
     size, channels = config.video.crop_size, 1 if config.video.color_mode == "gray" else 3
-    feature_dim = 93
-    rng = np.random.default_rng(0)
     batch = {
         "faces": rng.integers(0, 255, (b, length, size, size, channels), dtype=np.uint8),
         "face_present": np.ones((b, length), np.float32),
@@ -112,39 +115,206 @@ def bench_model(name: str, steps: int, batch_shape: str = "", flops_only: bool =
 
         pt, pf = spectrogram.patch_shape(config.audio)
         batch["spectrogram"] = rng.standard_normal((b, length, pt, pf)).astype(np.float32)
-    trainer = train.Trainer(config, batch, steps + 1)
-    state = trainer.init_state()
-    params = sum(x.size for x in jax.tree.leaves(state.params))
-    global_batch = trainer.to_global(batch)
+    return batch
+
+
+def bench_sessions(config, num_sessions: int = 3, feature_dim: int = 93) -> list:
+    """Prepared-shaped sessions (uint8 faces, z-normalised features, labels, log-mel) in memory,
+    as `avemo.data.prepare` hands them to the pipeline; random content (timing only)."""
+    from avemo.data.pipeline import PreparedSession
+
+    rng = np.random.default_rng(1)
+    steps = max(4 * config.train.window_steps, 200)
+    size, channels = config.video.crop_size, 1 if config.video.color_mode == "gray" else 3
+    sessions = []
+    for i in range(num_sessions):
+        arrays = {
+            "faces": rng.integers(0, 255, (steps, size, size, channels), dtype=np.uint8),
+            "face_present": np.ones(steps, np.float32),
+            "audio_features": rng.standard_normal((steps, feature_dim)).astype(np.float32),
+            "speech_energy": rng.random(steps).astype(np.float32),
+            "labels": rng.uniform(-1, 1, (steps, 2)).astype(np.float32),
+        }
+        if config.model.audio_cnn.enabled:
+            from avemo.audio import spectrogram
+
+            _, pf = spectrogram.patch_shape(config.audio)
+            columns = int(steps * config.data.step_seconds / config.audio.hop_seconds) + 1
+            arrays["logmel"] = rng.standard_normal((columns, pf)).astype(np.float32)
+        sessions.append(PreparedSession(f"bench_{i}", "train", arrays))
+    return sessions
+
+
+class _Runner:
+    """One train step of `config`: pre-made batch and real-pipeline timings, FLOPs."""
+
+    def __init__(self, config, name: str, batch: dict, sessions: list, steps: int):
+        from avemo import train
+        from avemo.data import frozen, pipeline
+
+        self.config, self.name, self.steps = config, name, steps
+        self.trainer = train.Trainer(config, batch, 10_000)
+        self.state = self.trainer.init_state()
+        if frozen.enabled(config):
+            branch = frozen.initial_branch_variables(config, self.trainer)
+            sessions = frozen.attach(sessions, config, branch)
+            maps = sessions[0].arrays[frozen.FEATURES_KEY]
+            b, length = batch["mask"].shape
+            batch = {k: v for k, v in batch.items() if k != "faces"}
+            batch[frozen.FEATURES_KEY] = np.broadcast_to(
+                np.asarray(maps[:length]), (b, length) + maps.shape[1:]
+            ).copy()
+        self.batch = self.trainer.to_global(batch)
+        self.iterator = iter(pipeline.train_dataset(sessions, config))
+        self.state, m = self.trainer.train_step(self.state, self.batch, self.trainer.base_rng)
+        self.state, m = self.trainer.train_step(
+            self.state, self.trainer.to_global(next(self.iterator)), self.trainer.base_rng
+        )
+        jax.block_until_ready(m)
+        self.premade: list[float] = []
+        self.real: list[float] = []
+
+    def params(self) -> int:
+        return sum(x.size for x in jax.tree.leaves(self.state.params))
+
+    def round(self) -> None:
+        t = self.trainer
+        start = time.perf_counter()
+        for _ in range(self.steps):
+            self.state, m = t.train_step(self.state, self.batch, t.base_rng)
+        jax.block_until_ready(m)
+        self.premade.append((time.perf_counter() - start) / self.steps)
+        start = time.perf_counter()
+        for _ in range(self.steps):  # as the training loop does it
+            self.state, m = t.train_step(self.state, t.to_global(next(self.iterator)), t.base_rng)
+        jax.block_until_ready(m)
+        self.real.append((time.perf_counter() - start) / self.steps)
+
+    def flops(self, feature_dim: int = 93) -> float:
+        b, length = self.config.train.batch_size, self.config.train.window_steps
+        flops = _program_flops(self.trainer, self.state, self.batch, self.name, b, length)
+        return flops + _lstm_flops(self.config, feature_dim) * (length - 1) / length
+
+
+def _variant_config(name: str, batch_shape: str = ""):
+    """`model[:variant]` with variant e2e (default), frozen or bf16."""
+    base, _, variant = name.partition(":")
+    config = _config(base)
+    if batch_shape:
+        config.train.batch_size, config.train.window_steps = map(int, batch_shape.split("x"))
+    if variant == "frozen":
+        import tempfile
+
+        config.model.freeze_video = True
+        config.data.cache_dir = tempfile.mkdtemp(prefix="avemo-bench-")
+    elif variant == "bf16":
+        config.model.dtype = "bfloat16"
+    elif variant not in ("", "e2e"):
+        raise ValueError(f"unknown variant {variant!r} (e2e, frozen, bf16)")
+    return config
+
+
+def bench_model(name: str, steps: int, batch_shape: str = "", flops_only: bool = False) -> dict:
+    """One model variant alone (see `main` for the interleaved comparison)."""
+    config = _variant_config(name, batch_shape)
+    batch = _batch(config, np.random.default_rng(0))
+    runner = _Runner(config, name, batch, bench_sessions(config), max(steps, 1))
     if flops_only:
-        cost = trainer.train_step.lower(state, global_batch, trainer.base_rng).cost_analysis()
+        cost = runner.trainer.train_step.lower(
+            runner.state, runner.batch, runner.trainer.base_rng
+        ).cost_analysis()
         return {"flops": float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])}
-    flops = _program_flops(trainer, state, global_batch, name, b, length)
-    flops += _lstm_flops(config, feature_dim) * (length - 1) / length
-    state, metrics = trainer.train_step(state, global_batch, trainer.base_rng)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = trainer.train_step(state, global_batch, trainer.base_rng)
-    jax.block_until_ready(metrics)
-    step_time = (time.perf_counter() - start) / steps
+    runner.round()
+    return _result(runner)
+
+
+def _result(runner: _Runner) -> dict:
+    c = runner.config
+    b, length = c.train.batch_size, c.train.window_steps
+    step, real = float(np.median(runner.premade)), float(np.median(runner.real))
+    flops = runner.flops()
     return {
-        "model": name,
-        "params": params,
+        "model": runner.name,
+        "params": runner.params(),
         "batch": f"{b}x{length}",
-        "crop": size,
-        "frame_stride": config.model.video_frame_stride,
-        "step_s": step_time,
-        "frames_per_s": b * length / step_time,
+        "crop": c.video.crop_size,
+        "frame_stride": c.model.video_frame_stride,
+        "step_s": step,
+        "real_step_s": real,
+        "frames_per_s": b * length / step,
         "flops_per_step": flops,
-        "flops_per_s": flops / step_time,
+        "flops_per_s": flops / step,
     }
+
+
+def torch_spec(config, feature_dim: int = 93) -> dict:
+    """The sizes of `config`'s model for `avemo/bench/torch_reference.py`."""
+    m = config.model
+    return {
+        "batch": config.train.batch_size,
+        "window": config.train.window_steps,
+        "crop": config.video.crop_size,
+        "channels": 1 if config.video.color_mode == "gray" else 3,
+        "conv_features": list(m.alexnet.conv_features),
+        "conv_strides": list(m.alexnet.conv_strides),
+        "fc_features": list(m.alexnet.fc_features),
+        "frame_stride": m.video_frame_stride,
+        "feature_dim": feature_dim,
+        "audio_dense": m.audio_dense_features,
+        "audio_input_dropout": m.audio_input_dropout,
+        "lstm": m.lstm_features,
+        "attention": m.attention_features,
+        "output_lstm": m.output_lstm_features,
+        "head_dropout": m.head_dropout,
+        "aux_weight": config.loss.aux_weight,
+    }
+
+
+def _torch_python(arg: str) -> str | None:
+    import importlib.util
+    import os
+
+    if arg:
+        return arg
+    if os.environ.get("AVEMO_TORCH_PYTHON"):
+        return os.environ["AVEMO_TORCH_PYTHON"]
+    return sys.executable if importlib.util.find_spec("torch") is not None else None
+
+
+def _torch_round(python: str, spec: dict, steps: int, threads: int) -> dict:
+    import json
+    import os
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+    out = subprocess.run(
+        [
+            python,
+            script,
+            "--spec",
+            json.dumps(spec),
+            "--steps",
+            str(steps),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m avemo.bench train")
     parser.add_argument("--models", default="default,paper")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--variants", default="e2e,frozen,bf16", help="of each model: e2e, frozen, bf16"
+    )
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
+    parser.add_argument("--torch", default="", help="a Python with torch for the reference")
+    parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--flops-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", default="", help="windows x steps, e.g. 8x150")
     args = parser.parse_args(argv)
@@ -158,22 +328,66 @@ def main(argv: list[str]) -> None:
 
         print(json.dumps(bench_model(args.models, 0, args.batch, flops_only=True)))
         return
-    peak = matmul_peak()
+    accelerator = jax.default_backend() != "cpu"
+    names = []
+    for model in args.models.split(","):
+        for variant in args.variants.split(","):
+            if variant == "bf16" and not accelerator:
+                continue
+            names.append(model if variant == "e2e" else f"{model}:{variant}")
+    runners = []
+    for name in names:
+        config = _variant_config(name, args.batch)
+        batch = _batch(config, np.random.default_rng(0))
+        runners.append(_Runner(config, name, batch, bench_sessions(config), args.steps))
+    python = _torch_python(args.torch)
+    torch_runs = [r for r in runners if ":" not in r.name and r.config.model.mode == "fusion"]
+    torch_times: dict[str, list[float]] = {r.name: [] for r in torch_runs} if python else {}
+    torch_info: dict[str, dict] = {}
+    peaks = []
+    for _ in range(args.rounds):
+        peaks.append(matmul_peak())
+        for runner in runners:
+            runner.round()
+            if runner.name in torch_times:
+                info = _torch_round(
+                    python, torch_spec(runner.config), args.steps, args.torch_threads
+                )
+                torch_times[runner.name] += info["step_s"]
+                torch_info[runner.name] = info
+    peak = float(np.median(peaks))
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
-    print(f"matmul peak (f32, default precision): {peak / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak (f32, default precision, median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s")
+    print(f"medians of {args.rounds} alternating rounds of {args.steps} steps each")
     print(
         "| model | params | batch (windows x steps) | crop | frame stride | step (s) | "
-        "label frames/s | GFLOP/step | GFLOP/s | % of matmul peak |"
+        "real pipeline step (s) | real / pre-made | label frames/s | GFLOP/step | GFLOP/s | "
+        "% of matmul peak |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
-        r = bench_model(name, args.steps, args.batch)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    results = {}
+    for runner in runners:
+        r = _result(runner)
+        results[runner.name] = r
         print(
             f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['crop']} | "
-            f"{r['frame_stride']} | {r['step_s']:.4f} | {r['frames_per_s']:.0f} | "
+            f"{r['frame_stride']} | {r['step_s']:.4f} | {r['real_step_s']:.4f} | "
+            f"{r['real_step_s'] / r['step_s']:.2f} | {r['frames_per_s']:.0f} | "
             f"{r['flops_per_step'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
-            f"{100 * r['flops_per_s'] / peak:.0f}% |",
+            f"{100 * r['flops_per_s'] / peak:.1f}% |",
             flush=True,
+        )
+    if "default" in results and "default:frozen" in results:
+        ratio = results["default"]["step_s"] / results["default:frozen"]["step_s"]
+        print(f"frozen-face step: {ratio:.1f}x faster than the end-to-end default step")
+    for name, times in torch_times.items():
+        info = torch_info[name]
+        ours = results[name]["step_s"]
+        theirs = float(np.median(times))
+        print(
+            f"torch {info['torch']} eager ({info['threads']} threads), {name}: "
+            f"{info['params']:,} params, step {theirs:.4f} s; avemo {ours:.4f} s -> avemo is "
+            f"{theirs / ours:.2f}x PyTorch's speed"
         )
 
 

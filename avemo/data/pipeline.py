@@ -18,8 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-# Per-step arrays a window carries (spectrogram patches are cut from `logmel` on the fly).
-STEP_KEYS = ("faces", "face_present", "audio_features", "speech_energy", "labels")
+# Per-step arrays a window carries (spectrogram patches are cut from `logmel` on the fly);
+# `face_features`: cached maps of a frozen face branch (avemo.data.frozen), in place of faces.
+STEP_KEYS = ("faces", "face_features", "face_present", "audio_features", "speech_energy", "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,17 @@ def window_starts(num_steps: int, window: int, hop: int) -> list[int]:
     return starts
 
 
-def _cut(session: PreparedSession, start: int, window: int, spectrogram: Any | None) -> dict:
-    """Arrays of steps [start, start + window), zero-padded past the end with mask 0."""
+def _cut(
+    session: PreparedSession,
+    start: int,
+    window: int,
+    spectrogram: Any | None,
+    step_seconds: float = 0.04,
+) -> dict:
+    """Arrays of steps [start, start + window), zero-padded past the end with mask 0.
+
+    `step_seconds` (`config.data.step_seconds`) places the spectrogram patches on the label grid.
+    """
     stop = min(start + window, session.num_steps)
     valid = stop - start
     out = {}
@@ -70,7 +80,7 @@ def _cut(session: PreparedSession, start: int, window: int, spectrogram: Any | N
 
         steps = np.minimum(np.arange(start, start + window), session.num_steps - 1)
         out["spectrogram"] = spectrogram_lib.patches(
-            session.arrays["logmel"], steps, spectrogram
+            session.arrays["logmel"], steps, spectrogram, step_seconds
         ).astype(np.float32)
     return out
 
@@ -84,10 +94,12 @@ class WindowSource(grain.sources.RandomAccessDataSource):
         window: int,
         hop: int,
         spectrogram_cfg: Any | None = None,
+        step_seconds: float = 0.04,
     ):
         self._sessions = list(sessions)
         self._window = window
         self._spectrogram_cfg = spectrogram_cfg
+        self._step_seconds = step_seconds
         self._index = [
             (i, s)
             for i, session in enumerate(self._sessions)
@@ -103,7 +115,13 @@ class WindowSource(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, index: int) -> dict:
         session_index, start = self._index[index]
-        return _cut(self._sessions[session_index], start, self._window, self._spectrogram_cfg)
+        return _cut(
+            self._sessions[session_index],
+            start,
+            self._window,
+            self._spectrogram_cfg,
+            self._step_seconds,
+        )
 
     def __repr__(self) -> str:
         return self._repr
@@ -133,6 +151,7 @@ def train_dataset(
         config.train.window_steps,
         config.train.window_hop_steps,
         config.audio if config.model.audio_cnn.enabled else None,
+        config.data.step_seconds,
     )
     ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
     from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)
@@ -143,7 +162,13 @@ def train_dataset(
     # any number of processes.
     ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
     ds = ds[process_index::process_count]
-    return ds.to_iter_dataset()
+    # A bounded read-ahead: `prefetch_batches` batches cut by `pipeline_threads` threads while
+    # the device runs the step (0 threads: cut on demand in the training loop's thread).
+    options = grain.ReadOptions(
+        num_threads=config.train.pipeline_threads,
+        prefetch_buffer_size=config.train.prefetch_batches,
+    )
+    return ds.to_iter_dataset(options)
 
 
 def num_train_windows(
@@ -179,7 +204,7 @@ def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.Config
             )
             keep_from = max(previous_end - start, 0)
             kept = min(start + window, session.num_steps) - (start + keep_from)
-            windows.append(_cut(session, start, window, spectrogram))
+            windows.append(_cut(session, start, window, spectrogram, config.data.step_seconds))
             placements.append((session.name, start, keep_from, kept))
     size = config.eval.batch_size
     batches = []

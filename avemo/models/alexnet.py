@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avemo.models.layers import pool_max
+
 
 class FullyConnectedAsConv(nn.Module):
     """A fully connected layer stored as a convolution kernel of shape (h, w, C, K).
@@ -92,12 +94,17 @@ def regression_head(
 
 
 class ConvBlock(nn.Module):
-    """3x3 convolution -> ReLU -> 2x2/2 max-pool -> batch normalisation (Sec. 4.2, Eq. 16-21)."""
+    """3x3 convolution -> ReLU -> 2x2/2 max-pool -> batch normalisation (Sec. 4.2, Eq. 16-21).
+
+    `pool_impl="fast"` pools first and applies ReLU to the pooled values (identical outputs, see
+    `avemo.models.layers`); "reduce_window" is the literal ReLU -> `nn.max_pool`.
+    """
 
     features: int
     kernel_size: int = 3
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -108,8 +115,10 @@ class ConvBlock(nn.Module):
             padding="SAME",
             dtype=self.dtype,
         )(x)
-        x = nn.relu(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        if self.pool_impl == "fast":
+            x = nn.relu(pool_max(x, (2, 2), (2, 2)))
+        else:
+            x = pool_max(nn.relu(x), (2, 2), (2, 2), impl=self.pool_impl)
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
 
 
@@ -130,17 +139,28 @@ class ImprovedAlexNet(nn.Module):
     fc_impl: str = "dense"
     kernel_size: int = 3
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self, images: jax.Array, train: bool = False, head: bool = True
+    ) -> dict[str, jax.Array]:
+        """`head=False` returns only `feature_map` (the FC layers are not run)."""
         x = to_float_images(images, self.dtype)
         for i, (features, stride) in enumerate(
             zip(self.conv_features, self.conv_strides, strict=True)
         ):
             x = ConvBlock(
-                features, self.kernel_size, stride, dtype=self.dtype, name=f"conv{i + 1}"
+                features,
+                self.kernel_size,
+                stride,
+                dtype=self.dtype,
+                pool_impl=self.pool_impl,
+                name=f"conv{i + 1}",
             )(x, train)
         feature_map = x
+        if not head:
+            return {"feature_map": feature_map}
         embedding, outputs = regression_head(
             x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
         )

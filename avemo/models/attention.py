@@ -14,10 +14,13 @@ class SpatialAttention(nn.Module):
     Eq. (29): c_t = sum_i a_ti F_ti.
     Eq. (30) adds c_t to h_t, so c_t must live in h_t's space: the positions are first projected
     to `context_features` by a linear map W_v (sum_i a_ti W_v F_ti = W_v sum_i a_ti F_ti, so this is
-    Eq. 29 followed by a projection).
+    Eq. 29 followed by a projection; it is computed in that cheaper order, W_v once per step
+    instead of once per position -- the same parameters and, up to rounding, the same values).
 
-    Inputs: feature_map [B, L, k, C], query [B, L, D]. Returns (context [B, L, context_features],
-    weights [B, L, k]).
+    Inputs: feature_map [B, L', k, C], query [B, L, D]. With `frame_stride` s, step t uses map
+    t // s (L' = ceil(L / s): the face CNN ran on every s-th step); W F is then computed once per
+    map, not once per step, and the held maps are never materialised. Returns (context
+    [B, L, context_features], weights [B, L, k]).
     """
 
     attention_features: int
@@ -25,15 +28,25 @@ class SpatialAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, feature_map: jax.Array, query: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, feature_map: jax.Array, query: jax.Array, frame_stride: int = 1
+    ) -> tuple[jax.Array, jax.Array]:
+        b, length = query.shape[:2]
+        maps, s = feature_map.shape[1], frame_stride
+        if maps * s < length or (maps - 1) * s >= length:
+            raise ValueError(f"{maps} feature maps at stride {s} do not cover {length} steps")
         keys = nn.Dense(self.attention_features, dtype=self.dtype, name="W")(feature_map)
         q = nn.Dense(self.attention_features, use_bias=False, dtype=self.dtype, name="W_g")(query)
+        q = jnp.pad(q, ((0, 0), (0, maps * s - length), (0, 0)))
+        q = q.reshape(b, maps, s, self.attention_features)  # step t = j * s + r
         scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="w_h")(
-            jnp.tanh(keys + q[:, :, None, :])
-        )[..., 0]
+            jnp.tanh(keys[:, :, None] + q[:, :, :, None, :])
+        )[..., 0]  # [B, L', s, k]
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-        values = nn.Dense(self.context_features, dtype=self.dtype, name="W_v")(feature_map)
-        context = jnp.einsum("blk,blkd->bld", weights.astype(values.dtype), values)
+        pooled = jnp.einsum("bjsk,bjkc->bjsc", weights.astype(feature_map.dtype), feature_map)
+        context = nn.Dense(self.context_features, dtype=self.dtype, name="W_v")(pooled)
+        context = context.reshape(b, maps * s, -1)[:, :length]
+        weights = weights.reshape(b, maps * s, -1)[:, :length]
         return context, weights
 
 

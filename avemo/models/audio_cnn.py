@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avemo.models.layers import pool_max
+
 
 class AudioCNN(nn.Module):
     """Patches [N, P_time, P_freq] -> [N, output_features]."""
@@ -23,14 +25,16 @@ class AudioCNN(nn.Module):
     pool_size: int = 3
     output_features: int = 64
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"  # see avemo.models.layers (identical outputs)
 
     @nn.compact
     def __call__(self, patches: jax.Array) -> jax.Array:
         x = patches.astype(self.dtype)[..., None]
         for features, kernel in zip(self.features, self.kernel_sizes, strict=True):
             x = nn.Conv(features, tuple(kernel), padding="SAME", dtype=self.dtype)(x)
+            # ReLU and max-pooling commute (ReLU is monotone): pool first, then ReLU.
+            x = pool_max(x, (self.pool_size, self.pool_size), (1, 1), "SAME", self.pool_impl)
             x = nn.relu(x)
-            x = nn.max_pool(x, (self.pool_size, self.pool_size), strides=(1, 1), padding="SAME")
         x = x.mean(axis=1)  # over time: [N, P_freq, C]
         x = x.reshape(x.shape[0], -1)
         return nn.relu(nn.Dense(self.output_features, dtype=self.dtype)(x))

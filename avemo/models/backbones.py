@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from avemo.models.alexnet import ImprovedAlexNet, regression_head, to_float_images
+from avemo.models.layers import pool_max
 
 BACKBONES = ("improved_alexnet", "alexnet", "vgg", "inception")
 
@@ -49,6 +50,7 @@ class TraditionalAlexNet(nn.Module):
     dropout: float = 0.3
     fc_impl: str = "dense"
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"  # see avemo.models.layers (identical outputs)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -66,7 +68,7 @@ class TraditionalAlexNet(nn.Module):
             )(x)
             x = nn.relu(x)
             if i in pool_after:
-                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+                x = pool_max(x, (3, 3), (2, 2), "SAME", self.pool_impl)
         embedding, outputs = regression_head(
             x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
         )
@@ -83,6 +85,7 @@ class VGGNet(nn.Module):
     dropout: float = 0.3
     fc_impl: str = "dense"
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"  # see avemo.models.layers (identical outputs)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -97,7 +100,7 @@ class VGGNet(nn.Module):
                     name=f"block{b + 1}_conv{j + 1}",
                 )(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = pool_max(x, (2, 2), (2, 2), impl=self.pool_impl)
         embedding, outputs = regression_head(
             x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
         )
@@ -132,6 +135,7 @@ class InceptionModule(nn.Module):
 
     features: Sequence[int]
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -141,7 +145,7 @@ class InceptionModule(nn.Module):
         b3 = _ConvBN(f3, 3, self.dtype, name="b3x3")(b3, train)
         b5 = _ConvBN(r5, 1, self.dtype, name="b5x5_reduce")(x, train)
         b5 = _ConvBN(f5, 5, self.dtype, name="b5x5")(b5, train)
-        bp = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+        bp = pool_max(x, (3, 3), (1, 1), "SAME", self.pool_impl)
         bp = _ConvBN(fp, 1, self.dtype, name="pool_proj")(bp, train)
         return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
@@ -161,16 +165,19 @@ class InceptionNet(nn.Module):
     dropout: float = 0.3
     fc_impl: str = "dense"
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"  # see avemo.models.layers (identical outputs)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         x = to_float_images(images, self.dtype)
         x = _ConvBN(self.stem_features, 3, self.dtype, name="stem")(x, train)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = pool_max(x, (2, 2), (2, 2), impl=self.pool_impl)
         for i, features in enumerate(self.module_features):
-            x = InceptionModule(tuple(features), self.dtype, name=f"inception{i + 1}")(x, train)
+            x = InceptionModule(
+                tuple(features), self.dtype, self.pool_impl, name=f"inception{i + 1}"
+            )(x, train)
             if i in tuple(self.pool_after):
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = pool_max(x, (2, 2), (2, 2), impl=self.pool_impl)
         embedding, outputs = regression_head(
             x, self.fc_features, self.num_outputs, self.dropout, self.fc_impl, self.dtype, train
         )
@@ -196,6 +203,7 @@ def build_backbone(name: str, cfg: ml_collections.ConfigDict) -> nn.Module:
         "dropout": m.alexnet.dropout,
         "fc_impl": m.alexnet.fc_impl,
         "dtype": dtype,
+        "pool_impl": m.pool_impl,
     }
     if name == "improved_alexnet":
         return ImprovedAlexNet(

@@ -32,6 +32,11 @@ from avemo.models.audio_cnn import AudioCNN
 from avemo.models.recurrent import SequenceLSTM
 
 
+def _face_steps(batch: Mapping[str, jax.Array]) -> int:
+    """L, the steps of a batch's face input (`faces` or cached `face_features`)."""
+    return (batch["face_features"] if "face_features" in batch else batch["faces"]).shape[1]
+
+
 class BimodalModel(nn.Module):
     """Per-step arousal/valence from a batch of windows (see docs/contracts.md for the keys)."""
 
@@ -60,15 +65,30 @@ class BimodalModel(nn.Module):
     head_dropout: float = 0.1
     num_outputs: int = 2
     dtype: jnp.dtype = jnp.float32
+    pool_impl: str = "fast"
+    # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
+    # running statistics, no dropout) under stop_gradient, in training as in evaluation.
+    freeze_video: bool = False
 
-    def _face_features(self, faces: jax.Array, train: bool) -> jax.Array:
-        """Feature maps [B, L, k, C] of the face crops.
+    def _face_features(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
+        """Feature maps [B, L, k, C] of the face crops, each held for `video_frame_stride` steps."""
+        fmap, stride = self._face_maps(batch, train)
+        if stride > 1:
+            fmap = jnp.repeat(fmap, stride, axis=1)[:, : _face_steps(batch)]
+        return fmap
+
+    def _face_maps(self, batch: Mapping[str, jax.Array], train: bool) -> tuple[jax.Array, int]:
+        """(maps [B, ceil(L/s), k, C] of every s-th step, s): the CNN over the face crops
+        (`faces`), or the precomputed maps of a frozen branch (`face_features` [B, L, k, C], see
+        `avemo.data.frozen`).
 
         With `video_frame_stride` s > 1 the CNN sees every s-th step and each map is held for
         s steps (a face changes slowly next to the 40 ms grid; the CNN's cost drops by s).
         """
-        full_length = faces.shape[1]
         stride = self.video_frame_stride
+        if "face_features" in batch:  # cached maps of the frozen CNN at every step
+            return batch["face_features"][:, ::stride].astype(self.dtype), stride
+        faces = batch["faces"]
         faces = faces[:, ::stride]
         b, length = faces.shape[:2]
         net = ImprovedAlexNet(
@@ -79,16 +99,17 @@ class BimodalModel(nn.Module):
             dropout=self.alexnet_dropout,
             fc_impl=self.fc_impl,
             dtype=self.dtype,
+            pool_impl=self.pool_impl,
             name="alexnet",
         )
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
         # serve stage-1 feature learning (Sec. 6.4) and keep their parameters for it.
-        out = net(faces.reshape((b * length,) + faces.shape[2:]), train=train)
+        frozen = self.freeze_video
+        out = net(faces.reshape((b * length,) + faces.shape[2:]), train=train and not frozen)
         fmap = out["feature_map"]
-        fmap = fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3])
-        if stride > 1:
-            fmap = jnp.repeat(fmap, stride, axis=1)[:, :full_length]
-        return fmap
+        if frozen:
+            fmap = jax.lax.stop_gradient(fmap)
+        return fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3]), stride
 
     def _audio_stream(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
         x = batch["audio_features"].astype(self.dtype)
@@ -105,6 +126,7 @@ class BimodalModel(nn.Module):
                 self.audio_cnn_pool_size,
                 self.audio_cnn_output_features,
                 dtype=self.dtype,
+                pool_impl=self.pool_impl,
                 name="audio_cnn",
             )
             emb = cnn(spec.reshape((b * length,) + spec.shape[2:]))
@@ -130,7 +152,8 @@ class BimodalModel(nn.Module):
         if self.mode in ("fusion", "audio"):
             h = self._audio_stream(batch, train)
         if self.mode in ("fusion", "video"):
-            fmap = self._face_features(batch["faces"], train)
+            maps, stride = self._face_maps(batch, train)
+            fmap = jnp.repeat(maps, stride, axis=1)[:, : _face_steps(batch)]  # held maps
             if self.mode == "video":
                 h = SequenceLSTM(
                     self.lstm_features,
@@ -140,7 +163,7 @@ class BimodalModel(nn.Module):
                 )(fmap.mean(axis=2))
             context, weights = SpatialAttention(
                 self.attention_features, self.lstm_features, dtype=self.dtype, name="attention"
-            )(fmap, h)
+            )(maps, h, stride)
             out["attention"] = weights
             if self.mode == "fusion" and self.video_lstm_features:
                 context = context + self._face_memory(fmap)
@@ -199,4 +222,6 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,
         dtype=jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32,
+        pool_impl=model_cfg.pool_impl,
+        freeze_video=model_cfg.freeze_video,
     )

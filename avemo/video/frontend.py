@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
+from collections.abc import Iterator
 
 import cv2
 import ml_collections
@@ -52,7 +54,7 @@ def extract(
     """Face crops, face flag and boxes on the label grid of a video.
 
     Args:
-      video_path: mp4/avi/... readable by OpenCV's FFmpeg backend.
+      video_path: mp4/avi/mkv/ts/... readable by FFmpeg (PyAV).
       num_steps: T, the number of label steps; None derives it from the container's duration.
       cfg: the video config (`config.video`, see `avemo.video.config.defaults`).
       frame_times_path: RECOLA per-frame times (CSV); None uses the container's timestamps.
@@ -69,40 +71,95 @@ def extract(
         padded with face_present = 0 and a VideoWarning; so is a video with no face at all.
     """
     path = os.fspath(video_path)
-    _check_config(cfg)
     if num_steps is None:
         num_steps = num_steps_for(path, step_seconds)
+    channels = 1 if cfg.color_mode == "gray" else 3
+    crops = np.zeros((max(num_steps, 0), cfg.crop_size, cfg.crop_size, channels), np.uint8)
+    face_present = np.zeros(max(num_steps, 0), np.float32)
+    face_boxes = np.full((max(num_steps, 0), 4), np.nan, np.float32)
+    for step, crop, box in iter_steps(path, num_steps, cfg, frame_times_path, step_seconds):
+        if crop is not None:
+            crops[step], face_present[step], face_boxes[step] = crop, 1.0, box
+    return {"faces": crops, "face_present": face_present, "face_boxes": face_boxes}
+
+
+def iter_steps(
+    video_path: str | os.PathLike[str],
+    num_steps: int,
+    cfg: ml_collections.ConfigDict,
+    frame_times_path: str | os.PathLike[str] | None = None,
+    step_seconds: float = DEFAULT_STEP_SECONDS,
+    *,
+    max_missing_tail_seconds: float | None = None,
+    start_step: int = 0,
+    stop_step: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
+    """`extract` as a stream: (step, crop [S, S, C] or None where no face, box [4]) in step order.
+
+    Memory does not grow with the video's length: one decoded frame per step of the smoother's
+    look-ahead is held. Steps past the end of the video are yielded without a face.
+    `max_missing_tail_seconds` overrides `cfg.max_missing_tail_seconds` (None: the config's;
+    math.inf: any shortfall is padded with a warning, as prediction wants).
+    `start_step`/`stop_step` give a time segment [start, stop) of the grid (parallel workers):
+    decoding seeks near its start and tracking starts afresh there, so its first steps may
+    differ from a run over the whole video (callers overlap segments and drop those); the end
+    of the video is only checked when stop_step is num_steps. `timings`, if given, receives
+    the seconds spent in face detection ("detect") and in cropping ("crop").
+
+    Raises:
+      VideoError: as `extract`.
+    """
+    path = os.fspath(video_path)
+    _check_config(cfg)
     if num_steps < 1:
         raise VideoError(path, f"asked for {num_steps} label steps; need at least 1")
+    tail_limit = cfg.max_missing_tail_seconds
+    if max_missing_tail_seconds is not None:
+        tail_limit = max_missing_tail_seconds
     frame_times = None if frame_times_path is None else io.read_frame_times(frame_times_path)
     if cfg.detector.num_threads > 0:
         cv2.setNumThreads(int(cfg.detector.num_threads))
 
     tracker = faces.FaceTracker(cfg.detector)
     smoother = faces.StreamingBoxSmoother(cfg.smoothing.max_gap_steps, cfg.smoothing.window_steps)
-    channels = 1 if cfg.color_mode == "gray" else 3
-    crops = np.zeros((num_steps, cfg.crop_size, cfg.crop_size, channels), np.uint8)
-    face_present = np.zeros(num_steps, np.float32)
-    face_boxes = np.full((num_steps, 4), np.nan, np.float32)
     waiting_frames: dict[int, np.ndarray] = {}
+    any_face = False
+    no_box = np.full(4, np.nan, np.float32)
 
-    def finalise(step: int, box: np.ndarray, present: bool) -> None:
+    clock = {"detect": 0.0, "crop": 0.0} if timings is None else timings
+    clock.setdefault("detect", 0.0)
+    clock.setdefault("crop", 0.0)
+
+    def finalise(step: int, box: np.ndarray, present: bool):
         frame = waiting_frames.pop(step)
         if present:
-            crops[step] = faces.crop_face(frame, box, cfg.crop_size, cfg.color_mode, cfg.margin)
-            face_present[step] = 1.0
-            face_boxes[step] = box
+            started = time.perf_counter()
+            crop = faces.crop_face(frame, box, cfg.crop_size, cfg.color_mode, cfg.margin)
+            clock["crop"] += time.perf_counter() - started
+            return step, crop, np.asarray(box, np.float32)
+        return step, None, no_box
 
     detected_index, detected_box = -1, None
-    for step, frame_index, frame in io.step_frames(path, num_steps, step_seconds, frame_times):
+    stop = num_steps if stop_step is None else min(stop_step, num_steps)
+    frames = io.step_frames(path, stop, step_seconds, frame_times, start_step)
+    for step, frame_index, frame in frames:
         if frame_index != detected_index:  # several steps can show the same frame (fps < 25)
+            started = time.perf_counter()
             detected_index, detected_box = frame_index, tracker.next(frame)
-        waiting_frames[step] = frame
+            clock["detect"] += time.perf_counter() - started
+        waiting_frames[step - start_step] = frame  # the smoother counts from 0
         for final in smoother.push(detected_box):
-            finalise(*final)
-    covered_steps = len(smoother)
+            result = finalise(*final)
+            any_face |= result[1] is not None
+            yield (result[0] + start_step,) + result[1:]
+    covered_steps = start_step + len(smoother)
     for final in smoother.finish():
-        finalise(*final)
+        result = finalise(*final)
+        any_face |= result[1] is not None
+        yield (result[0] + start_step,) + result[1:]
+    if stop < num_steps:
+        return
 
     if covered_steps < num_steps:
         missing_seconds = (num_steps - covered_steps) * step_seconds
@@ -110,14 +167,15 @@ def extract(
             f"video ends {missing_seconds:.2f} s before the last of {num_steps} label steps "
             f"(covers {covered_steps})"
         )
-        if missing_seconds > cfg.max_missing_tail_seconds + io.TIME_TOLERANCE_SECONDS:
+        if missing_seconds > tail_limit + io.TIME_TOLERANCE_SECONDS:
             raise VideoError(path, problem + "; more than max_missing_tail_seconds")
         message = f"{path}: {problem}; padded with face_present = 0"
         warnings.warn(message, VideoWarning, stacklevel=2)
-    if not face_present.any():
+        for step in range(covered_steps, num_steps):
+            yield step, None, no_box
+    if not any_face:
         warnings.warn(
             f"{path}: no face detected in any of {num_steps} steps; face_present is 0 throughout",
             VideoWarning,
             stacklevel=2,
         )
-    return {"faces": crops, "face_present": face_present, "face_boxes": face_boxes}

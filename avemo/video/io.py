@@ -1,5 +1,11 @@
 """Video decoding and frame timing (raw files → video front end): frames, times, the 40 ms grid.
 
+One clock: frames are decoded with FFmpeg through PyAV and timed by their presentation timestamps
+(pts) on the container's clock, origin = the container's start time (the earliest stream start),
+the same origin the audio loader (`avemo.audio.io`) uses, so a flash and a sound at the same
+instant land on the same step even when the streams start late or at different times (MPEG-TS,
+MPEG-PS, `-itsoffset`). A display-matrix rotation (phone videos) is applied to the frames.
+
 Timing rule: label step k (time t_k = k · step) shows the latest frame whose time is at or before
 t_k (what a viewer sees at t_k); steps before the first frame take the first frame; a frame
 covers one frame interval after its time, and steps after that are past the end of the video.
@@ -14,7 +20,6 @@ import re
 import warnings
 from collections.abc import Iterator
 
-import cv2
 import numpy as np
 
 from avemo.video.errors import VideoError, VideoWarning
@@ -22,21 +27,35 @@ from avemo.video.errors import VideoError, VideoWarning
 # Frame and step times are compared with this slack, so that 40.0 ms container times and
 # k * 0.04 s in floating point (or 33.3667 ms NTSC times rounded in a CSV) agree.
 TIME_TOLERANCE_SECONDS = 1e-3
+# A frame-time CSV whose first time is later than this is on an absolute clock (e.g. seconds
+# since the recorder started): its first time is subtracted, with a warning.
+FRAME_TIME_START_LIMIT_SECONDS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-    """What the container says about a video (frame_count and fps may be approximate)."""
+    """What the container says about a video stream (frame_count and fps may be approximate).
+
+    Times are on the container clock: `origin_seconds` is the container's start (absolute pts
+    seconds), `start_seconds` and `duration_seconds` are relative to it (the video stream's first
+    frame and its end). width and height are those displayed, after `rotation` (degrees
+    counter-clockwise, from the display matrix).
+    """
 
     path: str
     width: int
     height: int
     fps: float
     frame_count: int
+    duration: float = 0.0
+    start_seconds: float = 0.0
+    origin_seconds: float = 0.0
+    rotation: int = 0
+    has_audio: bool = False
 
     @property
     def duration_seconds(self) -> float:
-        return self.frame_count / self.fps if self.fps > 0 else 0.0
+        return self.duration
 
 
 def _check_file(path: str) -> None:
@@ -48,39 +67,119 @@ def _check_file(path: str) -> None:
         raise VideoError(path, "file is empty (0 bytes)")
 
 
-def _open(path: str) -> cv2.VideoCapture:
+def _open(path: str):
+    """The PyAV container and its first video stream."""
+    import av
+
     _check_file(path)
     try:
-        # FFmpeg explicitly: CAP_ANY would fall back to e.g. the image-sequence reader.
-        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    except cv2.error as err:
-        raise VideoError(path, f"OpenCV cannot open it: {err}") from err
-    if not capture.isOpened():
-        capture.release()
-        raise VideoError(path, "not a readable video (OpenCV/FFmpeg cannot open it)")
-    return capture
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
+        raise VideoError(path, f"not a readable video (FFmpeg cannot open it: {err})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "not a readable video (no video stream)")
+    return container, container.streams.video[0]
+
+
+def container_origin(container) -> float:
+    """Time 0 of the shared clock: the container's start (the earliest stream start), or 0.
+
+    A negative start (mp4/mkv edit lists: AAC priming samples before the presentation start)
+    counts as 0: presentation starts there, and the audio before it is dropped.
+    """
+    start = container.start_time
+    if start is None:
+        starts = [
+            float(s.start_time * s.time_base)
+            for s in container.streams
+            if s.start_time is not None and s.time_base is not None
+        ]
+        return max(min(starts), 0.0) if starts else 0.0
+    return max(float(start) / 1_000_000, 0.0)  # AV_TIME_BASE
+
+
+def quarter_turns(rotation: float | None) -> int:
+    """Counter-clockwise quarter turns (np.rot90's k) for a display rotation in degrees."""
+    if rotation is None or not math.isfinite(rotation):
+        return 0
+    return int(round(float(rotation) / 90.0)) % 4
+
+
+def _stream_rotation(container, stream) -> int:
+    """The display rotation of the first decodable frame (FFmpeg attaches the matrix to frames)."""
+    import av
+
+    try:
+        for frame in container.decode(stream):
+            return quarter_turns(getattr(frame, "rotation", 0)) * 90
+    except (av.error.FFmpegError, ValueError):
+        return 0
+    return 0
+
+
+def _last_packet_end(container, stream) -> float | None:
+    """End of the video stream from a demux-only pass (pts of the last packet + its duration)."""
+    import av
+
+    end = None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.time_base is None:
+                continue
+            t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+            end = t if end is None else max(end, t)
+    except (av.error.FFmpegError, ValueError):
+        pass
+    return end
 
 
 def probe(video_path: str | os.PathLike[str]) -> VideoInfo:
-    """Reads the container's metadata without decoding frames.
+    """Reads the container's metadata (and, where it gives no duration, its packet times).
 
     Raises:
-      VideoError: the file is missing, empty or not a video OpenCV can open.
+      VideoError: the file is missing, empty or not a video FFmpeg can open.
     """
     path = os.fspath(video_path)
-    capture = _open(path)
-    try:
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-        return VideoInfo(
-            path=path,
-            width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-            height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-            fps=float(fps) if math.isfinite(fps) and fps > 0 else 0.0,
-            frame_count=int(count) if math.isfinite(count) and count > 0 else 0,
-        )
-    finally:
-        capture.release()
+    container, stream = _open(path)
+    with container:
+        origin = container_origin(container)
+        tb = stream.time_base
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        start = float(stream.start_time * tb) - origin if stream.start_time is not None else 0.0
+        if stream.duration is not None and tb is not None and stream.duration > 0:
+            duration = start + float(stream.duration * tb)
+        else:
+            end = _last_packet_end(container, stream)
+            if end is not None:
+                duration = end - origin
+            elif stream.frames and fps:
+                duration = start + stream.frames / fps
+            elif container.duration:
+                duration = float(container.duration) / 1_000_000
+            else:
+                duration = 0.0
+            container.seek(0)
+        frames = int(stream.frames) if stream.frames else int(round((duration - start) * fps))
+        has_audio = bool(container.streams.audio)
+        rotation = _stream_rotation(container, stream)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, 270):
+            width, height = height, width
+    return VideoInfo(
+        path=path,
+        width=int(width),
+        height=int(height),
+        fps=fps,
+        frame_count=max(frames, 0),
+        duration=max(duration, 0.0),
+        start_seconds=start,
+        origin_seconds=origin,
+        rotation=rotation,
+        has_audio=has_audio,
+    )
 
 
 def _is_number(field: str) -> bool:
@@ -91,17 +190,21 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def read_frame_times(path: str | os.PathLike[str]) -> np.ndarray:
-    """Reads per-frame times (seconds) from a RECOLA `recordings_video_frame_time/*.csv` file.
+def parse_frame_times(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:
+    """Per-frame times (seconds) of a RECOLA `recordings_video_frame_time/*.csv` file, and notes.
 
-    The AVEC2016 files are `;`-separated with one header row, a frame-index column and a time
-    column in seconds. Tolerated: no header; `,`, tab or space separators; a header naming the
-    columns (the one column whose name contains "time" is the time; otherwise the second of
-    two or more columns, or the only column); times in milliseconds (detected when the median frame
-    interval is 1 or more, i.e. below 1 frame/s in seconds, which no real video is).
+    The one parser of frame-time files: the reader (`read_frame_times`) and the corpus validator
+    both use it. The AVEC2016 files are `;`-separated with one header row, a frame-index column
+    and a time column in seconds. Tolerated: no header; `,`, tab or space separators; a header
+    naming the columns (the one column whose name contains "time" is the time; otherwise the
+    second of two or more columns, or the only column); times in milliseconds (detected when the
+    median frame interval is 1 or more, i.e. below 1 frame/s in seconds, which no real video is);
+    an absolute clock (first time beyond `FRAME_TIME_START_LIMIT_SECONDS`): the first time is
+    subtracted, so that frame 0 sits at the start of the video, and a note says so.
 
     Returns:
-      float64 array [N] of frame times in seconds, row i for the i-th decoded frame.
+      (float64 array [N] of frame times in seconds, row i for the i-th decoded frame;
+      notes: what was adjusted, one sentence each).
 
     Raises:
       VideoError: missing/empty file, non-numeric rows, or times that go backwards.
@@ -137,9 +240,30 @@ def read_frame_times(path: str | os.PathLike[str]) -> np.ndarray:
     if np.any(steps < 0):
         bad = int(np.argmax(steps < 0)) + 1
         raise VideoError(path, f"frame times go backwards at frame {bad}")
+    notes = []
     positive = steps[steps > 0]
     if positive.size and np.median(positive) >= 1.0:
         times = times / 1000.0
+        notes.append("frame times read as milliseconds")
+    if times[0] > FRAME_TIME_START_LIMIT_SECONDS:
+        notes.append(
+            f"frame times start at {times[0]:.3f} s (an absolute clock?); "
+            "subtracted so that the first frame is at 0"
+        )
+        times = times - times[0]
+    return times, notes
+
+
+def read_frame_times(path: str | os.PathLike[str]) -> np.ndarray:
+    """`parse_frame_times`' times; an absolute-clock start becomes a VideoWarning.
+
+    Raises:
+      VideoError: see `parse_frame_times`.
+    """
+    times, notes = parse_frame_times(path)
+    for note in notes:
+        if "absolute" in note:
+            warnings.warn(f"{os.fspath(path)}: {note}", VideoWarning, stacklevel=2)
     return times
 
 
@@ -170,42 +294,62 @@ def step_frame_indices(
     return indices.astype(np.int64)
 
 
-def decode(
-    video_path: str | os.PathLike[str], frame_times: np.ndarray | None = None
-) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Decodes every frame in order: yields (frame index, time in seconds, BGR uint8 frame).
+def to_bgr(frame) -> np.ndarray:
+    """A decoded PyAV frame as a BGR uint8 array, turned upright by its display rotation."""
+    image = frame.to_ndarray(format="bgr24")
+    turns = quarter_turns(getattr(frame, "rotation", 0))
+    if turns:
+        image = np.ascontiguousarray(np.rot90(image, turns))
+    return image
 
-    Times come from `frame_times` when given (decoding stops where it ends), else from the
-    container (CAP_PROP_POS_MSEC, the frame's presentation time); container times that do not
-    increase are replaced by previous + 1/fps with a warning.
 
-    Raises:
-      VideoError: the file is unusable, or OpenCV fails while decoding.
+def _decoded(
+    path: str, frame_times: np.ndarray | None, seek_seconds: float = 0.0
+) -> Iterator[tuple[int, float, object]]:
+    """(index, time on the container clock, PyAV frame) for every decoded frame, in order.
+
+    `seek_seconds` > 0 starts at the last keyframe at or before that time (indices then count
+    from there; not with `frame_times`, which are matched to frames by index).
     """
-    path = os.fspath(video_path)
-    capture = _open(path)
-    try:
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        fps = float(fps) if math.isfinite(fps) and fps > 0 else 0.0
+    import av
+
+    container, stream = _open(path)
+    with container:
+        stream.thread_type = "AUTO"  # FFmpeg's frame/slice threads
+        origin = container_origin(container)
+        if seek_seconds > 0 and frame_times is None and stream.time_base is not None:
+            target = int((seek_seconds + origin) / stream.time_base)
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            except (av.error.FFmpegError, ValueError):
+                container.seek(0)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
         previous_time = -math.inf
         repaired = 0
         index = 0
+        frames = container.decode(stream)
         while True:
             if frame_times is not None and index >= len(frame_times):
                 break
             try:
-                ok, frame = capture.read()
-                container_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
-            except cv2.error as err:
-                raise VideoError(path, f"OpenCV failed decoding frame {index}: {err}") from err
-            if not ok or frame is None or frame.size == 0:
+                frame = next(frames)
+            except StopIteration:
                 break
-            if frame.ndim == 2:
-                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            except (av.error.FFmpegError, ValueError) as err:
+                if index == 0:
+                    raise VideoError(path, f"FFmpeg cannot decode it: {err}") from None
+                warnings.warn(
+                    f"{path}: decoding stopped after frame {index - 1} ({err})",
+                    VideoWarning,
+                    stacklevel=3,
+                )
+                break
             if frame_times is not None:
                 time_seconds = float(frame_times[index])
             else:
-                time_seconds = container_ms / 1000.0
+                pts_time = frame.time
+                time_seconds = math.nan if pts_time is None else float(pts_time) - origin
                 if not math.isfinite(time_seconds) or time_seconds <= previous_time:
                     if fps <= 0:
                         raise VideoError(
@@ -220,16 +364,31 @@ def decode(
             warnings.warn(
                 f"{path}: {repaired} frame timestamps did not increase; used 1/fps spacing there",
                 VideoWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if frame_times is not None and index < len(frame_times) - 1:
             warnings.warn(
                 f"{path}: decoded {index} frames but the frame-time file lists {len(frame_times)}",
                 VideoWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-    finally:
-        capture.release()
+
+
+def decode(
+    video_path: str | os.PathLike[str], frame_times: np.ndarray | None = None
+) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Decodes every frame in order: yields (frame index, time in seconds, BGR uint8 frame).
+
+    Times come from `frame_times` when given (decoding stops where it ends), else from the
+    container (the frame's pts on the container clock, see the module docstring); timestamps
+    that are missing or do not increase are replaced by previous + 1/fps with a warning.
+
+    Raises:
+      VideoError: the file is unusable, or FFmpeg fails on the first frame (a later failure
+        ends decoding with a VideoWarning).
+    """
+    for index, time_seconds, frame in _decoded(os.fspath(video_path), frame_times):
+        yield index, time_seconds, to_bgr(frame)
 
 
 def step_frames(
@@ -237,35 +396,49 @@ def step_frames(
     num_steps: int,
     step_seconds: float,
     frame_times: np.ndarray | None = None,
+    start_step: int = 0,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Streams the label grid: yields (step, frame index, BGR frame) for steps 0, 1, 2, ...
 
+    `start_step` > 0 seeks to a keyframe at least a second before that step and yields from
+    it on (a time segment, for parallel workers; frame indices then count from the keyframe).
+
     Follows the timing rule of this module (same result as `step_frame_indices` on the frame
-    times). Holds one frame of look-ahead, decodes every frame up to the last one needed, and
-    stops yielding at the end of the video: steps past it are not yielded (the caller pads).
+    times). Holds one frame of look-ahead, decodes every frame up to the last one needed but
+    converts (colour, rotation) only the frames that some step shows, and stops yielding at the
+    end of the video: steps past it are not yielded (the caller pads).
 
     Raises:
       VideoError: the file is unusable or has no decodable frame.
     """
     path = os.fspath(video_path)
-    step = 0
-    held: tuple[int, float, np.ndarray] | None = None
+    step = start_step
+    held: list = []  # [index, time, PyAV frame, converted image or None]
     times: list[float] = []
-    for index, time_seconds, frame in decode(path, frame_times):
-        if held is not None:
+
+    def image() -> np.ndarray:
+        if held[3] is None:
+            held[3] = to_bgr(held[2])
+        return held[3]
+
+    seek = max(start_step * step_seconds - 1.0, 0.0) if frame_times is None else 0.0
+    for index, time_seconds, frame in _decoded(path, frame_times, seek):
+        if held:
             while step < num_steps and step * step_seconds < time_seconds - TIME_TOLERANCE_SECONDS:
-                yield step, held[0], held[2]
+                yield step, held[0], image()
                 step += 1
         if step >= num_steps:
             break
-        held = (index, time_seconds, frame)
+        held = [index, time_seconds, frame, None]
         times.append(time_seconds)
-    if held is None:
+        if len(times) > 64:
+            del times[:-64]  # the end rule needs only a typical interval
+    if not held:
         raise VideoError(path, "contains no decodable frames")
     fps = 0.0
     if len(times) < 2:
         fps = probe(path).fps or 1.0 / step_seconds
     end = held[1] + frame_interval(np.asarray(times), fps) + TIME_TOLERANCE_SECONDS
     while step < num_steps and step * step_seconds <= end:
-        yield step, held[0], held[2]
+        yield step, held[0], image()
         step += 1

@@ -159,3 +159,25 @@ def test_extract_reports_bad_files(tmp_path):
         frontend.extract(tmp_path / "broken.flac", 10, _cfg())
     with pytest.raises(ValueError, match="num_steps"):
         frontend.extract((np.zeros(100), RATE), 0, _cfg())
+
+
+def test_chunked_extraction_equals_the_whole_file():
+    """Hour-long recordings are processed in chunks with margins: same features as in one go."""
+    cfg = config.defaults()
+    cfg.features.opensmile_set = "none"
+    rng = np.random.default_rng(0)
+    t = np.arange(41 * RATE) / RATE
+    speech = 0.1 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 0.3 * t) > 0)
+    x = (speech + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    whole = frontend.extract((x, RATE), None, cfg)
+    done = []
+    chunked = frontend.extract_long(
+        (x, RATE), None, cfg, chunk_seconds=10, margin_seconds=5, progress=done.append
+    )
+    assert done == pytest.approx([10, 20, 30, 40, 41.04])  # seconds of grid done
+    for key in ("audio_features", "logmel", "speech_energy", "speech_mask"):
+        assert chunked[key].shape == whole[key].shape
+        np.testing.assert_allclose(chunked[key], whole[key], atol=1e-5)
+    without = frontend.extract_long((x, RATE), None, cfg, chunk_seconds=10, margin_seconds=5,
+                                    keep_logmel=False)  # fmt: skip
+    assert without["logmel"].shape == (0, cfg.spectrogram.n_mels)

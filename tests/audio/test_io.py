@@ -130,3 +130,25 @@ def test_container_start_offset():
     assert io.container_start_offset(None, 16000) == 0
     assert io.container_start_offset(0.1, 16000) == 1600
     assert io.container_start_offset(-0.0232, 44100) == -1023
+
+
+def test_stereo_mixdown_neither_cancels_nor_halves():
+    """Anti-phase channels would cancel in a plain mean, a dead channel would cost 6 dB."""
+    x = tone(300.0, 0.5, amplitude=0.3)
+    silent = np.zeros_like(x)
+    for stereo in (np.stack([x, -x], 1), np.stack([x, silent], 1), np.stack([silent, x], 1)):
+        report = io.LoadReport()
+        np.testing.assert_allclose(io.prepare(stereo, RATE, report=report), x, atol=1 / 32768)
+        assert report.loudest_channel_share == 1.0
+    # Coherent channels: their mean, as before.
+    report = io.LoadReport()
+    coherent = io.prepare(np.stack([x, 0.8 * x], 1), RATE, report=report)
+    np.testing.assert_allclose(coherent, 0.9 * x, atol=1 / 32768)
+    assert report.loudest_channel_share == 0.0
+
+
+def test_clipping_is_reported_and_refused_only_above_the_limit(tmp_path):
+    clipped = np.clip(tone(440.0, 0.5, amplitude=3.0), -1, 1)
+    report = io.LoadReport()
+    io.prepare(clipped, RATE, max_clipped_fraction=1.0, report=report)  # prediction's setting
+    assert report.clipped_fraction > 0.5

@@ -56,3 +56,24 @@ def test_eval_plan_stitches_back_every_step_exactly():
     # Every kept prediction had at least `context_steps` of history inside its window.
     for _, start, keep_from, _ in plan.placements:
         assert start == 0 or keep_from >= config.eval.context_steps
+
+
+def test_spectrogram_patches_follow_the_configured_label_step():
+    from avemo.audio import spectrogram as spectrogram_lib
+    from avemo.config import base_config
+
+    cfg = base_config()
+    _, p_freq = spectrogram_lib.patch_shape(cfg.audio)
+    logmel = np.random.default_rng(0).standard_normal((2000, p_freq)).astype(np.float32)
+    session = pipeline.PreparedSession(
+        "s", "train", {"face_present": np.ones(200, np.float32), "logmel": logmel}
+    )
+    for step_seconds in (0.04, 0.1):
+        source = pipeline.WindowSource([session], 20, 20, cfg.audio, step_seconds)
+        item = source[3]  # steps 60..79
+        expected = spectrogram_lib.patches(logmel, np.arange(60, 80), cfg.audio, step_seconds)
+        np.testing.assert_array_equal(item["spectrogram"], expected)
+    assert not np.array_equal(
+        pipeline.WindowSource([session], 20, 20, cfg.audio, 0.1)[3]["spectrogram"],
+        pipeline.WindowSource([session], 20, 20, cfg.audio, 0.04)[3]["spectrogram"],
+    )

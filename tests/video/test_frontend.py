@@ -143,3 +143,20 @@ def test_bad_config_is_rejected(tmp_path, video_cfg):
     video_cfg.color_mode = "hsv"
     with pytest.raises(ValueError, match="color_mode"):
         frontend.extract(path, 5, video_cfg)
+
+
+def test_time_segments_cover_the_grid_like_one_pass(tmp_path, video_cfg):
+    """Parallel workers take time segments (seek + overlap): same steps, same face flags."""
+    path = write_video(tmp_path / "v.mp4", 150, 25, face_in_frame=lambda i: not 60 <= i < 90)
+    whole = frontend.extract(path, 150, video_cfg)
+    present = np.zeros(150, np.float32)
+    seen = []
+    for first, stop in ((0, 50), (50, 100), (100, 150)):
+        for step, crop, _ in frontend.iter_steps(
+            path, 150, video_cfg, start_step=max(first - 25, 0), stop_step=stop
+        ):
+            if step >= first:
+                seen.append(step)
+                present[step] = crop is not None
+    assert seen == list(range(150))
+    np.testing.assert_array_equal(present, whole["face_present"])

@@ -67,18 +67,27 @@ def _video_frame_count(path: pathlib.Path, findings: list[Finding]) -> int | Non
 
 
 def check_frame_times(path: pathlib.Path, frame_count: int | None, findings: list[Finding]) -> None:
-    """A ``;``-separated CSV with a header line; the last column is the frame time in seconds."""
+    """Parsed by the reader's own parser (`avemo.video.io.parse_frame_times`): the same layouts
+    are accepted; an absolute-clock start (subtracted by the reader) is a warning."""
+    from avemo.video.errors import VideoError
+    from avemo.video.io import parse_frame_times
+
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        times = np.array([float(line.split(";")[-1]) for line in lines[1:]])
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+        times, notes = parse_frame_times(path)
+    except VideoError as error:
+        problem = error.problem
+        if "backwards" in problem:
+            problem = f"frame times are not increasing ({problem.removeprefix('frame times ')})"
+        findings.append(Finding(ERROR, path, problem))
+        return
+    except (OSError, UnicodeDecodeError) as error:
         findings.append(Finding(ERROR, path, f"frame times unreadable ({error})"))
         return
-    if times.size == 0:
-        findings.append(Finding(ERROR, path, "no frame times"))
-    elif np.any(np.diff(times) <= 0) or not np.all(np.isfinite(times)):
-        findings.append(Finding(ERROR, path, "frame times are not increasing"))
-    elif frame_count is not None and abs(times.size - frame_count) > 1:
+    findings.extend(Finding(WARNING, path, note) for note in notes if "absolute" in note)
+    repeated = int(np.count_nonzero(np.diff(times) == 0))
+    if repeated:
+        findings.append(Finding(WARNING, path, f"{repeated} repeated frame times"))
+    if frame_count is not None and abs(times.size - frame_count) > 1:
         findings.append(
             Finding(
                 WARNING, path, f"{times.size} frame times but the video has {frame_count} frames"

@@ -1,0 +1,152 @@
+"""PyTorch (eager) reference of the bimodal model's train step, for `python -m avemo.bench train`.
+
+The same layers and shapes as `avemo.models.bimodal.BimodalModel` in fusion mode with a learned
+gate (conv 3x3 -> ReLU -> 2x2 max-pool -> BN blocks; the face CNN on every s-th step, maps held
+for s steps; audio dropout -> Dense -> ReLU -> LSTM; attention of Eq. 28-29 with the W_v
+projection; gate of Eq. 30; output LSTM; dropout; linear head), RMSE (Eq. 37) + lambda * aux
+(Eq. 31), Adam. The face CNN's FC head exists (same parameter count) but, as in avemo's fusion
+model, is not on the path to the loss.
+
+It depends on torch and numpy only -- torch is NOT a dependency of avemo -- and runs as a script
+with any Python that has torch (the benchmark starts it in a subprocess):
+
+    python avemo/bench/torch_reference.py --spec '{"batch": 8, "window": 150, ...}'
+
+It prints one JSON line: {"step_s": [...], "params": N, "threads": T}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TorchBimodal(nn.Module):
+    def __init__(self, s: dict):
+        super().__init__()
+        ch = s["channels"]
+        layers = []
+        for f, stride in zip(s["conv_features"], s["conv_strides"], strict=True):
+            layers += [
+                nn.Conv2d(ch, f, 3, stride=stride, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.BatchNorm2d(f, momentum=0.1, eps=1e-5),
+            ]
+            ch = f
+        self.cnn = nn.Sequential(*layers)
+        size = s["crop"]
+        for stride in s["conv_strides"]:
+            size = -(-size // stride) // 2
+        self.positions = size * size
+        fc, prev = [], size * size * ch
+        for f in s["fc_features"]:
+            fc.append(nn.Linear(prev, f))
+            prev = f
+        self.fc = nn.ModuleList(fc)  # stage-1 head: parameters only, not on the fusion path
+        self.fc_out = nn.Linear(prev, 2)
+        d, h = s["audio_dense"], s["lstm"]
+        self.audio_dropout = nn.Dropout(s["audio_input_dropout"])
+        self.audio_dense = nn.Linear(s["feature_dim"], d)
+        self.audio_lstm = nn.LSTM(d, h, batch_first=True)
+        a = s["attention"]
+        self.W = nn.Linear(ch, a)
+        self.W_g = nn.Linear(h, a, bias=False)
+        self.w_h = nn.Linear(a, 1, bias=False)
+        self.W_v = nn.Linear(ch, h)
+        self.gate = nn.Linear(2 * h, 1)
+        self.out_lstm = nn.LSTM(h, s["output_lstm"], batch_first=True)
+        self.head_dropout = nn.Dropout(s["head_dropout"])
+        self.head = nn.Linear(s["output_lstm"], 2)
+        self.stride = s["frame_stride"]
+
+    def forward(self, faces: torch.Tensor, audio: torch.Tensor):
+        b, length = audio.shape[:2]
+        f = faces[:, :: self.stride]
+        lf = f.shape[1]
+        x = f.reshape((b * lf,) + f.shape[2:]).permute(0, 3, 1, 2).float() / 255.0
+        fmap = self.cnn(x)  # [N, C, h, w]
+        fmap = fmap.flatten(2).transpose(1, 2).reshape(b, lf, self.positions, -1)
+        if self.stride > 1:
+            fmap = fmap.repeat_interleave(self.stride, dim=1)[:, :length]
+        h, _ = self.audio_lstm(torch.relu(self.audio_dense(self.audio_dropout(audio))))
+        scores = self.w_h(torch.tanh(self.W(fmap) + self.W_g(h)[:, :, None])).squeeze(-1)
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.einsum("blk,blkd->bld", weights, self.W_v(fmap))
+        beta = torch.sigmoid(self.gate(torch.cat([h, context], dim=-1))).squeeze(-1)
+        fused = beta[..., None] * h + (1 - beta[..., None]) * context
+        fused, _ = self.out_lstm(fused)
+        return self.head(self.head_dropout(fused)), beta
+
+
+def loss_fn(outputs, beta, batch, aux_weight: float) -> torch.Tensor:
+    mask = batch["mask"]
+    n = mask.sum().clamp(min=1.0)
+    per_dim = ((outputs - batch["labels"]) ** 2 * mask[..., None]).sum(dim=(0, 1)) / n
+    main = torch.sqrt(per_dim + 1e-12).mean()
+    m, p = batch["speech_energy"], batch["face_present"]
+    aux = (0.5 * ((m - beta) ** 2 + (p - (1 - beta)) ** 2) * mask).sum() / n
+    return main + aux_weight * aux
+
+
+def run(spec: dict, steps: int, rounds: int) -> dict:
+    torch.manual_seed(0)
+    model = TorchBimodal(spec)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    b, length = spec["batch"], spec["window"]
+    rng = np.random.default_rng(0)
+    size, ch = spec["crop"], spec["channels"]
+    batch = {
+        "faces": torch.from_numpy(rng.integers(0, 255, (b, length, size, size, ch), np.uint8)),
+        "audio": torch.from_numpy(
+            rng.standard_normal((b, length, spec["feature_dim"]), np.float32)
+        ),
+        "labels": torch.zeros(b, length, 2),
+        "mask": torch.ones(b, length),
+        "speech_energy": torch.ones(b, length),
+        "face_present": torch.ones(b, length),
+    }
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        outputs, beta = model(batch["faces"], batch["audio"])
+        loss = loss_fn(outputs, beta, batch, spec["aux_weight"])
+        loss.backward()
+        opt.step()
+        return loss
+
+    step()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append((time.perf_counter() - start) / steps)
+    return {
+        "step_s": times,
+        "params": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spec", required=True, help="JSON of sizes (see avemo.bench.train)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(run(json.loads(args.spec), args.steps, args.rounds)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
