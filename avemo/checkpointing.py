@@ -2,8 +2,10 @@
 
 Keeps the latest checkpoint and the best one by a dev metric (Orbax's `max_to_keep` with `best_fn`
 alone keeps the N *best* and may delete the latest, so both are kept by an explicit preservation
-policy). Saves are asynchronous; a resumed run restores the state onto its shardings through an
-abstract target (restoring without one turns optax's namedtuples into lists).
+policy). "Best" is the maximum of a CCC or R² metric and the minimum of an RMSE metric
+(`best_mode`); only metrics of the dev split are passed in, so no other split can pick it.
+Saves are asynchronous; a resumed run restores the state onto its shardings through an abstract
+target (restoring without one turns optax's namedtuples into lists).
 """
 
 from __future__ import annotations
@@ -17,22 +19,37 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 
+def best_mode(metric: str) -> str:
+    """ "min" for an error metric (RMSE, a loss), "max" for a score (CCC, R²).
+
+    Raises:
+      ValueError: for a metric name that says neither.
+    """
+    name = (metric.split("/")[-2] if "/" in metric else metric).lower()  # [split/]name/dimension
+    if name.startswith(("rmse", "loss", "mse", "mae")):
+        return "min"
+    if name.startswith(("ccc", "r2")):
+        return "max"
+    raise ValueError(f"cannot tell whether {metric!r} is better high or low (ccc/r2 or rmse)")
+
+
 class Checkpointer:
     """Saves and restores (state, data iterator, metadata) under `workdir/checkpoints`."""
 
     def __init__(self, workdir: str, best_metric: str, async_save: bool = True):
         self.best_metric = best_metric
+        self.best_mode = best_mode(best_metric)
         get_metric = lambda metrics: metrics[best_metric]  # noqa: E731
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             best_fn=get_metric,
-            best_mode="max",
+            best_mode=self.best_mode,
             preservation_policy=policies.AnyPreservationPolicy(
                 [
                     policies.LatestN(1),
                     policies.BestN(
                         get_metric_fn=get_metric,
-                        reverse=False,
+                        reverse=self.best_mode == "min",  # the best sorts last either way
                         n=1,
                         keep_checkpoints_without_metrics=False,
                     ),

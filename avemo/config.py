@@ -74,6 +74,16 @@ def model_defaults() -> ml_collections.ConfigDict:
     #   "scalar":  one learned beta for all steps;  "fixed": beta = fixed_gate_value.
     m.gate = "learned"
     m.fixed_gate_value = 0.5
+    # issue 9, fusion remedies (docs/fusion.md); the paper's model: "states", 0, False.
+    # What the learned gate sees: "states" = [h_t; c_t] (the paper); "states+availability" also
+    # m_t and n_t, the speech energy and face flag that Eq. (31) asks beta to follow.
+    m.gate_inputs = "states"
+    # Temporal face stream: an LSTM of this width over the pooled face features, its state added
+    # (projected) to the attention context c_t; 0 = per-frame context only (the paper).
+    m.video_lstm_features = 0
+    # Per-modality regression heads on h_t and on the face vector, trained with weight
+    # loss.modality_head_weight, so that each stream has to carry the labels by itself.
+    m.modality_heads = False
     # A recurrent layer over the fused features before the regression head (temporal context for
     # the video stream and for the raters' reaction delay); 0 disables it.
     m.output_lstm_features = 64
@@ -109,6 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.main = "rmse"  # rmse (Eq. 37) | ccc (1 - CCC, Eq. 35) | rmse+ccc
     c.loss.aux_weight = 0.1  # lambda: total = main + lambda * aux (Eq. 31)
+    # issue 9: weight of the per-modality heads' main losses (model.modality_heads).
+    c.loss.modality_head_weight = 0.5
 
     c.train = ml_collections.ConfigDict()
     c.train.optimizer = "adam"  # adam | sgd (Sec. 6.2)
@@ -128,6 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every_steps = 20
     c.train.eval_every_steps = 100
     c.train.checkpoint_every_steps = 100
+    # issue 9: modality dropout (avemo.data.augment): probability that a training window loses
+    # its face or its voice (equal odds), by the missing-modality protocol's transforms with m and
+    # n set to match. 0 = off (the paper).
+    c.train.modality_dropout = 0.0
     # --- input pipeline (issue 10) --- batches Grain prepares ahead of the step in background
     # threads. Grain's own default (500 elements, 16 threads) held ~2.5 GB of default batches
     # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
@@ -142,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Reports (avemo.evaluate: tables, plots, missing-modality protocol, post-processing fit)
     # written at the end of train_and_evaluate.
     c.eval.report_at_end = True
+    # issue 9: with report_at_end, also score the test split once (avemo.evaluate --split test:
+    # best-by-dev checkpoint, post-processing fitted on dev, the corpus's hidden test labels).
+    c.eval.report_test = False
 
     # AVEC-style post-processing of predictions (avemo.postprocess), each step optional; fitted on
     # dev predictions by avemo.evaluate, saved as workdir/postprocess.json, applied by predict too.
@@ -156,7 +175,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.enabled = True
     c.checkpoint.async_save = True
-    c.checkpoint.best_metric = "ccc_pooled/mean"  # dev metric that picks the "best" checkpoint
+    # The dev-split metric that picks the "best" checkpoint (an RMSE is minimised, CCC/R² maximised;
+    # no other split ever takes part in the choice).
+    c.checkpoint.best_metric = "ccc_pooled/mean"
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis; -1 = all devices
@@ -218,6 +239,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.alexnet.fc_impl", ("conv", "dense"))
     _check_choice(flat, "model.pool_impl", ("fast", "reduce_window"))
     _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
+    _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
+    if flat["model.video_lstm_features"] < 0:
+        raise ConfigError("config.model.video_lstm_features must be >= 0 (0 = off)")
+    if flat["loss.modality_head_weight"] < 0:
+        raise ConfigError("config.loss.modality_head_weight must be >= 0")
+    if flat["model.gate_inputs"] != "states" and flat["model.gate"] != "learned":
+        raise ConfigError("config.model.gate_inputs applies to model.gate='learned' only")
     _check_choice(flat, "loss.main", ("rmse", "ccc", "rmse+ccc"))
     _check_choice(flat, "train.optimizer", ("adam", "sgd"))
     _check_choice(flat, "train.schedule", ("constant", "cosine"))
@@ -234,6 +262,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if flat["train.num_steps"] <= 0 and flat["train.num_epochs"] <= 0:
         raise ConfigError(
             "set config.train.num_steps or config.train.num_epochs to a positive value"
+        )
+    bad_splits = [x for x in flat["eval.splits"] if x not in ("train", "dev", "test")]
+    if bad_splits or not flat["eval.splits"]:
+        raise ConfigError(
+            f"config.eval.splits={tuple(flat['eval.splits'])!r} must name one or more of "
+            "'train', 'dev', 'test'"
         )
     if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
@@ -252,6 +286,26 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.loss.aux_weight (lambda) must be >= 0")
     if not 0.0 <= flat["model.audio_input_dropout"] < 1.0:
         raise ConfigError("config.model.audio_input_dropout must be in [0, 1)")
+    if not 0.0 <= flat["train.modality_dropout"] < 1.0:
+        raise ConfigError("config.train.modality_dropout must be in [0, 1)")
+    if flat["audio.speech_energy.session_relative_db"] < 0:
+        raise ConfigError("config.audio.speech_energy.session_relative_db must be >= 0 (0 = off)")
+    # issue 9: the embedded corpus's hidden test set and hard variant.
+    if flat["data.synthetic.test_seconds"] < 0:
+        raise ConfigError("config.data.synthetic.test_seconds must be >= 0 (0 = seconds)")
+    if not 0.0 <= flat["data.synthetic.voice_valence"] <= 1.0:
+        raise ConfigError("config.data.synthetic.voice_valence must be in [0, 1]")
+    # issue 9: the best checkpoint is chosen on a dev metric that evaluate_sessions reports.
+    metric = flat["checkpoint.best_metric"]
+    kind, _, dim = metric.partition("/")
+    if kind not in {
+        f"{m}_{a}" for m in ("ccc", "r2", "rmse") for a in ("pooled", "session_mean")
+    } or (dim not in ("arousal", "valence", "mean")):
+        raise ConfigError(
+            f"config.checkpoint.best_metric={metric!r} is not a metric such as 'ccc_pooled/mean' "
+            "or 'rmse_session_mean/valence' (ccc|r2|rmse _ pooled|session_mean / "
+            "arousal|valence|mean)"
+        )
     if not 0.0 <= flat["model.fixed_gate_value"] <= 1.0:
         raise ConfigError("config.model.fixed_gate_value must be in [0, 1]")
     return config

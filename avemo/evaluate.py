@@ -5,7 +5,12 @@ post-processing fitted on dev (`avemo.postprocess`, saved as `workdir/postproces
 CCC / RMSE / R² per session and pooled (Eq. 34-37), β-vs-modality correlation ->
 `workdir/reports/` (Markdown, CSV, JSON, PNG).
 
-Run: python -m avemo.evaluate --workdir W [--splits dev] [--which best|latest]
+Run: python -m avemo.evaluate --workdir W [--split dev|test] [--which best|latest]
+
+Held-out figures: the checkpoint ("best") and the post-processing are chosen on dev only. Dev
+figures are cross-fitted (each dev session post-processed with the fit on the other dev sessions);
+`--split test` scores the test sessions once, with the gold standard the embedded corpus keeps
+apart (`hidden_test_labels/`, read only here) or `--test-labels DIR`.
 
 Missing-modality protocol (robustness as a number):
   face_removed    faces zeroed, face_present 0 everywhere;
@@ -54,11 +59,13 @@ _AUDIO_KEYS = ("audio_features", "logmel", "speech_energy")
 
 
 def remove_faces(session: PreparedSession) -> PreparedSession:
-    """Protocol (a): no face anywhere (faces zero, face_present 0); audio untouched."""
-    arrays = dict(session.arrays)
-    arrays["faces"] = np.zeros_like(session.arrays["faces"])
-    arrays["face_present"] = np.zeros_like(session.arrays["face_present"])
-    return PreparedSession(session.name, session.split, arrays)
+    """Protocol (a): no face anywhere (faces zero, face_present 0); audio untouched.
+
+    The same transform as training's modality dropout (`avemo.data.augment.remove_face`).
+    """
+    from avemo.data import augment
+
+    return PreparedSession(session.name, session.split, augment.remove_face(session.arrays))
 
 
 def far_field(signal: np.ndarray, sample_rate: float, seed: int = FAR_FIELD_SEED) -> np.ndarray:
@@ -168,10 +175,17 @@ def gate_modality_correlation(
 @dataclasses.dataclass
 class ProtocolResult:
     protocol: str
-    rows: list[dict[str, Any]]  # per session and pooled, raw and post-processed
-    pooled: dict[str, float]  # post-processed pooled metrics
+    rows: list[dict[str, Any]]  # per session and pooled, for each stage
+    pooled: dict[str, dict[str, float]]  # stage -> pooled metrics
     gate_mean: float
     gate_correlation: float
+
+
+# Stages of a prediction: "raw" model outputs; "postprocessed", the reported figures (test: the
+# fit on all dev sessions; dev: cross-fitted, each session with the fit on the other dev sessions,
+# or in-sample when there is only one dev session); "in_sample" (dev only, when cross-fitted too):
+# the fit on all dev sessions scored on those same sessions -- best-by-dev, optimistic.
+STAGES = ("raw", "postprocessed", "in_sample")
 
 
 def _metric_row(
@@ -190,20 +204,21 @@ def score(
     protocol: str,
     sessions: Sequence[PreparedSession],
     results: Mapping[str, Mapping[str, np.ndarray]],
-    params: Mapping[str, Any] | None,
+    stage_params: Mapping[str, Mapping[str, Mapping[str, Any] | None]],
 ) -> ProtocolResult:
-    """Metrics per session and pooled, before ("raw") and after ("postprocessed") post-processing.
+    """Metrics per session and pooled, for each stage.
+
+    Args:
+      stage_params: {stage: {session: post-processing parameters, or None for raw outputs}}.
 
     β correlation: pooled over the sessions' steps, with the protocol's own m and n.
     """
     rows = []
     pooled = {}
-    for stage in ("raw", "postprocessed"):
+    for stage, per_session in stage_params.items():
         preds, golds = [], []
         for s in sessions:
-            pred = results[s.name]["outputs"]
-            if stage == "postprocessed":
-                pred = postprocess.apply(pred, params)
+            pred = postprocess.apply(results[s.name]["outputs"], per_session[s.name])
             gold = np.asarray(s.arrays["labels"])
             rows.append(_metric_row(protocol, stage, s.name, s.split, pred, gold))
             preds.append(pred)
@@ -213,8 +228,7 @@ def score(
             np.concatenate(preds), np.concatenate(golds),
         )  # fmt: skip
         rows.append(row)
-        if stage == "postprocessed":
-            pooled = {k: v for k, v in row.items() if k.startswith(("ccc", "rmse", "r2"))}
+        pooled[stage] = {k: v for k, v in row.items() if k.startswith(("ccc", "rmse", "r2"))}
     gate_mean = gate_corr = float("nan")
     if sessions and all("audio_gate" in results[s.name] for s in sessions):
         beta = np.concatenate([results[s.name]["audio_gate"] for s in sessions])
@@ -225,32 +239,132 @@ def score(
     return ProtocolResult(protocol, rows, pooled, gate_mean, gate_corr)
 
 
+def with_labels(session: PreparedSession, values: np.ndarray) -> PreparedSession:
+    """The session with a gold standard [T', 2] attached, both cut to their common length.
+
+    A recording's own grid and its label file may differ by a step at the end (frames vs label
+    rows); more than that is warned about.
+    """
+    values = np.asarray(values, np.float32)
+    n = min(session.num_steps, values.shape[0])
+    if abs(session.num_steps - values.shape[0]) > 1:
+        log.warning(
+            "%s: %d label steps for %d feature steps; scoring the first %d",
+            session.name, values.shape[0], session.num_steps, n,
+        )  # fmt: skip
+    arrays = {
+        k: (v[:n] if k != "logmel" and np.ndim(v) and v.shape[0] == session.num_steps else v)
+        for k, v in session.arrays.items()
+    }
+    arrays["labels"] = values[:n]
+    return PreparedSession(session.name, session.split, arrays)
+
+
+def corpus_root(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+    """The root folder of the corpus files (None for the in-memory corpus)."""
+    if config.data.corpus == "memory":
+        return None
+    if config.data.corpus == "synthetic":
+        from avemo.data.corpora import synthetic_root
+
+        return synthetic_root(config.data)
+    return pathlib.Path(config.data.root).expanduser()
+
+
+def test_sessions(
+    sessions: Sequence[PreparedSession],
+    config: ml_collections.ConfigDict,
+    labels_dir: str | os.PathLike | None = None,
+) -> list[PreparedSession]:
+    """The test sessions with their gold standard, for scoring only.
+
+    Labels come from the session itself (a folder corpus with labelled test sessions), else from
+    `labels_dir` ({arousal,valence}/<session>.arff, the AVEC layout), else from the corpus root's
+    hidden test gold standard (`synthetic.HIDDEN_DIR`, written by the embedded corpus).
+
+    Raises:
+      ValueError: when no test session has labels anywhere.
+    """
+    from avemo.data.corpora import arff_io, synthetic
+
+    root = corpus_root(config)
+    folder = pathlib.Path(labels_dir) if labels_dir else None
+    if folder is None and root is not None:
+        folder = root / synthetic.HIDDEN_DIR
+    out = []
+    for s in sessions:
+        if s.split != "test":
+            continue
+        if s.has_labels:
+            out.append(s)
+            continue
+        if folder is None:
+            continue
+        paths = [folder / dim / f"{s.name}.arff" for dim in DIMENSIONS]
+        if all(p.is_file() for p in paths):
+            labels = arff_io.read_label_pair(*paths, step_seconds=config.data.step_seconds)
+            out.append(with_labels(s, labels.values))
+    if not out:
+        raise ValueError(
+            f"no labelled test sessions: none has labels and {folder} holds no "
+            "{arousal,valence}/<session>.arff (give --test-labels DIR)"
+        )
+    return out
+
+
+def _default_step(workdir: str, config: ml_collections.ConfigDict) -> int | None:
+    """The checkpoint `predict` uses by default: the best by dev, else the latest."""
+    from avemo import checkpointing, train
+
+    ckpt = checkpointing.Checkpointer(
+        workdir, f"{train.SELECTION_SPLIT}/{config.checkpoint.best_metric}"
+    )
+    try:
+        best = ckpt.best_step()
+        return best if best is not None else ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
 def evaluate_workdir(
     workdir: str,
-    splits: Sequence[str] = ("dev",),
+    split: str = "dev",
     which: str = "best",
     protocols: Sequence[str] = PROTOCOLS,
     fit_postprocess: bool = True,
     plots: bool = True,
+    test_labels: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Evaluates a trained workdir and writes `workdir/reports/`; returns the summary (JSON-able).
+    """Evaluates a trained workdir on one split; writes `workdir/reports/` (test: reports/test/).
 
-    Post-processing is fitted on the dev sessions' normal-input predictions (when `fit_postprocess`
-    and dev labels exist; otherwise a saved `postprocess.json` is used) and applied to every
-    protocol and split.
+    The checkpoint ("best" = chosen on dev during training) and the post-processing are chosen on
+    dev only. Post-processing is fitted on the dev sessions' normal-input predictions (when
+    `fit_postprocess` and dev labels exist; otherwise the saved `postprocess.json` of this very
+    checkpoint is used) and saved only for the checkpoint `predict` uses by default, so evaluating
+    `--which latest` never replaces the best checkpoint's fit. Dev figures are cross-fitted
+    (leave-one-dev-session-out); test figures use the fit on all dev sessions, and the test
+    labels are read here and nowhere else.
+
+    Returns:
+      The summary (JSON-able); its "robustness" holds the post-processed pooled figures.
     """
     import jax
 
     from avemo import inference, train
 
+    if split not in ("dev", "test"):
+        raise ValueError(f"split {split!r}: choose 'dev' or 'test'")
     workdir = os.path.abspath(workdir)
     model = inference.load(workdir, which)
     config = model.config
     sessions = train.load_sessions(config, workdir)
-    evaluated = [s for s in sessions if s.split in splits and s.has_labels]
-    dev = [s for s in sessions if s.split == "dev" and s.has_labels]
-    if not evaluated:
-        raise ValueError(f"{workdir}: no labelled sessions in split(s) {tuple(splits)}")
+    dev = [s for s in sessions if s.split == train.SELECTION_SPLIT and s.has_labels]
+    if split == "dev":
+        evaluated = dev
+        if not evaluated:
+            raise ValueError(f"{workdir}: no labelled dev sessions to evaluate")
+    else:
+        evaluated = test_sessions(sessions, config, test_labels)
     raw_sessions = None
     normalizer = None
     if config.data.corpus != "memory":
@@ -261,18 +375,53 @@ def evaluate_workdir(
 
     needed = {s.name: s for s in evaluated + dev}
     normal = model.predict(list(needed.values()))
-    params = postprocess.load(workdir)
+    folds = None
     if fit_postprocess and dev:
-        train_labels = [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels]
         params = postprocess.fit(
             {s.name: normal[s.name]["outputs"] for s in dev},
             {s.name: s.arrays["labels"] for s in dev},
-            train_labels,
+            [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels],
             config.postprocess,
         )
         params["checkpoint_step"] = model.step
-        if jax.process_index() == 0:
+        default_step = _default_step(workdir, config)
+        if model.step != default_step:
+            log.info(
+                "postprocess.json not written: step %d is not the checkpoint predict uses "
+                "(step %s), whose fit it keeps.", model.step, default_step,
+            )  # fmt: skip
+        elif jax.process_index() == 0:
             postprocess.save(workdir, params)
+    else:
+        params = postprocess.load(workdir, model.step)  # StaleError if another checkpoint's
+    if split == "dev" and len(dev) >= 2 and params is not None:
+        folds = postprocess.cross_fit(
+            {s.name: normal[s.name]["outputs"] for s in dev},
+            {s.name: s.arrays["labels"] for s in dev},
+            [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels],
+            config.postprocess,
+        )
+    if split == "test" or params is None:
+        stage_params = {
+            "raw": {s.name: None for s in evaluated},
+            "postprocessed": {s.name: params for s in evaluated},
+        }
+        fit_note = "fitted on all dev sessions" if params is not None else "none fitted"
+    elif folds is not None:
+        stage_params = {
+            "raw": {s.name: None for s in evaluated},
+            "postprocessed": {s.name: folds[s.name] for s in evaluated},
+            "in_sample": {s.name: params for s in evaluated},
+        }
+        fit_note = "cross-fitted: each dev session with the fit on the other dev sessions"
+    else:
+        stage_params = {
+            "raw": {s.name: None for s in evaluated},
+            "postprocessed": {s.name: params for s in evaluated},
+        }
+        fit_note = "IN-SAMPLE (fitted and scored on the only dev session; optimistic)"
+    if params is None:
+        stage_params.pop("postprocessed")
 
     results: dict[str, ProtocolResult] = {}
     inputs: dict[str, list[PreparedSession]] = {}
@@ -282,39 +431,53 @@ def evaluate_workdir(
             log.warning("Protocol %s skipped: the %s corpus has no recordings.", protocol, "memory")
             continue
         predictions = normal if protocol == "normal" else model.predict(degraded)
-        results[protocol] = score(protocol, degraded, predictions, params)
+        results[protocol] = score(protocol, degraded, predictions, stage_params)
         inputs[protocol] = degraded
-    summary = _summary(workdir, model.step, splits, results, params)
+    summary = _summary(workdir, model.step, which, split, results, params, fit_note)
+    out = report_dir(workdir, split)
     if jax.process_index() == 0:
-        _write_reports(workdir, summary, results, params)
+        _write_reports(out, summary, results, params)
         if plots and "normal" in results:
             for s in inputs["normal"]:
-                if s.split != "dev":
-                    continue
-                _write_plot(workdir, s, normal[s.name], params, config.data.step_seconds)
+                _write_plot(out, s, normal[s.name], stage_params, config.data.step_seconds)
     return summary
+
+
+def report_dir(workdir: str, split: str) -> pathlib.Path:
+    """Where a split's reports go: workdir/reports (dev), workdir/reports/test (test)."""
+    base = pathlib.Path(workdir) / REPORT_DIR
+    return base if split == "dev" else base / split
 
 
 def _summary(
     workdir: str,
     step: int,
-    splits: Sequence[str],
+    which: str,
+    split: str,
     results: Mapping[str, ProtocolResult],
     params: Mapping[str, Any] | None,
+    fit_note: str,
 ) -> dict[str, Any]:
     normal = results.get("normal")
     robustness = {}
     for name, r in results.items():
-        entry = dict(
-            r.pooled, audio_gate_mean=r.gate_mean, gate_availability_corr=r.gate_correlation
-        )
+        headline = "postprocessed" if "postprocessed" in r.pooled else "raw"
+        entry = dict(r.pooled[headline])
+        for stage, values in r.pooled.items():
+            if stage != headline:
+                entry.update({f"{stage}_{k}": v for k, v in values.items()})
+        entry.update(audio_gate_mean=r.gate_mean, gate_availability_corr=r.gate_correlation)
         if normal is not None:
-            entry["ccc_mean_drop"] = normal.pooled["ccc_mean"] - r.pooled["ccc_mean"]
+            entry["ccc_mean_drop"] = normal.pooled[headline]["ccc_mean"] - entry["ccc_mean"]
         robustness[name] = entry
     return {
         "workdir": workdir,
+        "split": split,
+        "splits": [split],
         "checkpoint_step": step,
-        "splits": list(splits),
+        "checkpoint": which,
+        "checkpoint_chosen_on": "dev" if which == "best" else "none (latest)",
+        "postprocess_fit": fit_note,
         "robustness": robustness,
         "postprocess": None if params is None else postprocess.summary_rows(params),
     }
@@ -347,12 +510,11 @@ _METRIC_COLUMNS = [f"{m}_{d}" for m in ("ccc", "rmse", "r2") for d in DIMENSIONS
 
 
 def _write_reports(
-    workdir: str,
+    out: pathlib.Path,
     summary: Mapping[str, Any],
     results: Mapping[str, ProtocolResult],
     params: Mapping[str, Any] | None,
 ) -> None:
-    out = pathlib.Path(workdir) / REPORT_DIR
     all_rows = [row for r in results.values() for row in r.rows]
     columns = ["protocol", "stage", "session", "split", *_METRIC_COLUMNS]
     write_atomically(out / "metrics.csv", _csv_text(all_rows, columns))
@@ -362,25 +524,31 @@ def _write_reports(
     ]  # fmt: skip
     write_atomically(out / "robustness.csv", _csv_text(robust_rows, robust_columns))
     text = [
-        f"# Evaluation of {workdir}",
+        f"# Evaluation of {summary['workdir']} on the {summary['split']} split",
         "",
-        f"Checkpoint step {summary['checkpoint_step']}; split(s) {', '.join(summary['splits'])}. "
-        "Metrics: CCC (Eq. 35), RMSE (Eq. 37), R² (Eq. 34); *pooled* concatenates all sessions.",
+        f"Split **{summary['split']}**; checkpoint step {summary['checkpoint_step']} "
+        f"({summary['checkpoint']}, chosen on {summary['checkpoint_chosen_on']}); "
+        f"post-processing {summary['postprocess_fit']}. "
+        "Metrics: CCC (Eq. 35), RMSE (Eq. 37), R² (Eq. 34); *pooled* concatenates all sessions. "
+        "Stages: raw = model outputs; postprocessed = the reported figures; in_sample = "
+        "post-processing fitted and scored on the same dev sessions (best-by-dev, optimistic).",
         "",
     ]
     if "normal" in results:
         shown = [r for r in results["normal"].rows if r["stage"] == "postprocessed"]
         shown += [
-            r for r in results["normal"].rows if r["stage"] == "raw" and r["session"] == "pooled"
+            r
+            for r in results["normal"].rows
+            if r["stage"] != "postprocessed" and r["session"] == "pooled"
         ]
         text += [
-            "## Per session (normal inputs, post-processed; last row: pooled, raw)",
+            "## Per session (normal inputs, post-processed; then pooled rows of the other stages)",
             "",
             _markdown_table(shown, ["session", "stage", *_METRIC_COLUMNS]),
             "",
         ]
     text += [
-        "## Missing-modality protocol (pooled, post-processed)",
+        f"## Missing-modality protocol ({summary['split']}, pooled, post-processed)",
         "",
         "face_removed: faces zero, face_present 0. audio_silenced: audio front end on silence, "
         "speech_energy 0. far_field: own audio −25 dB, low-passed at 1.8 kHz, reverberated. "
@@ -397,9 +565,11 @@ def _write_reports(
                              "ccc_if_applied", "parameters"]),
         )  # fmt: skip
         text += [
-            f"## Post-processing (fitted on dev: {', '.join(params['fitted_on'])})",
+            f"## Post-processing (fitted on dev: {', '.join(params['fitted_on'])}; "
+            f"checkpoint step {params.get('checkpoint_step')})",
             "",
-            "Dev CCC (pooled) before and after each step; a step that would lower it is skipped.",
+            "Dev CCC (pooled, in-sample: the sessions it is fitted on) before and after each "
+            "step; a step that would lower it is skipped.",
             "",
             _markdown_table(
                 rows,
@@ -426,38 +596,59 @@ def _json_float(value: Any) -> Any:
 
 
 def _write_plot(
-    workdir: str,
+    out: pathlib.Path,
     session: PreparedSession,
     result: Mapping[str, np.ndarray],
-    params: Mapping[str, Any] | None,
+    stage_params: Mapping[str, Mapping[str, Any]],
     step_seconds: float,
 ) -> None:
     times = np.arange(session.num_steps) * step_seconds
+    stage = "postprocessed" if "postprocessed" in stage_params else "raw"
     png = curves_png(
-        f"{session.name}: prediction (post-processed) vs gold standard",
+        f"{session.name} ({session.split}): prediction ({stage}) vs gold standard",
         times,
-        postprocess.apply(result["outputs"], params),
+        postprocess.apply(result["outputs"], stage_params[stage][session.name]),
         result.get("audio_gate"),
         np.asarray(session.arrays["face_present"]),
         np.asarray(session.arrays["speech_energy"]),
         gold=np.asarray(session.arrays["labels"]),
     )
-    write_atomically(pathlib.Path(workdir) / REPORT_DIR / "plots" / f"{session.name}.png", png)
+    write_atomically(out / "plots" / f"{session.name}.png", png)
 
 
 def report_after_training(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The training hook (`config.eval.report_at_end`): reports of the best checkpoint."""
+    """The training hook (`config.eval.report_at_end`): dev reports of the best checkpoint, then
+    (`config.eval.report_test`) the test split scored once with it."""
     if not config.eval.report_at_end:
         return
     if not config.checkpoint.enabled:
         log.info("No reports: checkpointing is disabled, so there is no model to reload.")
         return
-    summary = evaluate_workdir(workdir, splits=tuple(config.eval.splits))
-    log.info(
-        "Reports written to %s (dev CCC pooled, post-processed: %.3f).",
-        os.path.join(workdir, REPORT_DIR),
-        summary["robustness"].get("normal", {}).get("ccc_mean", float("nan")),
-    )
+    try:
+        summary = evaluate_workdir(workdir, split="dev")
+    except ValueError as err:
+        log.warning("No dev reports: %s", err)
+    else:
+        log.info(
+            "Reports written to %s (dev CCC pooled, post-processed %s: %.3f).",
+            report_dir(workdir, "dev"),
+            summary["postprocess_fit"].split(":")[0],
+            summary["robustness"].get("normal", {}).get("ccc_mean", float("nan")),
+        )
+    if config.eval.report_test:
+        try:
+            summary = evaluate_workdir(workdir, split="test", fit_postprocess=False)
+        except ValueError as err:
+            log.warning("No test reports: %s", err)
+            return
+        normal = summary["robustness"].get("normal", {})
+        log.info(
+            "Test split (best-by-dev checkpoint, post-processing fitted on dev): CCC arousal "
+            "%.3f, valence %.3f; reports in %s.",
+            normal.get("ccc_arousal", float("nan")),
+            normal.get("ccc_valence", float("nan")),
+            report_dir(workdir, "test"),
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -465,7 +656,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m avemo.evaluate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--workdir", required=True, help="a trained avemo workdir")
-    parser.add_argument("--splits", nargs="+", default=["dev"], help="splits to report (labelled)")
+    parser.add_argument(
+        "--split", choices=("dev", "test"), default="dev",
+        help="dev (cross-fitted post-processing) or test (scored once; checkpoint and "
+        "post-processing chosen on dev)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--test-labels", help="folder {arousal,valence}/<session>.arff of the test gold standard "
+        "(default: the corpus's hidden test labels)",
+    )  # fmt: skip
     parser.add_argument("--which", choices=("best", "latest"), default="best")
     parser.add_argument(
         "--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
@@ -473,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--keep-postprocess", action="store_true",
-        help="apply the saved postprocess.json instead of fitting it again on dev",
+        help="apply the saved postprocess.json (of this checkpoint) instead of fitting it on dev",
     )  # fmt: skip
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
@@ -483,17 +682,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = evaluate_workdir(
             args.workdir,
-            splits=tuple(args.splits),
+            split=args.split,
             which=args.which,
             protocols=tuple(args.protocols),
             fit_postprocess=not args.keep_postprocess,
             plots=not args.no_plots,
+            test_labels=args.test_labels,
         )
     except (NoModelError, ValueError, OSError) as err:
         print(f"avemo.evaluate: error: {err}", file=sys.stderr)
         return 1
-    report = pathlib.Path(summary["workdir"]) / REPORT_DIR / "report.md"
-    print(report.read_text())
+    print((report_dir(summary["workdir"], args.split) / "report.md").read_text())
     return 0
 
 

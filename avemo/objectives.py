@@ -63,6 +63,19 @@ def aux_modality_loss(
     return _masked_mean(per_step, mask)
 
 
+def modality_head_loss(kind: str, outputs, batch) -> jax.Array:
+    """Main loss of the audio-only and the face-only heads (model.modality_heads), summed.
+
+    The face head's loss counts only steps with a face in view (n = 1): without a face its
+    input carries nothing about the labels.
+    """
+    mask = batch["mask"]
+    audio = main_loss(kind, outputs["audio_outputs"], batch["labels"], mask)
+    face_mask = mask * batch["face_present"].astype(mask.dtype)
+    video = main_loss(kind, outputs["video_outputs"], batch["labels"], face_mask)
+    return audio + video
+
+
 def main_loss(kind: str, predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
     """The main loss selected by `config.loss.main`."""
     if kind == "rmse":

@@ -625,7 +625,14 @@ def train_population(
     # A small read-ahead per pipeline: Grain's default buffers 500 batches per iterator (GBs for
     # K member pipelines, or for cached frozen maps); the data order does not depend on it.
     iters = [
-        iter(pipeline.train_dataset(sessions, c, read_options=READ_OPTIONS))
+        iter(
+            pipeline.train_dataset(
+                sessions,
+                c,
+                read_options=READ_OPTIONS,
+                silence=train.silent_window(c, workdirs[0], sessions),  # modality dropout
+            )
+        )
         for c in (configs if data_order == "member" else configs[:1])
     ]
     plan = pipeline.eval_plan(eval_sessions, config) if eval_sessions else None

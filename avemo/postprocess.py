@@ -3,8 +3,14 @@
 model outputs [T, 2] -> label-delay compensation -> bias correction -> scaling to the training
 label spread -> median smoothing -> reports / predict. `fit` chooses the parameters on dev
 predictions (pooled CCC, Eq. 35) and keeps a step only where it does not lower dev CCC; the result
-is saved with the model (`workdir/postprocess.json`) and `apply` replays it identically in
-`avemo.evaluate` and `avemo.predict`.
+is saved with the model (`workdir/postprocess.json`, stamped with the checkpoint step it was
+fitted on, which `load` checks) and `apply` replays it identically in `avemo.evaluate` and
+`avemo.predict`.
+
+Fitting and scoring on the same dev sessions is optimistic (the delay search, the bias and the
+"keep a step if it helps" rule all see the scored labels). `cross_fit` gives honest dev figures:
+each dev session is post-processed with parameters fitted on the other dev sessions only
+(leave-one-session-out); held-out test sessions use the fit on all dev sessions.
 """
 
 from __future__ import annotations
@@ -147,6 +153,37 @@ def fit(
     return {"version": VERSION, "fitted_on": names, "dimensions": dimensions}
 
 
+def cross_fit(
+    dev_predictions: Mapping[str, np.ndarray],
+    dev_labels: Mapping[str, np.ndarray],
+    train_labels: Sequence[np.ndarray],
+    cfg: ml_collections.ConfigDict,
+) -> dict[str, dict[str, Any]]:
+    """Leave-one-dev-session-out fits: {session: parameters fitted on the other dev sessions}.
+
+    Apply `result[s]` to session s's outputs (under any input condition) for out-of-sample dev
+    figures. Needs at least two dev sessions.
+
+    Raises:
+      ValueError: with fewer than two dev sessions.
+    """
+    names = sorted(dev_predictions)
+    if len(names) < 2:
+        raise ValueError(
+            f"cross-fitted post-processing needs at least two dev sessions, got {len(names)}"
+        )
+    folds = {}
+    for held_out in names:
+        others = [n for n in names if n != held_out]
+        folds[held_out] = fit(
+            {n: dev_predictions[n] for n in others},
+            {n: dev_labels[n] for n in others},
+            train_labels,
+            cfg,
+        )
+    return folds
+
+
 def apply(outputs: np.ndarray, params: Mapping[str, Any] | None) -> np.ndarray:
     """The fitted steps on one session's outputs [T, 2] (None: unchanged)."""
     outputs = np.asarray(outputs, np.float64)
@@ -177,14 +214,32 @@ def save(workdir: str | os.PathLike, params: Mapping[str, Any]) -> pathlib.Path:
     return path
 
 
-def load(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    """The saved parameters of `workdir`, or None when none were fitted."""
+class StaleError(ValueError):
+    """The saved post-processing was fitted on another checkpoint than the one being used."""
+
+
+def load(workdir: str | os.PathLike, checkpoint_step: int | None = None) -> dict[str, Any] | None:
+    """The saved parameters of `workdir`, or None when none were fitted.
+
+    With `checkpoint_step`, the parameters must have been fitted on that checkpoint's dev
+    predictions (parameters of another checkpoint would shift and scale the wrong outputs).
+
+    Raises:
+      StaleError: fitted on another checkpoint (or the file does not say which).
+      ValueError: an unsupported file version.
+    """
     path = pathlib.Path(workdir) / FILE
     if not path.is_file():
         return None
     params = json.loads(path.read_text())
     if params.get("version") != VERSION:
         raise ValueError(f"{path}: post-processing version {params.get('version')} unsupported")
+    if checkpoint_step is not None and params.get("checkpoint_step") != checkpoint_step:
+        raise StaleError(
+            f"{path} was fitted on checkpoint step {params.get('checkpoint_step')}, not on step "
+            f"{checkpoint_step} in use; run python -m avemo.evaluate --workdir {workdir} "
+            "to fit it again on dev"
+        )
     return params
 
 

@@ -699,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.audio is not None and len(videos) != 1:
             raise PredictError(f"{args.audio}: --audio needs exactly one video, got {len(videos)}")
         model = load(args.workdir, args.which)
-        params = postprocess.load(model.workdir)
+        params = postprocess.load(model.workdir, model.step)  # fitted on this checkpoint
     except (PredictError, NoModelError, ValueError) as err:
         print(f"avemo.predict: error: {err}", file=sys.stderr)
         return 1

@@ -37,6 +37,10 @@ from avemo.reporting.writers import MetricWriter
 log = logging.getLogger("avemo")
 
 
+# The one split whose metrics choose checkpoints (and on which post-processing is fitted).
+SELECTION_SPLIT = "dev"
+
+
 class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
@@ -128,7 +132,11 @@ def losses(
         )
     else:
         aux = jnp.zeros((), jnp.float32)
-    return {"loss": main + config.loss.aux_weight * aux, "loss_main": main, "loss_aux": aux}
+    parts = {"loss": main + config.loss.aux_weight * aux, "loss_main": main, "loss_aux": aux}
+    if "audio_outputs" in outputs:  # issue 9: per-modality heads (model.modality_heads)
+        parts["loss_heads"] = objectives.modality_head_loss(config.loss.main, outputs, batch)
+        parts["loss"] = parts["loss"] + config.loss.modality_head_weight * parts["loss_heads"]
+    return parts
 
 
 def model_variables(state: Any, params: Any = None) -> dict[str, Any]:
@@ -293,6 +301,59 @@ def evaluate(
     return {f"{prefix}/{k}": v for k, v in scores.items()}
 
 
+# ------------------------------------------------------------------------ evaluation splits
+
+
+def eval_split_sessions(
+    sessions: Sequence[pipeline.PreparedSession], config: ml_collections.ConfigDict
+) -> dict[str, list[pipeline.PreparedSession]]:
+    """{split: labelled sessions} for each split of `config.eval.splits` that has any.
+
+    Only "dev" selects the best checkpoint (`selection_metrics`); other splits are logged under
+    their own name. Says so once when there is no labelled dev session to select on.
+    """
+    groups = {}
+    for split in config.eval.splits:
+        group = [s for s in sessions if s.split == split and s.has_labels]
+        if group:
+            groups[split] = group
+    if SELECTION_SPLIT not in groups:
+        log.warning(
+            "No labelled %s sessions%s: nothing to select a checkpoint on, so 'best' is the "
+            "latest checkpoint (give the corpus a dev split, e.g. "
+            "config.data.folder.dev_fraction).",
+            SELECTION_SPLIT,
+            "" if SELECTION_SPLIT in config.eval.splits else " (config.eval.splits omits 'dev')",
+        )
+    return groups
+
+
+def silent_window(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    sessions: Sequence[pipeline.PreparedSession],
+) -> dict[str, np.ndarray] | None:
+    """A silent window's inputs for modality dropout (None when `train.modality_dropout` is 0)."""
+    if config.train.modality_dropout <= 0:
+        return None
+    from avemo.data import augment
+
+    normalizer = None
+    if config.data.corpus != "memory":
+        from avemo.audio import normalize
+        from avemo.data.prepare import NORMALIZER_FILE
+
+        normalizer = normalize.load(os.path.join(workdir, NORMALIZER_FILE))
+    feature_dim = int(sessions[0].arrays["audio_features"].shape[-1])
+    return augment.silent_window(config, normalizer, feature_dim)
+
+
+def selection_metrics(metrics: Mapping[str, float], evaluated: bool) -> dict[str, float] | None:
+    """The dev metrics that choose the best checkpoint; None when dev was not evaluated."""
+    chosen = {k: v for k, v in metrics.items() if k.startswith(f"{SELECTION_SPLIT}/")}
+    return chosen if evaluated and chosen else None
+
+
 # ----------------------------------------------------------------------------------------- loop
 
 
@@ -354,22 +415,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.replace(tmp, os.path.join(workdir, "config.json"))
 
     sessions = load_sessions(config, workdir)
-    eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)
     from avemo.data import frozen
 
     if frozen.enabled(config):  # frozen face branch: its feature maps once, cached (Sec. 6.4)
         sessions = frozen.attach(sessions, config, frozen.initial_branch_variables(config, trainer))
-        eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
+    eval_sets = eval_split_sessions(sessions, config)
     data_iter = iter(
-        pipeline.train_dataset(sessions, config, jax.process_index(), jax.process_count())
+        pipeline.train_dataset(
+            sessions,
+            config,
+            jax.process_index(),
+            jax.process_count(),
+            silence=silent_window(config, workdir, sessions),
+        )
     )
-    plan = pipeline.eval_plan(eval_sessions, config) if eval_sessions else None
+    plans = {split: pipeline.eval_plan(group, config) for split, group in eval_sets.items()}
     writer = MetricWriter(workdir, enabled=is_chief)
     ckpt = (
         checkpointing.Checkpointer(
-            workdir, f"dev/{config.checkpoint.best_metric}", config.checkpoint.async_save
+            workdir,
+            f"{SELECTION_SPLIT}/{config.checkpoint.best_metric}",
+            config.checkpoint.async_save,
         )
         if config.checkpoint.enabled
         else None
@@ -433,17 +501,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         rate,
                         _format_eta((total_steps - step) / rate),
                     )
-                evaluated = plan is not None and (step % config.train.eval_every_steps == 0 or last)
+                evaluated = bool(plans) and (step % config.train.eval_every_steps == 0 or last)
                 if evaluated:
                     _drain(pending)
-                    last_eval = evaluate(trainer, state, plan, eval_sessions, "dev")
+                    last_eval = {}
+                    for split, plan in plans.items():  # metrics named by their split
+                        last_eval.update(evaluate(trainer, state, plan, eval_sets[split], split))
                     writer.write_scalars(step, last_eval)
                 stop = preemption.agreed()
                 if ckpt is not None and (
                     evaluated or stop or last or step % config.train.checkpoint_every_steps == 0
                 ):
                     _drain(pending)
-                    ckpt.save(step, state, data_iter, meta, last_eval if evaluated else None)
+                    ckpt.save(step, state, data_iter, meta, selection_metrics(last_eval, evaluated))
                 if stop:
                     log.warning(
                         "SIGTERM received: saved step %d to %s; exiting. Re-run the same "

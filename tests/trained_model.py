@@ -8,6 +8,7 @@ a few optimisation steps.
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import ml_collections
 
@@ -19,6 +20,19 @@ OPTIONS = synthetic.SyntheticOptions(
     seed=0, train_sessions=2, dev_sessions=1, test_sessions=1, seconds=8.0
 )
 _BUILT: dict[str, tuple[pathlib.Path, ml_collections.ConfigDict]] = {}
+
+# Every file opened under a hidden test-label folder, with the phase it was opened in (a process
+# audit hook, installed once: it sees every Python-level open, whichever code does it).
+HIDDEN_OPENS: list[tuple[str, str]] = []
+PHASE = {"name": "idle"}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and args and synthetic.HIDDEN_DIR in str(args[0]):
+        HIDDEN_OPENS.append((PHASE["name"], str(args[0])))
+
+
+sys.addaudithook(_audit)
 
 
 def tiny_recordings_config(root: pathlib.Path, cache: pathlib.Path) -> ml_collections.ConfigDict:
@@ -50,6 +64,10 @@ def trained_workdir(tmp_path_factory) -> tuple[pathlib.Path, ml_collections.Conf
         root = synthetic.generate(base / "corpus", OPTIONS, workers=1, progress=False)
         config = tiny_recordings_config(root, base / "cache")
         workdir = base / "workdir"
-        train.train_and_evaluate(config, str(workdir))
+        PHASE["name"] = "training"  # preparation, training, checkpoint selection
+        try:
+            train.train_and_evaluate(config, str(workdir))
+        finally:
+            PHASE["name"] = "idle"
         _BUILT["model"] = (workdir, config)
     return _BUILT["model"]

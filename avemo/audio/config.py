@@ -60,6 +60,10 @@ def defaults() -> ml_collections.ConfigDict:
     cfg.speech_energy = ml_collections.ConfigDict()
     cfg.speech_energy.threshold_db = -50.0
     cfg.speech_energy.full_db = -10.0
+    # issue 9: > 0 places the range relative to the session's speech level (95th percentile of
+    # the step power R): threshold max(threshold_db, R - this), full R, so that a distant second
+    # speaker gets m ~ 0 as in the paper (0 = the fixed thresholds above).
+    cfg.speech_energy.session_relative_db = 0.0
     # Also set m = 0 where endpoint detection says silence (not in the paper; off by default).
     cfg.speech_energy.gate_with_speech_mask = False
 

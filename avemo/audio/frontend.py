@@ -133,7 +133,10 @@ def features_from_signal(
 
     energy = step_power_db(signal, num_steps, step_seconds, rate)
     speech_energy = dsp.speech_energy(
-        energy, cfg.speech_energy.threshold_db, cfg.speech_energy.full_db
+        energy,
+        cfg.speech_energy.threshold_db,
+        cfg.speech_energy.full_db,
+        cfg.speech_energy.session_relative_db,
     )
     if cfg.speech_energy.gate_with_speech_mask:
         speech_energy = np.where(speech_mask, speech_energy, np.float32(0.0))

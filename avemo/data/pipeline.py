@@ -133,11 +133,13 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     read_options: grain.ReadOptions | None = None,
+    silence: Mapping[str, np.ndarray] | None = None,
 ) -> grain.IterDataset:
     """Shuffled, repeated, process-sharded, batched training windows.
 
     `read_options`: Grain's reading threads and prefetch buffer (None: `train.pipeline_threads`
     and `train.prefetch_batches`); the data order does not depend on them.
+    `silence`: the inputs of a silent window, for modality dropout (`avemo.data.augment`).
     """
     train = [s for s in sessions if s.split == "train" and s.has_labels]
     if not train:
@@ -155,6 +157,9 @@ def train_dataset(
         config.data.step_seconds,
     )
     ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
+    from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)
+
+    ds = augment.apply(ds, config, silence)
     # Process p reads the p-th contiguous block of every global batch, which is where the mesh
     # puts its rows: the global batch (content and order, hence dropout masks) is the same for
     # any number of processes.

@@ -57,6 +57,9 @@ class AudioGate(nn.Module):
       learned: beta_t = sigmoid(w^T [h_t; c_t] + b), a per-step gate (default);
       scalar:  one learned beta for all steps (beta = sigmoid(b));
       fixed:   beta = `fixed_value`, no parameters (the "no attention" ablation).
+    `availability` [B, L, 2] (m_t, n_t), when given to the learned gate, joins its input:
+    beta_t = sigmoid(w^T [h_t; c_t; m_t; n_t] + b) -- the signals Eq. (31) asks beta to follow,
+    which the states alone carry only indirectly (config `model.gate_inputs`).
     Returns beta [B, L] in (0, 1).
     """
 
@@ -65,12 +68,17 @@ class AudioGate(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, audio: jax.Array, context: jax.Array) -> jax.Array:
+    def __call__(
+        self, audio: jax.Array, context: jax.Array, availability: jax.Array | None = None
+    ) -> jax.Array:
         shape = audio.shape[:-1]
         if self.mode == "learned":
-            logits = nn.Dense(1, dtype=self.dtype, name="w_beta")(
-                jnp.concatenate([audio, context], axis=-1)
-            )[..., 0]
+            inputs = [audio, context]
+            if availability is not None:
+                inputs.append(availability.astype(audio.dtype))
+            logits = nn.Dense(1, dtype=self.dtype, name="w_beta")(jnp.concatenate(inputs, axis=-1))[
+                ..., 0
+            ]
         elif self.mode == "scalar":
             logits = jnp.broadcast_to(self.param("b_beta", nn.initializers.zeros, ()), shape)
         elif self.mode == "fixed":

@@ -5,6 +5,14 @@
   F_t, h_t -> attention (Eq. 28-29) -> c_t ; gate beta_t ; fused = beta h + (1-beta) c (Eq. 30)
   fused -> optional output LSTM -> dense head -> arousal, valence per step.
 
+Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
+  video_lstm_features > 0: a temporal face stream, an LSTM over the pooled face features whose
+    state (projected) is added to c_t, so the face path has its own memory instead of per-frame
+    context under an audio query;
+  gate_inputs "states+availability": beta_t also sees m_t and n_t (Eq. 31's targets);
+  modality_heads: per-modality regression heads on h_t and on the face vector, trained by
+    `loss.modality_head_weight`, so each stream must carry the labels on its own.
+
 Modes for ablations: "fusion" (the paper's model), "audio" (h_t only) and "video" (the attention
 query comes from an LSTM over the pooled face features; the fused vector is c_t).
 """
@@ -51,6 +59,9 @@ class BimodalModel(nn.Module):
     attention_features: int = 64
     gate: str = "learned"
     fixed_gate_value: float = 0.5
+    gate_inputs: str = "states"
+    video_lstm_features: int = 0
+    modality_heads: bool = False
     output_lstm_features: int = 64
     head_dropout: float = 0.1
     num_outputs: int = 2
@@ -125,6 +136,17 @@ class BimodalModel(nn.Module):
             self.lstm_features, self.audio_dense_features, dtype=self.dtype, name="audio_lstm"
         )(x)
 
+    def _face_memory(self, fmap: jax.Array) -> jax.Array:
+        """Temporal face stream: LSTM over the pooled face map, projected to c_t's space."""
+        memory = SequenceLSTM(self.video_lstm_features, dtype=self.dtype, name="face_lstm")(
+            fmap.mean(axis=2)
+        )
+        return nn.Dense(self.lstm_features, dtype=self.dtype, name="face_memory")(memory)
+
+    def _stream_head(self, x: jax.Array, name: str) -> jax.Array:
+        """A per-modality (A, V) head (modality_heads)."""
+        return nn.Dense(self.num_outputs, dtype=self.dtype, name=name)(x).astype(jnp.float32)
+
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], train: bool = False) -> dict[str, jax.Array]:
         out: dict[str, jax.Array] = {}
@@ -148,12 +170,20 @@ class BimodalModel(nn.Module):
                 self.attention_features, self.lstm_features, dtype=self.dtype, name="attention"
             )(maps, h, stride)
             out["attention"] = weights
+            if self.mode == "fusion" and self.video_lstm_features:
+                context = context + self._face_memory(fmap)
         if self.mode == "fusion":
+            availability = None
+            if self.gate_inputs == "states+availability":
+                availability = jnp.stack([batch["speech_energy"], batch["face_present"]], -1)
             beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype, name="gate")(
-                h, context
+                h, context, availability
             )
             fused = fuse(h, context, beta)
             out["audio_gate"] = beta
+            if self.modality_heads:
+                out["audio_outputs"] = self._stream_head(h, "audio_head")
+                out["video_outputs"] = self._stream_head(context, "video_head")
         elif self.mode == "audio":
             fused = h
         else:
@@ -190,6 +220,9 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         attention_features=model_cfg.attention_features,
         gate=model_cfg.gate,
         fixed_gate_value=model_cfg.fixed_gate_value,
+        gate_inputs=model_cfg.gate_inputs,
+        video_lstm_features=model_cfg.video_lstm_features,
+        modality_heads=model_cfg.modality_heads,
         output_lstm_features=model_cfg.output_lstm_features,
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,

@@ -135,3 +135,20 @@ def test_speech_energy_thresholds():
     np.testing.assert_allclose(m, [0, 0, 0, 0.5, 1, 1])
     with pytest.raises(ValueError):
         dsp.speech_energy(np.zeros(3), -10.0, -50.0)
+
+
+def test_speech_energy_relative_to_the_session_level():
+    """session_relative_db: the range sits below the session's 95th-percentile power."""
+    power = np.concatenate([np.full(90, -60.0), np.full(5, -45.0), np.full(5, -20.0)])
+    m = dsp.speech_energy(power, -50.0, -10.0, session_relative_db=18.0)
+    # Closed form: R = the 95th percentile, threshold max(-50, R - 18), full R.
+    reference = np.percentile(power, 95)
+    threshold = max(-50.0, reference - 18.0)
+    expected = np.clip((power - threshold) / (reference - threshold), 0, 1)
+    np.testing.assert_allclose(m, expected, atol=1e-6)
+    # A quiet distant talker 25 dB under a loud subject gets m = 0; the fixed range does not.
+    loud = np.concatenate([np.full(50, -20.0), np.full(50, -45.0)])
+    assert dsp.speech_energy(loud, session_relative_db=18.0)[50:].max() == 0.0
+    assert dsp.speech_energy(loud)[50:].min() > 0.0
+    # Digital silence stays 0 (the absolute threshold still applies).
+    assert dsp.speech_energy(np.full(10, -120.0), session_relative_db=18.0).max() == 0.0

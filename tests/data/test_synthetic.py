@@ -26,15 +26,28 @@ def decode(path):
     return np.stack(frames)
 
 
+def truth_path(root, name):
+    """ground_truth/<name>.npz; the test split's sits in the hidden folder."""
+    folder = root / synthetic.HIDDEN_DIR if name.startswith("test") else root
+    return folder / "ground_truth" / f"{name}.npz"
+
+
 def test_layout_and_test_split_without_labels(tiny_corpus):
     for name in ("train_1", "dev_1", "test_1"):
         assert (tiny_corpus / "recordings_audio" / f"{name}.wav").is_file()
         assert (tiny_corpus / "recordings_video" / f"{name}.mp4").is_file()
         assert (tiny_corpus / "recordings_video_frame_time" / f"{name}.csv").is_file()
-        assert (tiny_corpus / "ground_truth" / f"{name}.npz").is_file()
+        assert truth_path(tiny_corpus, name).is_file()
     for dimension in ("arousal", "valence"):
         assert (tiny_corpus / "ratings_gold_standard" / dimension / "dev_1.arff").is_file()
         assert not (tiny_corpus / "ratings_gold_standard" / dimension / "test_1.arff").exists()
+        # The test gold standard exists, apart from the release layout (hidden from training).
+        assert (tiny_corpus / synthetic.HIDDEN_DIR / dimension / "test_1.arff").is_file()
+    assert not (tiny_corpus / "ground_truth" / "test_1.npz").exists()
+    hidden = synthetic.hidden_test_labels(tiny_corpus, "test_1")
+    truth = np.load(truth_path(tiny_corpus, "test_1"))
+    np.testing.assert_allclose(hidden.values[:, 1], truth["gold_valence"], atol=1e-5)
+    assert synthetic.hidden_test_labels(tiny_corpus, "dev_1") is None
     assert not list(tiny_corpus.rglob(".*tmp*")), "temporary files left behind"
 
 
@@ -103,7 +116,7 @@ def test_haar_detector_agrees_with_ground_truth(tiny_corpus):
     agreements = []
     for name in ("train_1", "dev_1", "test_1"):
         frames = decode(tiny_corpus / f"recordings_video/{name}.mp4")
-        face_present = np.load(tiny_corpus / f"ground_truth/{name}.npz")["face_present"]
+        face_present = np.load(truth_path(tiny_corpus, name))["face_present"]
         assert 0.05 < 1 - face_present.mean() < 0.3  # The no-face hard case is there.
         for k, frame in enumerate(frames):
             gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
@@ -140,7 +153,7 @@ def test_silence_and_distant_speaker_are_quiet(tiny_corpus):
     energies, speaking, silent, other = [], [], [], []
     for name in ("train_1", "dev_1", "test_1"):
         audio, rate = soundfile.read(str(tiny_corpus / f"recordings_audio/{name}.wav"))
-        truth = np.load(tiny_corpus / f"ground_truth/{name}.npz")
+        truth = np.load(truth_path(tiny_corpus, name))
         step = int(0.04 * rate)
         num = len(truth["segment"]) - 1
         energies.append([np.mean(audio[k * step : (k + 1) * step] ** 2) for k in range(num)])
@@ -189,3 +202,29 @@ def test_voice_pitch_and_loudness_follow_arousal():
     # Designed: +4 semitones per unit arousal (plus a wider range) and +7 dB per unit arousal.
     assert np.median(pitches[high]) / np.median(pitches[low]) > 1.25
     assert 10 * np.log10(np.e) * (np.mean(levels[high]) - np.mean(levels[low])) > 6.0
+
+
+def test_hard_variant_voice_carries_no_valence_at_zero():
+    """`voice_valence` scales the voice's valence cues; 0 removes them (arousal cues stay)."""
+    rate = 8000
+    n = rate // 2
+    arousal, active = np.full(n, 0.3), np.ones(n)
+
+    def voice(valence, strength, arousal=arousal):
+        rng = np.random.default_rng(7)
+        return synthetic.synthesize_voice(
+            rng, arousal, np.full(n, valence), active, rate, 200.0, voice_valence=strength
+        )[0]
+
+    np.testing.assert_allclose(voice(0.8, 0.0), voice(-0.8, 0.0), atol=1e-9)
+    assert not np.allclose(voice(0.8, 1.0), voice(-0.8, 1.0))
+    assert not np.allclose(voice(0.8, 0.0), voice(0.8, 0.0, np.full(n, -0.5)))
+
+
+def test_test_sessions_can_be_longer(tmp_path):
+    options = synthetic.SyntheticOptions(
+        train_sessions=0, dev_sessions=0, test_sessions=1, seconds=2.0, test_seconds=3.0
+    )
+    synthetic.generate(tmp_path, options, workers=1, progress=False)
+    labels = synthetic.hidden_test_labels(tmp_path, "test_1")
+    assert labels.values.shape[0] == int(round(3.0 / 0.04)) + 1

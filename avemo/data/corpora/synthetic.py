@@ -4,6 +4,11 @@ Raw data for the whole system without licensed recordings: per session a 25 fps 
 photograph (skimage's astronaut) warped by the latent emotion, a 16 kHz wav of source–filter speech
 driven by it, and gold-standard ARFF files averaged from six simulated, delayed, noisy raters. It
 contains the hard cases of the paper's §5.2 (no face in view, silence, a distant second speaker).
+The test split's gold standard is written apart, under ``hidden_test_labels/`` (never under
+``ratings_gold_standard/``), as the AVEC organisers kept it: readers, preparation, training,
+checkpoint selection and post-processing never see it; only ``python -m avemo.evaluate --split
+test`` reads it (``hidden_test_labels``). ``voice_valence`` < 1 gives the hard variant, whose voice
+carries little valence.
 Run ``python -m avemo.data.corpora.synthetic --out DIR [--size default|large|tiny] [--seed N]``.
 See docs/corpus.md for the design and measured properties.
 """
@@ -32,8 +37,12 @@ from avemo.data.corpora import arff_io
 from avemo.data.corpora.base import CorpusError
 
 # Bump when the generator's output changes, so cached corpora are regenerated.
-GENERATOR_VERSION = 2
+# 3: the test split's gold standard and ground truth are written under HIDDEN_DIR; test_seconds and
+# voice_valence options.
+GENERATOR_VERSION = 3
 MARKER_NAME = "corpus.json"
+# The hidden test gold standard: {arousal,valence}/test_k.arff and ground_truth/test_k.npz.
+HIDDEN_DIR = "hidden_test_labels"
 STEP_SECONDS = 0.04
 
 # Segment kinds of the hard-case schedule (ground_truth/*.npz "segment").
@@ -66,6 +75,10 @@ class SyntheticOptions:
     fps: float = 25.0
     sample_rate: int = 16000
     num_raters: int = 6
+    test_seconds: float = 0.0  # duration of each test session; 0 = `seconds`
+    # Strength of the voice's valence cues (pitch level, spectral tilt, formant shift): 1 = the
+    # default corpus; the hard variant (0.35) leaves valence mostly to the face.
+    voice_valence: float = 1.0
 
     @classmethod
     def from_config(cls, cfg) -> SyntheticOptions:
@@ -202,6 +215,7 @@ def synthesize_voice(
     sample_rate: int,
     f0_base: float,
     formant_scale: float = 1.0,
+    voice_valence: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Speech-like sound whose prosody follows arousal (and spectral tilt valence).
 
@@ -212,6 +226,8 @@ def synthesize_voice(
 
     Args:
       arousal, valence, active: Per-sample controls (active in [0, 1] gates speech).
+      voice_valence: Scales the three valence cues (1: pitch +0.5 st, tilt 0.45, formants +8 %
+        at valence 1).
 
     Returns:
       ``(waveform, envelope)`` per sample; the envelope is the syllable amplitude (0 in pauses).
@@ -238,7 +254,7 @@ def synthesize_voice(
     semitones = (
         4.0 * arousal
         + (1.5 + 1.5 * (arousal + 1)) * accent[syllable] * np.sin(np.pi * np.clip(position, 0, 1))
-        + 0.5 * valence
+        + 0.5 * voice_valence * valence
     )
     f0 = f0_base * 2.0 ** (semitones / 12.0)
     glottal_phase = np.cumsum(f0) / sample_rate
@@ -253,7 +269,7 @@ def synthesize_voice(
     source += 0.02 * rng.standard_normal(num) * flow  # Aspiration.
     # Brightness (spectral tilt): mix in a pre-emphasised copy; more with valence and arousal.
     emphasised = source - 0.95 * np.concatenate([[0.0], source[:-1]])
-    brightness = np.clip(0.6 + 0.45 * valence + 0.2 * arousal, 0.05, None)
+    brightness = np.clip(0.6 + 0.45 * voice_valence * valence + 0.2 * arousal, 0.05, None)
     source = source + brightness * emphasised
 
     smile = (valence + 1.0) / 2.0
@@ -262,7 +278,7 @@ def synthesize_voice(
         selected = vowel[syllable] == index
         if not selected.any():
             continue
-        for shift, weight in ((1.0, 1.0 - smile), (1.08, smile)):
+        for shift, weight in ((1.0, 1.0 - smile), (1.0 + 0.08 * voice_valence, smile)):
             sos = _formant_sos(formants * formant_scale * shift, sample_rate)
             filtered = signal.sosfilt(sos, source)
             filtered /= np.sqrt(np.mean(filtered**2)) + 1e-12
@@ -300,6 +316,7 @@ def render_audio(
     other_speaking: np.ndarray,
     num_samples: int,
     sample_rate: int,
+    voice_valence: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The session's audio: the subject, the distant second speaker, and room noise.
 
@@ -319,6 +336,7 @@ def render_audio(
         per_sample(subject_speaking),
         sample_rate,
         f0_base=200.0,
+        voice_valence=voice_valence,
     )
     # The second speaker's prosody follows its own, unrelated emotion.
     other_arousal = latent_trajectory(rng, arousal.size)
@@ -482,7 +500,8 @@ def generate_session(root: pathlib.Path, name: str, split: str, index: int, opti
     """Writes every file of one session under ``root`` (each one atomically)."""
     cv2.setNumThreads(1)
     rng = _session_rng(options.seed, split, index)
-    num_steps = int(round(options.seconds / STEP_SECONDS)) + 1
+    seconds = options.test_seconds if split == "test" and options.test_seconds else options.seconds
+    num_steps = int(round(seconds / STEP_SECONDS)) + 1
     arousal = latent_trajectory(rng, num_steps)
     valence = latent_trajectory(rng, num_steps)
     segment = hard_case_schedule(rng, num_steps)
@@ -492,9 +511,16 @@ def generate_session(root: pathlib.Path, name: str, split: str, index: int, opti
     face_present = segment != NO_FACE
 
     # Audio.
-    num_samples = int(round(options.seconds * options.sample_rate))
+    num_samples = int(round(seconds * options.sample_rate))
     waveform, envelope = render_audio(
-        rng, arousal, valence, subject_speaking, other_speaking, num_samples, options.sample_rate
+        rng,
+        arousal,
+        valence,
+        subject_speaking,
+        other_speaking,
+        num_samples,
+        options.sample_rate,
+        options.voice_valence,
     )
     samples_per_step = STEP_SECONDS * options.sample_rate
     step_of_sample = np.minimum(
@@ -510,7 +536,7 @@ def generate_session(root: pathlib.Path, name: str, split: str, index: int, opti
     )
 
     # Video: frame k shows time k / fps; controls are read from the step grid.
-    num_frames = int(round(options.seconds * options.fps))
+    num_frames = int(round(seconds * options.fps))
     frame_times = np.arange(num_frames) / options.fps
     background = render_background(rng, options.frame_width, options.frame_height)
     step_times = np.arange(num_steps) * STEP_SECONDS
@@ -562,17 +588,15 @@ def generate_session(root: pathlib.Path, name: str, split: str, index: int, opti
         root / "recordings_video_frame_time" / f"{name}.csv", "frame;time\n" + frame_rows
     )
 
-    # Labels: six raters averaged; none for the test split (as in the official release).
+    # Labels: six raters averaged. The test split's go to HIDDEN_DIR, not to the release's
+    # ratings_gold_standard/ (as in the official release, which has none for test).
     gold = {}
+    label_root = root / (HIDDEN_DIR if split == "test" else "ratings_gold_standard")
     for dimension, latent in (("arousal", arousal), ("valence", valence)):
         gold[dimension] = rate(rng, latent, options.num_raters).mean(axis=0)
-        if split != "test":
-            arff_io.write_gold_standard(
-                root / "ratings_gold_standard" / dimension / f"{name}.arff",
-                name,
-                step_times,
-                gold[dimension],
-            )
+        arff_io.write_gold_standard(
+            label_root / dimension / f"{name}.arff", name, step_times, gold[dimension]
+        )
 
     ground_truth = dict(
         times=step_times,
@@ -586,10 +610,24 @@ def generate_session(root: pathlib.Path, name: str, split: str, index: int, opti
         segment=segment,
         segment_names=np.array(SEGMENT_NAMES),
     )
+    truth_root = root / HIDDEN_DIR if split == "test" else root
     _write_atomically(
-        root / "ground_truth" / f"{name}.npz",
+        truth_root / "ground_truth" / f"{name}.npz",
         lambda path: np.savez_compressed(path, **ground_truth),
     )
+
+
+def hidden_test_labels(root: str | os.PathLike, name: str, step_seconds: float = STEP_SECONDS):
+    """The hidden gold standard of test session `name` (``avemo.evaluate --split test`` only).
+
+    Returns:
+      ``Labels`` on the step grid, or None when `root` holds no hidden labels for `name`.
+    """
+    folder = pathlib.Path(root) / HIDDEN_DIR
+    paths = [folder / dimension / f"{name}.arff" for dimension in ("arousal", "valence")]
+    if not all(path.is_file() for path in paths):
+        return None
+    return arff_io.read_label_pair(*paths, step_seconds=step_seconds)
 
 
 def _write_atomically(path: pathlib.Path, write) -> None:

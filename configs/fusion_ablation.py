@@ -1,0 +1,59 @@
+"""Fusion ablation rows (docs/fusion.md): the paper's model, each remedy added one at a time.
+
+Run: python -m avemo.main --config configs/fusion_ablation.py:ROW --workdir W [--config.seed=S]
+     [--config.data.synthetic.voice_valence=0.35]   # the hard corpus variant
+
+ROW (cumulative, in this order):
+  paper           the paper's model at the CPU default's size (no remedy; lambda 0.1)
+  audio_dropout   + element-wise audio input dropout 0.5 (the previous default)
+  relative_m      + speech energy m relative to the session level (18 dB)
+  modality_drop   + modality dropout 0.3 (whole windows without face / voice)
+  gate_mn         + gate sees m and n
+  face_lstm       + temporal face stream (LSTM 32)
+  heads           + per-modality heads (weight 0.5)
+  default         + lambda = 1: the new default (configs/default.py)
+  audio, video    single-modality models with the default's settings that apply to them
+"""
+
+from configs import default
+
+ROWS = (
+    "paper",
+    "audio_dropout",
+    "relative_m",
+    "modality_drop",
+    "gate_mn",
+    "face_lstm",
+    "heads",
+    "default",
+)
+
+
+def get_config(arg=None):
+    row = arg or "default"
+    c = default.get_config()
+    if row in ("audio", "video"):
+        c.model.mode = row
+        c.train.modality_dropout = 0.0  # one stream: nothing to drop
+        c.model.modality_heads = False
+        c.model.gate_inputs = "states"
+        c.model.video_lstm_features = 0
+        return c
+    if row not in ROWS:
+        raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
+    keep = ROWS.index(row)
+    if keep < ROWS.index("default"):
+        c.loss.aux_weight = 0.1
+    if keep < ROWS.index("heads"):
+        c.model.modality_heads = False
+    if keep < ROWS.index("face_lstm"):
+        c.model.video_lstm_features = 0
+    if keep < ROWS.index("gate_mn"):
+        c.model.gate_inputs = "states"
+    if keep < ROWS.index("modality_drop"):
+        c.train.modality_dropout = 0.0
+    if keep < ROWS.index("relative_m"):
+        c.audio.speech_energy.session_relative_db = 0.0
+    if keep < ROWS.index("audio_dropout"):
+        c.model.audio_input_dropout = 0.0
+    return c

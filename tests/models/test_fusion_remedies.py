@@ -1,0 +1,121 @@
+"""Issue 9's fusion remedies: availability-aware gate, temporal face stream, per-modality heads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avemo import config as config_lib
+from avemo import objectives
+from avemo.models.attention import AudioGate
+from avemo.models.bimodal import BimodalModel
+from configs import tiny
+
+
+def _batch(b=2, length=6, size=16, dim=6):
+    rng = np.random.default_rng(0)
+    return {
+        "faces": rng.integers(0, 255, (b, length, size, size, 1)).astype(np.uint8),
+        "audio_features": rng.standard_normal((b, length, dim)).astype(np.float32),
+        "speech_energy": rng.uniform(size=(b, length)).astype(np.float32),
+        "face_present": (rng.uniform(size=(b, length)) > 0.3).astype(np.float32),
+        "labels": rng.uniform(-1, 1, (b, length, 2)).astype(np.float32),
+        "mask": np.ones((b, length), np.float32),
+    }
+
+
+def _model(**kw):
+    kw = {"output_lstm_features": 8, **kw}
+    return BimodalModel(
+        conv_features=(4, 8, 8), fc_features=(8, 8), lstm_features=8, audio_dense_features=8,
+        attention_features=8, **kw,
+    )  # fmt: skip
+
+
+def test_availability_gate_is_sigmoid_of_states_and_m_n():
+    rng = np.random.default_rng(1)
+    h, c = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
+    avail = rng.uniform(size=(2, 3, 2))
+    gate = AudioGate("learned")
+    variables = gate.init(jax.random.key(0), h, c, avail)
+    w = variables["params"]["w_beta"]["kernel"][:, 0]
+    b = variables["params"]["w_beta"]["bias"][0]
+    assert w.shape == (10,)
+    expected = jax.nn.sigmoid(np.concatenate([h, c, avail], -1) @ w + b)
+    np.testing.assert_allclose(gate.apply(variables, h, c, avail), expected, rtol=1e-5)
+
+
+def test_gate_with_availability_reacts_to_m_and_n_only_through_its_input():
+    batch = _batch()
+    model = _model(gate_inputs="states+availability")
+    variables = model.init(jax.random.key(0), batch)
+    beta = model.apply(variables, batch)["audio_gate"]
+    changed = dict(batch, speech_energy=1.0 - batch["speech_energy"])
+    assert not np.allclose(model.apply(variables, changed)["audio_gate"], beta)
+    plain = _model()
+    pv = plain.init(jax.random.key(0), batch)
+    np.testing.assert_allclose(
+        plain.apply(pv, changed)["audio_gate"], plain.apply(pv, batch)["audio_gate"]
+    )
+
+
+def test_face_memory_gives_the_face_path_temporal_state():
+    """With the face LSTM, an earlier face changes later outputs even with the audio fixed."""
+    batch = _batch()
+    model = _model(
+        video_lstm_features=8, gate="fixed", fixed_gate_value=0.0, output_lstm_features=0
+    )
+    variables = model.init(jax.random.key(0), batch)
+    assert "face_lstm" in variables["params"]
+    out = model.apply(variables, batch)["outputs"]
+    earlier = dict(batch, faces=batch["faces"].copy())
+    earlier["faces"][:, 0] = 255 - earlier["faces"][:, 0]
+    later = model.apply(variables, earlier)["outputs"]
+    assert not np.allclose(out[:, -1], later[:, -1])
+    # Without it (and without the output LSTM) the face path is per frame: step -1 is unchanged.
+    plain = _model(gate="fixed", fixed_gate_value=0.0, output_lstm_features=0)
+    pv = plain.init(jax.random.key(0), batch)
+    np.testing.assert_allclose(
+        plain.apply(pv, batch)["outputs"][:, -1],
+        plain.apply(pv, earlier)["outputs"][:, -1],
+        atol=1e-5,
+    )
+
+
+def test_modality_heads_and_their_loss():
+    batch = _batch()
+    model = _model(modality_heads=True)
+    variables = model.init(jax.random.key(0), batch)
+    out = model.apply(variables, batch)
+    assert out["audio_outputs"].shape == out["video_outputs"].shape == (2, 6, 2)
+    loss = objectives.modality_head_loss("rmse", out, batch)
+    face = batch["mask"] * batch["face_present"]
+    expected = objectives.rmse(out["audio_outputs"], batch["labels"], batch["mask"]) + (
+        objectives.rmse(out["video_outputs"], batch["labels"], face)
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    # The face head's loss ignores steps without a face.
+    poisoned = dict(out, video_outputs=jnp.where(face[..., None] > 0, out["video_outputs"], 99.0))
+    np.testing.assert_allclose(objectives.modality_head_loss("rmse", poisoned, batch), loss)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("model.gate_inputs", "everything"),
+        ("model.video_lstm_features", -1),
+        ("loss.modality_head_weight", -0.1),
+        ("train.modality_dropout", 1.0),
+        ("data.synthetic.voice_valence", 1.5),
+        ("data.synthetic.test_seconds", -1.0),
+    ],
+)
+def test_new_keys_are_validated(key, value):
+    c = tiny.get_config()
+    section, name = key.rsplit(".", 1)
+    node = c
+    for part in section.split("."):
+        node = node[part]
+    node[name] = value
+    with pytest.raises(config_lib.ConfigError, match=name):
+        config_lib.validate(c)
