@@ -36,26 +36,34 @@ def best_mode(metric: str) -> str:
 class Checkpointer:
     """Saves and restores (state, data iterator, metadata) under `workdir/checkpoints`."""
 
-    def __init__(self, workdir: str, best_metric: str, async_save: bool = True):
+    def __init__(self, workdir: str, best_metric: str | None, async_save: bool = True):
+        """`best_metric` None keeps the latest checkpoint only (no selection, e.g. the shared
+        state of a population, whose members select their own best)."""
         self.best_metric = best_metric
-        self.best_mode = best_mode(best_metric)
-        get_metric = lambda metrics: metrics[best_metric]  # noqa: E731
-        options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=async_save,
-            best_fn=get_metric,
-            best_mode=self.best_mode,
-            preservation_policy=policies.AnyPreservationPolicy(
-                [
-                    policies.LatestN(1),
-                    policies.BestN(
-                        get_metric_fn=get_metric,
-                        reverse=self.best_mode == "min",  # the best sorts last either way
-                        n=1,
-                        keep_checkpoints_without_metrics=False,
-                    ),
-                ]
-            ),
-        )
+        if best_metric is None:
+            self.best_mode = None
+            options = ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=async_save, max_to_keep=1
+            )
+        else:
+            self.best_mode = best_mode(best_metric)
+            get_metric = lambda metrics: metrics[best_metric]  # noqa: E731
+            options = ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=async_save,
+                best_fn=get_metric,
+                best_mode=self.best_mode,
+                preservation_policy=policies.AnyPreservationPolicy(
+                    [
+                        policies.LatestN(1),
+                        policies.BestN(
+                            get_metric_fn=get_metric,
+                            reverse=self.best_mode == "min",  # the best sorts last either way
+                            n=1,
+                            keep_checkpoints_without_metrics=False,
+                        ),
+                    ]
+                ),
+            )
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 

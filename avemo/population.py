@@ -638,7 +638,7 @@ def train_population(
     plan = pipeline.eval_plan(eval_sessions, config) if eval_sessions else None
     writers = [MetricWriter(w) for w in workdirs]
     best_metric = f"dev/{config.checkpoint.best_metric}"
-    pop_ckpt = checkpointing.Checkpointer(population_dir, "population/none", async_save=False)
+    pop_ckpt = checkpointing.Checkpointer(population_dir, None, async_save=False)
     member_ckpts = (
         [checkpointing.Checkpointer(w, best_metric, config.checkpoint.async_save) for w in workdirs]
         if config.checkpoint.enabled
