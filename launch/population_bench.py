@@ -31,7 +31,7 @@ def measure(config_spec: str, k: int, member_conv: str, steps: int, data_order: 
     import numpy as np
 
     from avemo import population, train
-    from avemo.data import pipeline
+    from avemo.data import augment, pipeline
     from launch import sweep
 
     base = sweep.build_config(config_spec, {})
@@ -48,7 +48,15 @@ def measure(config_spec: str, k: int, member_conv: str, steps: int, data_order: 
     sessions = population.attach_frozen_features(trainer, sessions)  # frozen: cached maps
     state = trainer.init_state()
     iters = [
-        iter(pipeline.train_dataset(sessions, c))
+        iter(
+            pipeline.train_dataset(  # silent window of zeros (the training mean): timing only
+                sessions,
+                c,
+                silence=augment.silent_window(
+                    c, None, int(sessions[0].arrays["audio_features"].shape[-1])
+                ),
+            )
+        )
         for c in configs[: (k if data_order == "member" else 1)]
     ]
     local = [next(it) for it in iters]

@@ -150,7 +150,7 @@ class _Runner:
 
     def __init__(self, config, name: str, batch: dict, sessions: list, steps: int):
         from avemo import train
-        from avemo.data import frozen, pipeline
+        from avemo.data import augment, frozen, pipeline
 
         self.config, self.name, self.steps = config, name, steps
         self.trainer = train.Trainer(config, batch, 10_000)
@@ -165,7 +165,11 @@ class _Runner:
                 np.asarray(maps[:length]), (b, length) + maps.shape[1:]
             ).copy()
         self.batch = self.trainer.to_global(batch)
-        self.iterator = iter(pipeline.train_dataset(sessions, config))
+        # Modality dropout's silent window: zeros (the training mean) do for timing.
+        silence = augment.silent_window(
+            config, None, int(sessions[0].arrays["audio_features"].shape[-1])
+        )
+        self.iterator = iter(pipeline.train_dataset(sessions, config, silence=silence))
         self.state, m = self.trainer.train_step(self.state, self.batch, self.trainer.base_rng)
         self.state, m = self.trainer.train_step(
             self.state, self.trainer.to_global(next(self.iterator)), self.trainer.base_rng
