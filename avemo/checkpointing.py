@@ -104,6 +104,22 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], restored["meta"]
 
+    def restore_matching(
+        self, step: int, abstract_state: Any, data_iterator: Any | None, advice: str
+    ) -> tuple[Any, dict]:
+        """`restore`, with a checkpoint of another model turned into one ConfigError line.
+
+        `advice`: what the user should do (e.g. "use a new --workdir")."""
+        from avemo.config import ConfigError
+
+        try:
+            return self.restore(step, abstract_state, data_iterator)
+        except ValueError as err:
+            raise ConfigError(
+                f"the checkpoint at step {step} in {self.directory} does not match this config "
+                f"(model or optimizer changed?); {advice}. Orbax: {str(err).splitlines()[0]}"
+            ) from err
+
     def restore_meta(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
             "meta"

@@ -115,6 +115,11 @@ def differing_keys(configs: Sequence[ml_collections.ConfigDict]) -> list[str]:
     return [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
 
 
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """A member's Flax variables: its params, plus batch stats if the model has any."""
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
 def population_name(workdirs: Sequence[str]) -> str:
     """A stable directory name for the population of these member workdirs."""
     digest = hashlib.sha1("\n".join(os.path.abspath(w) for w in workdirs).encode()).hexdigest()
@@ -396,9 +401,7 @@ class PopulationTrainer:
                 b = dict(b)
                 if fmap is not None:
                     b["face_feature_map"] = fmap  # `faces` stays: it gives the step count
-                variables = {"params": p}
-                if bs:
-                    variables["batch_stats"] = bs
+                variables = _variables(p, bs)
                 outputs, updates = self._member_model(h).apply(
                     variables, b, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
                 )
@@ -455,9 +458,7 @@ class PopulationTrainer:
             b = dict(batch)
             if fmap is not None:
                 b["face_feature_map"] = fmap  # `faces` stays: it gives the step count
-            variables = {"params": p}
-            if bs:
-                variables["batch_stats"] = bs
+            variables = _variables(p, bs)
             outputs = self.model.apply(variables, b, train=False)
             keep = {"outputs": outputs["outputs"]}
             if "audio_gate" in outputs:
@@ -658,14 +659,9 @@ def train_population(
     last_eval: list[dict[str, float]] = [{} for _ in range(k)]
     if pop_ckpt.latest_step() is not None:
         start_step = pop_ckpt.latest_step()
-        try:
-            state, meta = pop_ckpt.restore(start_step, trainer.restore_target(), None)
-        except ValueError as err:
-            raise config_lib.ConfigError(
-                f"the population checkpoint at step {start_step} in {pop_ckpt.directory} does "
-                "not match these members; use a new sweep root. Orbax: "
-                f"{str(err).splitlines()[0]}"
-            ) from err
+        state, meta = pop_ckpt.restore_matching(
+            start_step, trainer.restore_target(), None, "use a new sweep root"
+        )
         for it, it_state in zip(iters, meta["data"], strict=True):
             it.set_state(it_state)
         last_eval = meta["last_eval"]

@@ -222,20 +222,24 @@ def audio_task(job: Job, report: Report | None = None) -> dict[str, Any]:
         notes.append("no audio track: features of silence, m = 0 (face only)")
         silent = True
     progress = None if report is None else (lambda seconds: report("audio", seconds))
+
+    def extract(signal, report=None):
+        return frontend.extract_long(
+            signal,
+            job.num_steps,
+            cfg,
+            job.step_seconds,
+            chunk_seconds=AUDIO_CHUNK_SECONDS,
+            margin_seconds=AUDIO_MARGIN_SECONDS,
+            keep_logmel=keep_logmel,
+            report=report,
+            progress=progress,
+        )
+
     out = None
     if not silent:
         try:
-            out = frontend.extract_long(
-                source,
-                job.num_steps,
-                cfg,
-                job.step_seconds,
-                chunk_seconds=AUDIO_CHUNK_SECONDS,
-                margin_seconds=AUDIO_MARGIN_SECONDS,
-                keep_logmel=keep_logmel,
-                report=load_report,
-                progress=progress,
-            )
+            out = extract(source, load_report)
         except AudioError as error:
             if job.audio_path is not None:
                 raise
@@ -243,16 +247,7 @@ def audio_task(job: Job, report: Report | None = None) -> dict[str, Any]:
             silent = True
     if silent:
         samples = int(math.ceil((job.num_steps - 1) * job.step_seconds * cfg.sample_rate)) + 1
-        out = frontend.extract_long(
-            (np.zeros(samples, np.float32), cfg.sample_rate),
-            job.num_steps,
-            cfg,
-            job.step_seconds,
-            chunk_seconds=AUDIO_CHUNK_SECONDS,
-            margin_seconds=AUDIO_MARGIN_SECONDS,
-            keep_logmel=keep_logmel,
-            progress=progress,
-        )
+        out = extract((np.zeros(samples, np.float32), cfg.sample_rate))
         out["speech_energy"] = np.zeros(job.num_steps, np.float32)
     else:
         notes += _audio_notes(load_report, cfg, job)

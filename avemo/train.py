@@ -446,14 +446,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = 0
     if ckpt is not None and ckpt.latest_step() is not None:
         start_step = ckpt.latest_step()
-        try:
-            state, _ = ckpt.restore(start_step, trainer.restore_target(), data_iter)
-        except ValueError as err:
-            raise config_lib.ConfigError(
-                f"the checkpoint at step {start_step} in {ckpt.directory} does not match this "
-                "config (model or optimizer changed?); use a new --workdir. Orbax: "
-                f"{str(err).splitlines()[0]}"
-            ) from err
+        state, _ = ckpt.restore_matching(
+            start_step, trainer.restore_target(), data_iter, "use a new --workdir"
+        )
         log.info("Resumed from %s at step %d.", ckpt.directory, start_step)
     else:
         state = trainer.init_state()
