@@ -36,10 +36,11 @@ _FLUSH_STEPS = 500  # crops buffered before they are appended to the faces file
 _PROGRESS_STEPS = 250  # report video progress every this many steps (10 s of media)
 AUDIO_CHUNK_SECONDS = 300.0
 AUDIO_MARGIN_SECONDS = 10.0
-# Video segments for parallel workers: about this long (steps), each decoded from this many
-# steps before its start (1 s: the tracker's full search every 10 steps and the 5-step smoother
-# have settled by then).
-SEGMENT_STEPS = 7500
+# Video segments for parallel workers: about this long (steps; 2 minutes: short enough that
+# the workers run out of work at about the same time, measured 40.2 -> see docs/predict.md),
+# each decoded from this many steps before its start (1 s: the tracker starts with a full
+# search, and the smoother's 6-step look-back has settled by then).
+SEGMENT_STEPS = 3000
 SEGMENT_OVERLAP_STEPS = 25
 
 Report = Callable[[str, float], None]  # (stage, seconds of media done)
@@ -308,6 +309,11 @@ def worker_init(queue) -> None:
     _QUEUE = queue
     logging.getLogger().setLevel(logging.ERROR)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+
+    # One core per worker: the pool is the parallelism. OpenCV's own threads in each worker
+    # would oversubscribe the cores (Haar detection on tiny regions gains nothing from them).
+    cv2.setNumThreads(1)
 
 
 def _queue_report(name: str) -> Report | None:

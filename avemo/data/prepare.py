@@ -68,7 +68,9 @@ def cache_key(session: Session, config: ml_collections.ConfigDict) -> str:
     """Digest of the session's input files' content and of every front-end setting."""
     parts = {
         "version": CACHE_VERSION,
-        "frontend": 2,  # 2: one container clock for audio/video, gap filling, new stereo mix-down
+        # 2: one container clock for audio/video, gap filling, new stereo mix-down;
+        # 3: gray frames from the luma plane, cheaper face tracking (new detector keys)
+        "frontend": 3,
         "video": _file_digest(session.video_path),
         "audio": _file_digest(session.audio_path),
         "frame_times": _file_digest(session.frame_times_path),

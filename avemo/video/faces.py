@@ -34,32 +34,36 @@ class FaceDetector:
         """The gray image the cascade sees (downscaled, never up); source px per its px."""
         height, width = frame.shape[:2]
         scale = max(1.0, width / self._detect_width)
-        small = frame
+        small = _gray(frame)  # before resizing: a third of the pixels to resample
         if scale > 1.0:
             size = (self._detect_width, max(1, round(height / scale)))
-            small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-        if small.ndim == 3:
-            small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+            small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
         if self._equalize:
             small = cv2.equalizeHist(small)
         return small, width / small.shape[1]
 
-    def detect(self, frame: np.ndarray) -> np.ndarray:
-        """All faces in a BGR or gray uint8 frame: float32 [N, 4] (x, y, w, h) in source pixels."""
+    def detect(self, frame: np.ndarray, min_face: float | None = None) -> np.ndarray:
+        """All faces in a BGR or gray uint8 frame: float32 [N, 4] (x, y, w, h) in source pixels.
+
+        `min_face` (source px): look only for faces of at least that size, i.e. skip the
+        cascade's smaller (and most costly) scales. The image is not shrunk for it: on a
+        smaller image the cascade finds too few neighbours (measured).
+        """
         small, scale = self.detection_image(frame)
+        smallest = max(self._min_size, int((min_face or 0.0) / scale))
         found = self._cascade.detectMultiScale(
             small,
             scaleFactor=self._scale_factor,
             minNeighbors=self._min_neighbors,
-            minSize=(self._min_size, self._min_size),
+            minSize=(smallest, smallest),
         )
         if len(found) == 0:
             return np.zeros((0, 4), np.float32)
         return np.asarray(found, np.float32).reshape(-1, 4) * np.float32(scale)
 
-    def largest(self, frame: np.ndarray) -> np.ndarray:
+    def largest(self, frame: np.ndarray, min_face: float | None = None) -> np.ndarray:
         """The largest face (by area) as float32 [4], or a row of NaN when there is none."""
-        return _largest(self.detect(frame))
+        return _largest(self.detect(frame, min_face))
 
     def largest_near(
         self, frame: np.ndarray, box: np.ndarray, margin: float, face_size: int, min_neighbors: int
@@ -76,12 +80,10 @@ class FaceDetector:
         scale = max(1.0, float(box[2]) / face_size)
         if min(x1 - x0, y1 - y0) < self._min_size * scale:
             return np.full(4, np.nan, np.float32)
-        region = frame[y0:y1, x0:x1]
+        region = _gray(frame[y0:y1, x0:x1])
         if scale > 1.0:
             size = (round((x1 - x0) / scale), round((y1 - y0) / scale))
             region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
-        if region.ndim == 3:
-            region = cv2.cvtColor(region, cv2.COLOR_BGR2GRAY)
         found = self._cascade.detectMultiScale(
             region,
             scaleFactor=self._scale_factor,
@@ -95,6 +97,15 @@ class FaceDetector:
         return _largest(boxes)
 
 
+def _gray(image: np.ndarray) -> np.ndarray:
+    """A BGR image in gray (a gray one as it is)."""
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+
+
+_NO_BOX = np.full(4, np.nan, np.float32)
+_NO_BOX.setflags(write=False)
+
+
 def _largest(boxes: np.ndarray) -> np.ndarray:
     if boxes.shape[0] == 0:
         return np.full(4, np.nan, np.float32)
@@ -104,8 +115,27 @@ def _largest(boxes: np.ndarray) -> np.ndarray:
 class FaceTracker:
     """The largest face per step, searched near the previous step's face when there was one.
 
-    Full-frame search (`FaceDetector.largest`) on the first step, after a step without a face,
-    when the search near the previous face finds none, and every `full_detect_every_steps`.
+    Steps are pushed in order (`push`, then `finish`) and come back resolved in order, some
+    later than pushed: the first step is searched in full, but after a full search that found
+    no face only every `absent_detect_every_steps`-th step is; when that search finds a face
+    the steps in between are searched backwards near it, so a face that appears is found on
+    its own step (those frames are held meanwhile, at most absent_detect_every_steps - 1). A
+    face seen for fewer steps than that between two such searches can be missed.
+
+    With a tracked face (`track`): the next step searches only near it
+    (`FaceDetector.largest_near`); a miss there gives no face for that step and is retried
+    near the same box on the next steps. After `track_miss_steps` misses in a row, and every
+    `full_detect_every_steps` steps, the full frame is searched for faces of at least
+    `full_detect_min_ratio` x the tracked face's size (skipping the cascade's small, costly
+    scales); only if it finds none is every size searched. The largest-face rule is kept:
+    a larger face elsewhere is taken within full_detect_every_steps steps, and a face that
+    ends is dropped within track_miss_steps + 1. With `track_every_steps` = k > 1, after a
+    step whose face was found near the last one the next k - 1 steps are held unsearched and
+    get boxes interpolated between the two searched steps', or, when the later search finds
+    no face, are each searched near the earlier face.
+
+    A step that shows the same decoded frame as the step before (fps below 25; the same array
+    object) gets that step's box without a search.
     """
 
     def __init__(self, detector_cfg: ml_collections.ConfigDict):
@@ -115,26 +145,137 @@ class FaceTracker:
         self._face_size = int(detector_cfg.track_face_size)
         self._min_neighbors = int(detector_cfg.track_min_neighbors)
         self._every = max(1, int(detector_cfg.full_detect_every_steps))
-        self._previous = np.full(4, np.nan, np.float32)
+        self._min_ratio = float(detector_cfg.full_detect_min_ratio)
+        self._miss_steps = max(0, int(detector_cfg.track_miss_steps))
+        # Without tracking every step gets a full search of its own.
+        self._absent_every = max(1, int(detector_cfg.absent_detect_every_steps))
+        if not self._track:
+            self._absent_every = 1
+        self._previous = _NO_BOX  # the last box found (kept through a few near misses)
+        self._misses = 0  # near-search misses in a row
         self._since_full = 0
+        self._last_frame: np.ndarray | None = None
+        self._last_box = _NO_BOX
+        self._track_every = max(1, int(detector_cfg.track_every_steps))
+        self._to_skip = 0  # tracked steps to hold before the next search
+        self._between: list[np.ndarray] = []  # frames of tracked steps awaiting the next
+        self._pending: list[np.ndarray] = []  # frames of absent steps awaiting a search
+        self._wait = 1  # pending steps that make a search due (the first step is searched)
         self.full_searches = 0
+        self.sized_searches = 0
         self.near_searches = 0
 
-    def next(self, frame: np.ndarray) -> np.ndarray:
-        """The face box of the next step's frame (float32 [4], NaN when none)."""
-        box = np.full(4, np.nan, np.float32)
-        if self._track and np.isfinite(self._previous).all() and self._since_full < self._every:
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        """Takes the next step's frame; returns the boxes (float32 [4], NaN where none) of the
+        steps that became resolved, oldest first."""
+        if frame is self._last_frame:
+            if self._pending:
+                self._pending.append(frame)
+            elif self._between:
+                self._between.append(frame)
+            else:
+                return [self._last_box.copy()]
+            return []
+        self._last_frame = frame
+        if not self._pending and self._tracking():
+            if self._to_skip > 0:  # searched with a later step, its box interpolated
+                self._to_skip -= 1
+                self._between.append(frame)
+                self._since_full += 1
+                return []
+            return self._follow_step(frame)
+        self._pending.append(frame)
+        if len(self._pending) < self._wait:
+            return []
+        return self._resolve_pending()
+
+    def finish(self) -> list[np.ndarray]:
+        """The boxes of the steps still held (a full search on the last of them)."""
+        if self._between:
+            return self._follow_step(None)
+        return self._resolve_pending() if self._pending else []
+
+    def _follow_step(self, frame: np.ndarray | None) -> list[np.ndarray]:
+        """The box of a tracked step (None: there is none, the end), and before it those of the
+        steps held since the last one: interpolated when both ends have a face, else each frame
+        searched near the earlier face."""
+        held, self._between = self._between, []
+        before = self._previous
+        boxes: list[np.ndarray] = []
+        box = None if frame is None else self._follow(frame)
+        if held and box is not None and np.isfinite(box).all():
+            weights = np.arange(1, len(held) + 1) / (len(held) + 1)
+            boxes = [before + w * (box - before) for w in weights]
+        elif held:
+            searched: dict[int, np.ndarray] = {}
+            for frame_held in held:
+                if id(frame_held) not in searched:
+                    self.near_searches += 1
+                    searched[id(frame_held)] = self._near(frame_held, before)
+                boxes.append(searched[id(frame_held)])
+        if box is not None:
+            boxes.append(box)
+            self._last_box = box
+        found = box is not None and bool(np.isfinite(box).all())
+        self._to_skip = self._track_every - 1 if found else 0
+        return [np.asarray(b, np.float32).copy() for b in boxes]
+
+    def _tracking(self) -> bool:
+        return self._track and bool(np.isfinite(self._previous).all())
+
+    def _follow(self, frame: np.ndarray) -> np.ndarray:
+        box = _NO_BOX
+        if self._since_full < self._every:
             self.near_searches += 1
-            box = self.detector.largest_near(
-                frame, self._previous, self._margin, self._face_size, self._min_neighbors
-            )
             self._since_full += 1
+            box = self._near(frame, self._previous)
+            if np.isfinite(box).all():
+                self._misses = 0
+                self._previous = box
+                return box
+            self._misses += 1
+            if self._misses <= self._miss_steps:
+                return box  # retried near the same box on the next step
+        # The periodic search, or the face was lost: first (cheaply) for faces of about the
+        # tracked size or larger anywhere, then for all sizes.
+        self.sized_searches += 1
+        box = self.detector.largest(frame, min_face=self._min_ratio * float(self._previous[2]))
         if not np.isfinite(box).all():
-            self.full_searches += 1
-            box = self.detector.largest(frame)
-            self._since_full = 1
-        self._previous = box
+            box = self._full(frame)
+        self._previous, self._misses, self._since_full = box, 0, 1
+        self._wait = self._absent_every
         return box
+
+    def _near(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        return self.detector.largest_near(
+            frame, box, self._margin, self._face_size, self._min_neighbors
+        )
+
+    def _full(self, frame: np.ndarray) -> np.ndarray:
+        self.full_searches += 1
+        return self.detector.largest(frame)
+
+    def _resolve_pending(self) -> list[np.ndarray]:
+        frames, self._pending = self._pending, []
+        box = self._full(frames[-1])
+        boxes = [box]
+        # Backwards from the found face: each earlier held frame is searched near the box of
+        # the step after it, until one has no face there (those before it have none either).
+        later, later_frame = box, frames[-1]
+        for frame in reversed(frames[:-1]):
+            if frame is not later_frame and np.isfinite(later).all() and self._track:
+                self.near_searches += 1
+                found = self._near(frame, later)
+                if not np.isfinite(found).all():  # a near miss at the onset: look once more
+                    found = self._full(frame)
+                later, later_frame = found, frame
+            elif frame is not later_frame:
+                later, later_frame = _NO_BOX, frame
+            boxes.append(later)
+        self._last_box = box
+        self._previous, self._misses, self._since_full = box, 0, 1
+        self._wait = self._absent_every
+        return [b.copy() for b in reversed(boxes)]
 
 
 def crop_region(box: np.ndarray, margin: float) -> tuple[int, int, int, int]:
@@ -157,6 +298,8 @@ def crop_face(
 
     C is 1 for color_mode "gray", 3 (RGB order) for "rgb".
     """
+    if color_mode == "gray":
+        frame = _gray(frame)  # before resizing: a third of the pixels to resample
     x0, y0, x1, y1 = crop_region(box, margin)
     height, width = frame.shape[:2]
     region = np.zeros((y1 - y0, x1 - x0) + frame.shape[2:], np.uint8)

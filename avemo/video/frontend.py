@@ -140,16 +140,25 @@ def iter_steps(
             return step, crop, np.asarray(box, np.float32)
         return step, None, no_box
 
-    detected_index, detected_box = -1, None
+    def timed(search, *frame) -> list[np.ndarray]:
+        started = time.perf_counter()
+        boxes = search(*frame)
+        clock["detect"] += time.perf_counter() - started
+        return boxes
+
+    def raw_boxes() -> Iterator[np.ndarray]:
+        # One box per step in step order; the tracker may hand some back a few steps later
+        # (and reuses a box where steps show the same frame, fps < 25).
+        gray = cfg.color_mode == "gray"  # then nothing needs colour: decode the luma only
+        frames = io.step_frames(path, stop, step_seconds, frame_times, start_step, gray)
+        for step, _, frame in frames:
+            waiting_frames[step - start_step] = frame  # the smoother counts from 0
+            yield from timed(tracker.push, frame)
+        yield from timed(tracker.finish)
+
     stop = num_steps if stop_step is None else min(stop_step, num_steps)
-    frames = io.step_frames(path, stop, step_seconds, frame_times, start_step)
-    for step, frame_index, frame in frames:
-        if frame_index != detected_index:  # several steps can show the same frame (fps < 25)
-            started = time.perf_counter()
-            detected_index, detected_box = frame_index, tracker.next(frame)
-            clock["detect"] += time.perf_counter() - started
-        waiting_frames[step - start_step] = frame  # the smoother counts from 0
-        for final in smoother.push(detected_box):
+    for box in raw_boxes():
+        for final in smoother.push(box):
             result = finalise(*final)
             any_face |= result[1] is not None
             yield (result[0] + start_step,) + result[1:]

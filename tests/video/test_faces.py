@@ -60,7 +60,12 @@ def test_crop_contains_the_detected_box_with_margin(video_cfg, margin):
     np.testing.assert_array_equal(crop, expected[:, :, ::-1])  # RGB order
     gray = faces.crop_face(image, box, 48, "gray", margin)
     assert gray.shape == (48, 48, 1)
-    np.testing.assert_array_equal(gray[:, :, 0], cv2.cvtColor(expected, cv2.COLOR_BGR2GRAY))
+    # Gray is taken before resizing (a third of the pixels to resample): the same image up
+    # to rounding.
+    region_gray = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+    expected_gray = cv2.resize(region_gray, (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(gray[:, :, 0], expected_gray)
+    np.testing.assert_allclose(gray[:, :, 0], cv2.cvtColor(expected, cv2.COLOR_BGR2GRAY), atol=1)
 
 
 def test_crop_beyond_the_frame_is_black_not_shifted():
@@ -124,27 +129,135 @@ def _two_face_frames(with_big_face: bool) -> np.ndarray:
     return frame
 
 
+def _track(tracker: faces.FaceTracker, frames) -> list[np.ndarray]:
+    """One box per frame, in order (the tracker hands some back later)."""
+    boxes = [box for frame in frames for box in tracker.push(frame)] + tracker.finish()
+    assert len(boxes) == len(frames)
+    return boxes
+
+
 @pytest.mark.parametrize("track", [True, False])
 def test_tracker_takes_a_larger_face_within_the_full_search_interval(video_cfg, track):
     video_cfg.detector.detect_width = 640  # no downscaling: the small face is found too
     video_cfg.detector.track = track
     tracker = faces.FaceTracker(video_cfg.detector)
-    boxes = [tracker.next(_two_face_frames(step >= 5)) for step in range(25)]
+    boxes = _track(tracker, [_two_face_frames(step >= 5) for step in range(25)])
     small = [box for box in boxes[:5]]
     assert all(20 <= box[0] <= 150 and box[2] < 110 for box in small)
     switch = video_cfg.detector.full_detect_every_steps if track else 5
     assert all(box[0] > 300 and box[2] > 110 for box in boxes[switch:])
     if track:  # between the full searches it stays on the face it had
         assert all(box[0] < 150 for box in boxes[5:switch])
-        assert tracker.near_searches > tracker.full_searches
+        assert tracker.near_searches > tracker.full_searches + tracker.sized_searches
 
 
-def test_tracker_falls_back_to_full_search_when_the_face_moves_or_leaves(video_cfg):
-    tracker = faces.FaceTracker(video_cfg.detector)
+def _scenes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scene = np.full((240, 320, 3), 110, np.uint8)
     left, right = scene.copy(), scene.copy()
     left[20:220, 0:200] = face_patch(200)
     right[40:240, 120:320] = face_patch(200)
-    first, moved, gone = tracker.next(left), tracker.next(right), tracker.next(scene)
-    assert first[0] < 100 and moved[0] > 140
-    assert np.isnan(gone).all()
+    return scene, left, right
+
+
+def test_tracker_searches_anew_when_the_face_moves_or_leaves(video_cfg):
+    misses = video_cfg.detector.track_miss_steps
+    scene, left, right = _scenes()
+    frames = [left.copy()] + [right.copy() for _ in range(misses + 2)]
+    frames += [scene.copy() for _ in range(misses + 2)]
+    boxes = _track(faces.FaceTracker(video_cfg.detector), frames)
+    assert boxes[0][0] < 100
+    # A jump out of the searched region: no face for at most track_miss_steps steps (the
+    # smoother bridges them), then the full search finds it where it went.
+    jumped = boxes[1 : misses + 3]
+    assert all(np.isnan(box).all() for box in jumped[:misses])
+    assert jumped[misses][0] > 140 and jumped[misses + 1][0] > 140
+    assert all(np.isnan(box).all() for box in boxes[misses + 3 :])
+
+
+@pytest.mark.parametrize("absent_every", [1, 3, 4, 7])
+def test_a_face_that_appears_is_found_on_its_own_step(video_cfg, absent_every):
+    """While no face is tracked only every absent_every-th step is searched in full; the steps
+    between are searched backwards from a found face, so the onset lands where it is."""
+    video_cfg.detector.absent_detect_every_steps = absent_every
+    scene, left, _ = _scenes()
+    for onset in range(1, 9):
+        frames = [scene.copy() for _ in range(onset)] + [left.copy() for _ in range(6)]
+        tracker = faces.FaceTracker(video_cfg.detector)
+        present = [bool(np.isfinite(box).all()) for box in _track(tracker, frames)]
+        assert present == [False] * onset + [True] * 6, onset
+        full_searches_without_skipping = onset + 1
+        assert tracker.full_searches <= full_searches_without_skipping
+        if absent_every > 1 and onset >= 2 * absent_every:
+            assert tracker.full_searches < full_searches_without_skipping
+
+
+def test_a_step_showing_the_same_frame_reuses_its_box(video_cfg):
+    _, left, _ = _scenes()
+    gone = np.full_like(left, 110)
+    tracker = faces.FaceTracker(video_cfg.detector)
+    boxes = _track(tracker, [left, left, left, gone, gone, gone, gone, gone, left, left])
+    searches = tracker.full_searches + tracker.sized_searches + tracker.near_searches
+    present = [bool(np.isfinite(box).all()) for box in boxes]
+    assert present == [True] * 3 + [False] * 5 + [True] * 2
+    assert np.array_equal(boxes[0], boxes[2]) and np.array_equal(boxes[8], boxes[9])
+    distinct = 5  # left, gone (near miss x2, then sized + full), left again
+    assert searches <= distinct + 2
+
+
+def test_search_for_large_faces_only(video_cfg):
+    video_cfg.detector.detect_width = 640
+    detector = faces.FaceDetector(video_cfg.detector)
+    frame = _two_face_frames(True)  # faces of ~86 and ~130 px
+    widths = sorted(detector.detect(frame)[:, 2])
+    assert len(widths) == 2
+    large = detector.detect(frame, min_face=0.5 * (widths[0] + widths[1]))
+    assert large.shape == (1, 4) and large[0, 2] == pytest.approx(widths[1], rel=0.15)
+
+
+def _moving_face_frames(presence: list[bool]) -> list[np.ndarray]:
+    """A face sliding 3 px per step over a plain scene, shown where `presence` says."""
+    frames = []
+    patch = face_patch(240)
+    ramp = np.linspace(60, 140, 480).astype(np.uint8)  # a flat scene defeats equalisation
+    for step, shown in enumerate(presence):
+        frame = np.repeat(np.tile(ramp, (360, 1))[:, :, None], 3, axis=2)
+        if shown:
+            x = 20 + 3 * step
+            frame[60:300, x : x + 240] = patch
+        frames.append(frame)
+    return frames
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(x1 - x0, 0) * max(y1 - y0, 0)
+    return float(inter / (a[2] * a[3] + b[2] * b[3] - inter))
+
+
+@pytest.mark.parametrize("track_every", [1, 2])
+def test_tracker_agrees_with_a_full_search_on_every_step(video_cfg, track_every):
+    """Face present / absent runs of several lengths: after smoothing (which bridges the
+    cascade's single-step misses), the tracker with its skipped and interpolated steps finds a
+    face on exactly the steps where a full search on every step does, with boxes in the same
+    place, for a fraction of the searches."""
+    presence = [True] * 20 + [False] * 11 + [True] * 9 + [False] * 5 + [True] * 17
+    frames = _moving_face_frames(presence)
+    reference = faces.FaceDetector(video_cfg.detector)
+    smoothing = video_cfg.smoothing.max_gap_steps, video_cfg.smoothing.window_steps
+    expected, expected_present = faces.smooth_boxes(
+        np.stack([reference.largest(frame) for frame in frames]), *smoothing
+    )
+    video_cfg.detector.track_every_steps = track_every
+    tracker = faces.FaceTracker(video_cfg.detector)
+    boxes, present = faces.smooth_boxes(np.stack(_track(tracker, frames)), *smoothing)
+    assert expected_present.tolist() == presence
+    assert present.tolist() == presence
+    ious = [_iou(b, e) for b, e, shown in zip(boxes, expected, presence, strict=True) if shown]
+    assert min(ious) > 0.75 and np.median(ious) > 0.85
+    assert tracker.full_searches < len(frames) / 4
+    if track_every == 2:
+        video_cfg.detector.track_every_steps = 1
+        every_step = faces.FaceTracker(video_cfg.detector)
+        _track(every_step, frames)
+        assert tracker.near_searches < 0.8 * every_step.near_searches
