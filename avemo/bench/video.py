@@ -75,7 +75,8 @@ def stage_split(path: str, num_steps: int, cfg) -> tuple[dict[str, float], faces
     smooth_and_crop(boxes)
     for final_step, final_box, present in smoother.finish():
         if present:
-            faces.crop_face(waiting[final_step], final_box, cfg.crop_size, cfg.color_mode, cfg.margin)
+            frame_at_step = waiting[final_step]
+            faces.crop_face(frame_at_step, final_box, cfg.crop_size, cfg.color_mode, cfg.margin)
     seconds["smooth + crop"] += time.perf_counter() - now
     return seconds, tracker
 
