@@ -1,31 +1,12 @@
 """One device vs 8 host CPU devices: same loss for the same batch, close parameters after steps."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 
-from tests.conftest import ROOT
+from tests.processes import host_device_probe
 
 
 def _run(devices: int, steps: int) -> dict:
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-    )
-    out = subprocess.run(
-        [sys.executable, "tests/core/sharding_probe.py", str(steps)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return host_device_probe("tests/core/sharding_probe.py", [str(steps)], devices)
 
 
 def test_one_vs_eight_devices_same_loss_and_close_parameters():

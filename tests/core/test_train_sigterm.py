@@ -3,16 +3,14 @@
 (Its own file, so that the test runner's workers can run it beside test_train.py.)
 """
 
-import signal
 import subprocess
-import time
 
 import numpy as np
 
-from avemo.reporting.writers import read_metrics
 from configs import tiny
 from tests.conftest import ROOT
 from tests.core.test_train import _cli, _final_params
+from tests.processes import sigterm_after_steps
 
 
 def test_sigterm_saves_exits_zero_and_resumes_identically(tmp_path):
@@ -24,24 +22,9 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(tmp_path):
         "--config.train.checkpoint_every_steps=100000",
     ]
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(
-        _cli(workdir, *overrides),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        rows = read_metrics(str(workdir))
-        if rows and rows[-1]["step"] >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output
+    returncode, output, stopped = sigterm_after_steps(_cli(workdir, *overrides), workdir, 5)
+    assert returncode == 0, output
     assert "SIGTERM received" in output
-    stopped = max(r["step"] for r in read_metrics(str(workdir)))
     assert 5 <= stopped < total
 
     subprocess.run(_cli(workdir, *overrides), cwd=ROOT, check=True, capture_output=True)

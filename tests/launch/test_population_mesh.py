@@ -3,33 +3,15 @@
 (Its own file, so that the test runner's workers can run it beside test_population.py.)
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.processes import host_device_probe
 
 
 def _probe(devices, member_devices, conv):
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-    )
-    out = subprocess.run(
-        [sys.executable, "tests/launch/population_probe.py", "3", str(member_devices), conv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["3", str(member_devices), conv]
+    return host_device_probe("tests/launch/population_probe.py", args, devices)
 
 
 @pytest.mark.slow

@@ -3,10 +3,8 @@
 (Its own file, so that the test runner's workers can run it beside test_population.py.)
 """
 
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from avemo.reporting.writers import read_metrics
 from launch import sweep as sweep_lib
 from tests.conftest import ROOT
 from tests.launch.test_population import CONFIG, DROP, _member_params
+from tests.processes import sigterm_after_steps
 
 
 def _sweep_cli(root, arg=""):
@@ -35,25 +34,10 @@ def _sweep_cli(root, arg=""):
 @pytest.mark.slow
 def test_population_sigterm_saves_and_resumes_to_the_uninterrupted_result(tmp_path):
     root = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        _sweep_cli(root, ":long"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     first = root / sweep_lib.expand(CONFIG + ":long", str(root))[0].name
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        rows = read_metrics(str(first)) if first.exists() else []
-        if rows and rows[-1]["step"] >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output
+    returncode, output, stopped = sigterm_after_steps(_sweep_cli(root, ":long"), first, 5)
+    assert returncode == 0, output
     assert "SIGTERM received" in output and "stopped early" in output
-    stopped = max(r["step"] for r in read_metrics(str(first)))
     assert 5 <= stopped < 300
     again = subprocess.run(_sweep_cli(root, ":long"), cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stdout + again.stderr
