@@ -13,15 +13,12 @@ from avemo import checkpointing, train
 from avemo import config as config_lib
 from avemo.reporting.writers import read_metrics
 from configs import tiny
+from tests.checkpoints import latest_state
 from tests.conftest import ROOT
 
 
 def _final_params(workdir, config):
-    sessions = train.load_sessions(config, workdir)
-    trainer = train.Trainer(config, train.example_batch(sessions, config, 1), 1)
-    ckpt = checkpointing.Checkpointer(workdir, "dev/ccc_pooled/mean", async_save=False)
-    state, _ = ckpt.restore(ckpt.latest_step(), trainer.restore_target(), None)
-    ckpt.close()
+    state = latest_state(workdir, config)
     return [
         np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
     ]

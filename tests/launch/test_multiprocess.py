@@ -9,8 +9,8 @@ import sys
 import jax
 import numpy as np
 
-from avemo import checkpointing, train
 from configs import tiny
+from tests.checkpoints import latest_state
 from tests.conftest import ROOT
 
 STEPS = 4
@@ -51,11 +51,7 @@ def _env():
 def _final_params(workdir):
     config = tiny.get_config()
     config.train.num_steps = STEPS
-    sessions = train.load_sessions(config, str(workdir))
-    trainer = train.Trainer(config, train.example_batch(sessions, config, 1), 1)
-    ckpt = checkpointing.Checkpointer(str(workdir), "dev/ccc_pooled/mean", async_save=False)
-    state, _ = ckpt.restore(ckpt.latest_step(), trainer.restore_target(), None)
-    ckpt.close()
+    state = latest_state(workdir, config)
     return [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
 
 

@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avemo import checkpointing, population, train
+from avemo import population, train
 from avemo.data import memory
 from avemo.models.bimodal import build_model
 from avemo.models.dropout import Dropout
 from avemo.reporting.writers import read_metrics
 from configs import tiny
 from launch import sweep as sweep_lib
+from tests.checkpoints import latest_state
 from tests.conftest import ROOT
 
 CONFIG = os.path.join(ROOT, "tests", "launch", "population_tiny.py")
@@ -49,11 +50,7 @@ def _assert_same_run(pop_dir, sep_dir, rtol=1e-4, atol=1e-5):
 
 def _member_params(workdir, config):
     """A member's latest checkpoint, restored with the separate-run Trainer's target."""
-    sessions = train.load_sessions(config, str(workdir))
-    trainer = train.Trainer(config, train.example_batch(sessions, config, 1), 1)
-    ckpt = checkpointing.Checkpointer(str(workdir), "dev/ccc_pooled/mean", async_save=False)
-    state, _ = ckpt.restore(ckpt.latest_step(), trainer.restore_target(), None)
-    ckpt.close()
+    state = latest_state(workdir, config)
     return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state))]
 
 
