@@ -31,7 +31,7 @@ import logging
 import os
 import pathlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -53,6 +53,7 @@ FAR_FIELD_CUTOFF_HZ = 1800.0
 FAR_FIELD_DECAY_SECONDS = 0.12  # amplitude decay constant of the room response (RT60 ≈ 0.8 s)
 FAR_FIELD_SEED = 0
 _AUDIO_KEYS = ("audio_features", "logmel", "speech_energy")
+_AUDIO_PROTOCOLS = ("audio_silenced", "far_field")  # the audio front end on degraded audio
 
 
 # ------------------------------------------------------------------------ the degraded inputs
@@ -128,6 +129,26 @@ def session_signal(session: Any, config: ml_collections.ConfigDict) -> np.ndarra
     return signal
 
 
+def protocol_session(
+    protocol: str,
+    session: PreparedSession,
+    raw_session: Any,
+    config: ml_collections.ConfigDict,
+    normalizer: Any,
+) -> PreparedSession:
+    """One session's inputs under a protocol (`raw_session`: its recording, for the audio ones)."""
+    if protocol == "normal":
+        return session
+    if protocol == "face_removed":
+        return remove_faces(session)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    signal = session_signal(raw_session, config)
+    if protocol == "audio_silenced":
+        return with_audio(session, np.zeros_like(signal), config, normalizer, silent=True)
+    return with_audio(session, far_field(signal, config.audio.sample_rate), config, normalizer)
+
+
 def protocol_sessions(
     protocol: str,
     sessions: Sequence[PreparedSession],
@@ -136,24 +157,14 @@ def protocol_sessions(
     normalizer: Any,
 ) -> list[PreparedSession] | None:
     """The inputs of `sessions` under a protocol; None where it needs recordings that are absent."""
-    if protocol == "normal":
-        return list(sessions)
-    if protocol == "face_removed":
-        return [remove_faces(s) for s in sessions]
-    if raw_sessions is None:  # the in-memory corpus has no recordings to degrade
-        return None
-    out = []
-    for s in sessions:
-        signal = session_signal(raw_sessions[s.name], config)
-        if protocol == "audio_silenced":
-            out.append(with_audio(s, np.zeros_like(signal), config, normalizer, silent=True))
-        elif protocol == "far_field":
-            out.append(
-                with_audio(s, far_field(signal, config.audio.sample_rate), config, normalizer)
-            )
-        else:
-            raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
-    return out
+    if protocol in _AUDIO_PROTOCOLS and raw_sessions is None:
+        return None  # the in-memory corpus has no recordings to degrade
+    return [
+        protocol_session(
+            protocol, s, None if raw_sessions is None else raw_sessions[s.name], config, normalizer
+        )
+        for s in sessions
+    ]
 
 
 def gate_modality_correlation(
@@ -326,6 +337,78 @@ def _default_step(workdir: str, config: ml_collections.ConfigDict) -> int | None
         ckpt.close()
 
 
+class EvalInputs:
+    """What the evaluations of workdirs with one data config share: the prepared sessions, the
+    recordings and the degraded inputs of the missing-modality protocol (each made once).
+
+    A population's members (`report_population`) share one; a single evaluation makes its own.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        from avemo import train
+
+        self.config = config
+        self.sessions = train.load_sessions(config, workdir)
+        self.raw_sessions = None
+        self.normalizer = None
+        if config.data.corpus != "memory":
+            from avemo.audio import normalize
+            from avemo.data.corpora import get_sessions
+            from avemo.data.prepare import NORMALIZER_FILE
+
+            self.raw_sessions = {s.name: s for s in get_sessions(config.data)}
+            self.normalizer = normalize.load(os.path.join(workdir, NORMALIZER_FILE))
+        self._degraded: dict[tuple[str, str, int], PreparedSession] = {}
+
+    def prepare(
+        self, protocols: Sequence[str], sessions: Sequence[PreparedSession], threads: int
+    ) -> None:
+        """Makes the degraded audio inputs of `sessions` ahead, `threads` front-end runs at once
+        (openSMILE runs outside the GIL); `protocol` then finds them made."""
+        if self.raw_sessions is None:
+            return
+        todo = [
+            (p, s)
+            for p in protocols
+            if p in _AUDIO_PROTOCOLS
+            for s in sessions
+            if (p, s.name, s.num_steps) not in self._degraded
+        ]
+        if threads <= 1 or len(todo) <= 1:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(todo))) as pool:
+            made = pool.map(
+                lambda ps: protocol_session(
+                    ps[0], ps[1], self.raw_sessions[ps[1].name], self.config, self.normalizer
+                ),
+                todo,
+            )
+            for (p, s), degraded in zip(todo, made, strict=True):
+                self._degraded[(p, s.name, s.num_steps)] = degraded
+
+    def protocol(
+        self, protocol: str, sessions: Sequence[PreparedSession]
+    ) -> list[PreparedSession] | None:
+        """`protocol_sessions` of these sessions; each degraded session is made once."""
+        if protocol in _AUDIO_PROTOCOLS and self.raw_sessions is None:
+            return None
+        out = []
+        for s in sessions:
+            key = (protocol, s.name, s.num_steps)
+            if key not in self._degraded:
+                raw = None if self.raw_sessions is None else self.raw_sessions[s.name]
+                self._degraded[key] = protocol_session(
+                    protocol, s, raw, self.config, self.normalizer
+                )
+            out.append(self._degraded[key])
+        return out
+
+
+Predict = Callable[[str, Sequence[PreparedSession]], dict[str, dict]]
+
+
 def evaluate_workdir(
     workdir: str,
     split: str = "dev",
@@ -334,6 +417,9 @@ def evaluate_workdir(
     fit_postprocess: bool = True,
     plots: bool = True,
     test_labels: str | os.PathLike | None = None,
+    *,
+    trained: tuple[ml_collections.ConfigDict, int, Predict] | None = None,
+    inputs: EvalInputs | None = None,
 ) -> dict[str, Any]:
     """Evaluates a trained workdir on one split; writes `workdir/reports/` (test: reports/test/).
 
@@ -345,19 +431,30 @@ def evaluate_workdir(
     (leave-one-dev-session-out); test figures use the fit on all dev sessions, and the test
     labels are read here and nowhere else.
 
+    Args:
+      trained: (config, checkpoint step, predict(key, sessions)) of the model, already loaded
+        (a population member); default: `avemo.inference.load(workdir, which)`.
+      inputs: the sessions and degraded inputs, shared with other evaluations of the same data.
+
     Returns:
       The summary (JSON-able); its "robustness" holds the post-processed pooled figures.
     """
     import jax
 
-    from avemo import inference, train
+    from avemo import train
 
     if split not in ("dev", "test"):
         raise ValueError(f"split {split!r}: choose 'dev' or 'test'")
     workdir = os.path.abspath(workdir)
-    model = inference.load(workdir, which)
-    config = model.config
-    sessions = train.load_sessions(config, workdir)
+    if trained is None:
+        from avemo import inference
+
+        model = inference.load(workdir, which)
+        trained = (model.config, model.step, lambda _key, sessions: model.predict(sessions))
+    config, step, predict = trained
+    if inputs is None:
+        inputs = EvalInputs(config, workdir)
+    sessions = inputs.sessions
     dev = [s for s in sessions if s.split == train.SELECTION_SPLIT and s.has_labels]
     if split == "dev":
         evaluated = dev
@@ -365,35 +462,29 @@ def evaluate_workdir(
             raise ValueError(f"{workdir}: no labelled dev sessions to evaluate")
     else:
         evaluated = test_sessions(sessions, config, test_labels)
-    raw_sessions = None
-    normalizer = None
-    if config.data.corpus != "memory":
-        from avemo.data.corpora import get_sessions
 
-        raw_sessions = {s.name: s for s in get_sessions(config.data)}
-        normalizer = model.normalizer()
-
-    needed = {s.name: s for s in evaluated + dev}
-    normal = model.predict(list(needed.values()))
+    fitting = fit_postprocess and bool(dev)
+    needed = {s.name: s for s in evaluated + (dev if fitting else [])}
+    normal = predict("normal", list(needed.values()))
     folds = None
-    if fit_postprocess and dev:
+    if fitting:
         params = postprocess.fit(
             {s.name: normal[s.name]["outputs"] for s in dev},
             {s.name: s.arrays["labels"] for s in dev},
             [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels],
             config.postprocess,
         )
-        params["checkpoint_step"] = model.step
+        params["checkpoint_step"] = step
         default_step = _default_step(workdir, config)
-        if model.step != default_step:
+        if step != default_step:
             log.info(
                 "postprocess.json not written: step %d is not the checkpoint predict uses "
-                "(step %s), whose fit it keeps.", model.step, default_step,
+                "(step %s), whose fit it keeps.", step, default_step,
             )  # fmt: skip
         elif jax.process_index() == 0:
             postprocess.save(workdir, params)
     else:
-        params = postprocess.load(workdir, model.step)  # StaleError if another checkpoint's
+        params = postprocess.load(workdir, step)  # StaleError if another checkpoint's
     if split == "dev" and len(dev) >= 2 and params is not None:
         folds = postprocess.cross_fit(
             {s.name: normal[s.name]["outputs"] for s in dev},
@@ -424,21 +515,21 @@ def evaluate_workdir(
         stage_params.pop("postprocessed")
 
     results: dict[str, ProtocolResult] = {}
-    inputs: dict[str, list[PreparedSession]] = {}
+    shown: dict[str, list[PreparedSession]] = {}
     for protocol in protocols:
-        degraded = protocol_sessions(protocol, evaluated, raw_sessions, config, normalizer)
+        degraded = inputs.protocol(protocol, evaluated)
         if degraded is None:
             log.warning("Protocol %s skipped: the %s corpus has no recordings.", protocol, "memory")
             continue
-        predictions = normal if protocol == "normal" else model.predict(degraded)
+        predictions = normal if protocol == "normal" else predict(protocol, degraded)
         results[protocol] = score(protocol, degraded, predictions, stage_params)
-        inputs[protocol] = degraded
-    summary = _summary(workdir, model.step, which, split, results, params, fit_note)
+        shown[protocol] = degraded
+    summary = _summary(workdir, step, which, split, results, params, fit_note)
     out = report_dir(workdir, split)
     if jax.process_index() == 0:
         _write_reports(out, summary, results, params)
         if plots and "normal" in results:
-            for s in inputs["normal"]:
+            for s in shown["normal"]:
                 _write_plot(out, s, normal[s.name], stage_params, config.data.step_seconds)
     return summary
 
@@ -624,8 +715,58 @@ def report_after_training(config: ml_collections.ConfigDict, workdir: str) -> No
     if not config.checkpoint.enabled:
         log.info("No reports: checkpointing is disabled, so there is no model to reload.")
         return
+    _reports(config, workdir, None, None)
+
+
+def report_population(
+    configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]
+) -> None:
+    """`report_after_training` for each member of a population, the members evaluated together.
+
+    Each member's reports are those of `report_after_training` on its workdir (its own best
+    checkpoint, post-processing fitted on its own dev predictions). What they share is computed
+    once: the sessions, the degraded inputs of the missing-modality protocol (each an audio
+    front-end run), and the predictions, which one program makes for all members over the member
+    axis (`avemo.population.MemberPredictions`; a shared frozen face branch runs once).
+    """
+    from avemo import population, train
+
+    chosen = [
+        (c, w)
+        for c, w in zip(configs, workdirs, strict=True)
+        if c.eval.report_at_end and c.checkpoint.enabled
+    ]
+    if not chosen:
+        return
+    members = [w for _, w in chosen]
     try:
-        summary = evaluate_workdir(workdir, split="dev")
+        trainer, state, loaded, steps = population.restore_members(members)
+    except population.PopulationError as err:  # saved models that do not stack: one by one
+        log.warning("Members evaluated one by one (%s).", err)
+        for config, workdir in chosen:
+            _reports(config, workdir, None, None)
+        return
+    predictions = population.MemberPredictions(trainer, state)
+    inputs = EvalInputs(loaded[0], members[0])
+    evaluated = [s for s in inputs.sessions if s.split == train.SELECTION_SPLIT and s.has_labels]
+    if any(c.eval.report_test for c, _ in chosen):
+        try:
+            evaluated += test_sessions(inputs.sessions, loaded[0])
+        except ValueError:
+            pass  # said per member below
+    inputs.prepare(PROTOCOLS, evaluated, threads=os.cpu_count() or 1)
+    for m, (config, workdir) in enumerate(chosen):
+        _reports(config, workdir, (loaded[m], steps[m], predictions.for_member(m)), inputs)
+
+
+def _reports(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    trained: tuple[ml_collections.ConfigDict, int, Predict] | None,
+    inputs: EvalInputs | None,
+) -> None:
+    try:
+        summary = evaluate_workdir(workdir, split="dev", trained=trained, inputs=inputs)
     except ValueError as err:
         log.warning("No dev reports: %s", err)
     else:
@@ -637,7 +778,9 @@ def report_after_training(config: ml_collections.ConfigDict, workdir: str) -> No
         )
     if config.eval.report_test:
         try:
-            summary = evaluate_workdir(workdir, split="test", fit_postprocess=False)
+            summary = evaluate_workdir(
+                workdir, split="test", fit_postprocess=False, trained=trained, inputs=inputs
+            )
         except ValueError as err:
             log.warning("No test reports: %s", err)
             return

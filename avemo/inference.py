@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -153,6 +154,49 @@ def example_from_config(
     return batch
 
 
+def feature_dim(workdir: str, config: ml_collections.ConfigDict) -> int:
+    """The audio feature width the model of `workdir` was built for.
+
+    Raises:
+      NoModelError: a file corpus's workdir without its normalisation statistics.
+    """
+    if config.data.corpus == "memory":
+        return int(config.data.memory.feature_dim)
+    normalizer_path = os.path.join(workdir, NORMALIZER_FILE)
+    if not os.path.exists(normalizer_path):
+        raise NoModelError(f"{workdir}: no {NORMALIZER_FILE} (audio normalisation statistics)")
+    from avemo.audio import normalize
+
+    return int(normalize.load(normalizer_path).mean.shape[0])
+
+
+def checkpoint_step(workdir: str, config: ml_collections.ConfigDict, which: str = "best") -> int:
+    """The step `load` restores: the best by dev ("best", else the latest) or the latest.
+
+    Raises:
+      NoModelError: no checkpoint in `workdir`.
+    """
+    ckpt = checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}")
+    try:
+        step = ckpt.best_step() if which == "best" else None
+        step = step if step is not None else ckpt.latest_step()
+        if step is None:
+            raise NoModelError(f"{workdir}: no checkpoint in {ckpt.directory}")
+        return step
+    finally:
+        ckpt.close()
+
+
+def restore_state(workdir: str, config: ml_collections.ConfigDict, step: int, target) -> Any:
+    """The TrainState of `workdir` at `step`, onto `target` (abstract state with shardings)."""
+    ckpt = checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}")
+    try:
+        state, _ = ckpt.restore(step, target, None)
+    finally:
+        ckpt.close()
+    return state
+
+
 def load(workdir: str, which: str = "best") -> TrainedModel:
     """The trained model of `workdir`: its best-by-dev checkpoint ("best") or the latest.
 
@@ -161,23 +205,8 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
     """
     workdir = os.path.abspath(workdir)
     config = load_config(workdir)
-    normalizer_path = os.path.join(workdir, NORMALIZER_FILE)
-    if config.data.corpus == "memory":
-        feature_dim = config.data.memory.feature_dim
-    elif os.path.exists(normalizer_path):
-        from avemo.audio import normalize
-
-        feature_dim = int(normalize.load(normalizer_path).mean.shape[0])
-    else:
-        raise NoModelError(f"{workdir}: no {NORMALIZER_FILE} (audio normalisation statistics)")
-    ckpt = checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}")
-    try:
-        step = ckpt.best_step() if which == "best" else None
-        step = step if step is not None else ckpt.latest_step()
-        if step is None:
-            raise NoModelError(f"{workdir}: no checkpoint in {ckpt.directory}")
-        trainer = train.Trainer(config, example_from_config(config, feature_dim), 1)
-        state, _ = ckpt.restore(step, trainer.restore_target(), None)
-    finally:
-        ckpt.close()
+    dim = feature_dim(workdir, config)
+    step = checkpoint_step(workdir, config, which)
+    trainer = train.Trainer(config, example_from_config(config, dim), 1)
+    state = restore_state(workdir, config, step, trainer.restore_target())
     return TrainedModel(config, trainer, state, step, workdir)

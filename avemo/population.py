@@ -323,7 +323,9 @@ class PopulationTrainer:
         return self.stack(members)
 
     def stack(self, members: Sequence[train.TrainState]) -> train.TrainState:
-        return jax.device_put(_stack(members), self.state_sharding)
+        # On the host: a jnp.stack per leaf would compile a program for every leaf shape.
+        host = jax.device_get(list(members))
+        return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *host), self.state_sharding)
 
     def member(self, state: train.TrainState, m: int) -> train.TrainState:
         """Member `m` as a separate run's TrainState (for its checkpoint)."""
@@ -482,6 +484,63 @@ class PopulationTrainer:
             for m in range(self.k):
                 outputs[m].append({key: np.asarray(v[m]) for key, v in out.items()})
         return [pipeline.stitch(plan, o) for o in outputs]
+
+
+def restore_members(
+    workdirs: Sequence[str], which: str = "best"
+) -> tuple[PopulationTrainer, train.TrainState, list[ml_collections.ConfigDict], list[int]]:
+    """The trained members of `workdirs` (one population's, or any that share shapes) stacked.
+
+    Each member's checkpoint is the one `avemo.inference.load(workdir, which)` restores (its own
+    best-by-dev step), so a `PopulationTrainer.predict` over the stacked state gives every
+    member's predictions in one program: the members' LSTMs, attention and heads vectorised, a
+    shared frozen face branch run once.
+
+    Raises:
+      PopulationError: the workdirs' models differ in more than `MEMBER_KEYS`.
+      NoModelError: a workdir has no config or no checkpoint.
+    """
+    from avemo import inference
+
+    configs = [inference.load_config(w) for w in workdirs]
+    steps = [inference.checkpoint_step(w, c, which) for w, c in zip(workdirs, configs, strict=True)]
+    example = inference.example_from_config(
+        configs[0], inference.feature_dim(workdirs[0], configs[0])
+    )
+    # Evaluation batches are the same for every member, so the data order is "shared" (it makes
+    # a frozen face branch with one stage-1 checkpoint run once for all).
+    trainer = PopulationTrainer(configs, example, 1, data_order="shared")
+    target = checkpointing.abstract_with_shardings(
+        trainer.member_abstract_state,
+        jax.tree.map(lambda _: trainer.replicated, trainer.member_abstract_state),
+    )
+    members = [
+        inference.restore_state(w, c, step, target)
+        for w, c, step in zip(workdirs, configs, steps, strict=True)
+    ]
+    return trainer, trainer.stack(members), configs, steps
+
+
+class MemberPredictions:
+    """Every member's predictions for a set of sessions, computed once for all members.
+
+    `for_member(m)` is a `predict(key, sessions)` for `avemo.evaluate`: the first call with a key
+    runs the population over the sessions, the others are served from memory.
+    """
+
+    def __init__(self, trainer: PopulationTrainer, state: train.TrainState):
+        self.trainer, self.state = trainer, state
+        self._done: dict[Any, list[dict[str, dict]]] = {}
+
+    def for_member(self, m: int):
+        def predict(key: Any, sessions: Sequence[pipeline.PreparedSession]) -> dict[str, dict]:
+            full = (key, tuple(s.name for s in sessions))
+            if full not in self._done:
+                plan = pipeline.eval_plan(sessions, self.trainer.config)
+                self._done[full] = self.trainer.predict(self.state, plan)
+            return self._done[full][m]
+
+        return predict
 
 
 def attach_frozen_features(
@@ -768,9 +827,7 @@ def train_population(
     if reports and step >= total_steps:
         from avemo import evaluate as evaluate_lib
 
-        for c, workdir in zip(configs, workdirs, strict=True):
-            if c.eval.report_at_end:
-                evaluate_lib.report_after_training(c, workdir)
+        evaluate_lib.report_population(configs, workdirs)  # all members' reports in one pass
     return last_eval
 
 

@@ -1,6 +1,7 @@
 """Evaluation reports: the missing-modality protocol's inputs, β correlation, reports on disk."""
 
 import csv
+import json
 import shutil
 
 import ml_collections
@@ -144,3 +145,62 @@ def test_no_reports_when_disabled_or_without_checkpoints(tmp_path):
     config.checkpoint.enabled = False
     evaluate.report_after_training(config, str(tmp_path))  # nothing to reload: no reports
     assert not (tmp_path / "reports").exists()
+
+
+def test_population_reports_equal_each_members_own_evaluation(trained, tmp_path, monkeypatch):
+    """`report_population` (one program for all members, shared degraded inputs) writes what
+    each member's own `report_after_training` writes; each degraded input is made once."""
+    workdir, config = trained
+    configs, members = [], []
+    for seed in (0, 1):
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.seed = seed
+        c.eval.report_at_end = True
+        c.eval.report_test = True
+        member = tmp_path / f"seed{seed}"
+        if seed == 0:  # the trained model itself; the other member trained with another seed
+            shutil.copytree(workdir, member, ignore=shutil.ignore_patterns("reports", "post*"))
+        else:
+            c.eval.report_at_end = False
+            train.train_and_evaluate(c, str(member))
+            c.eval.report_at_end = True
+        (member / "config.json").write_text(c.to_json_best_effort())  # as the population's
+        configs.append(c)
+        members.append(member)
+
+    made = []
+    degrade = evaluate.protocol_session
+    monkeypatch.setattr(
+        evaluate,
+        "protocol_session",
+        lambda p, s, *a: made.append((p, s.name)) or degrade(p, s, *a),
+    )
+    evaluate.report_population(configs, [str(m) for m in members])
+    audio = [m for m in made if m[0] in ("audio_silenced", "far_field")]
+    assert sorted(audio) == sorted(set(audio)) and len(audio) == 4  # 2 protocols x dev_1, test_1
+    monkeypatch.undo()
+
+    def figures(member, split):
+        path = evaluate.report_dir(str(member), split) / "summary.json"
+        summary = json.loads(path.read_text())
+        return summary["checkpoint_step"], {
+            (p, k): v for p, e in summary["robustness"].items() for k, v in e.items()
+        }
+
+    together = {(m, s): figures(m, s) for m in members for s in ("dev", "test")}
+    fits = {m: postprocess.load(m) for m in members}
+    assert together[(members[0], "test")] != together[(members[1], "test")]
+    for c, member in zip(configs, members, strict=True):
+        shutil.rmtree(member / "reports")
+        (member / "postprocess.json").unlink()
+        evaluate.report_after_training(c, str(member))
+        assert postprocess.load(member).keys() == fits[member].keys()
+        for split in ("dev", "test"):
+            step, alone = figures(member, split)
+            assert step == together[(member, split)][0]
+            assert alone.keys() == together[(member, split)][1].keys()
+            for key, value in alone.items():
+                np.testing.assert_allclose(
+                    together[(member, split)][1][key], value, rtol=1e-5, atol=1e-6, err_msg=key
+                )
+        assert (member / "reports" / "test" / "plots" / "test_1.png").is_file()
