@@ -154,6 +154,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.window_steps = 250  # whole sessions are evaluated in windows ...
     c.eval.context_steps = 100  # ... each prediction sees at least this much history.
     c.eval.batch_size = 8
+    # Inference-mode face CNN in chunks of this many frames (evaluation, prediction): bounds the
+    # memory of long windows of large faces (the paper's 224x224x3: 1,500 frames per batch would
+    # need ~7 GB for the first convolution alone). -1: auto (avemo.models.bimodal.
+    # FACE_CHUNK_BYTES of first-convolution output per chunk); 0: all frames at once.
+    c.eval.face_chunk_frames = -1
     c.eval.splits = ("dev",)
     # Reports (avemo.evaluate: tables, plots, missing-modality protocol, post-processing fit)
     # written at the end of train_and_evaluate.
@@ -268,6 +273,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"config.eval.splits={tuple(flat['eval.splits'])!r} must name one or more of "
             "'train', 'dev', 'test'"
+        )
+    if flat["eval.face_chunk_frames"] < -1:
+        raise ConfigError(
+            "config.eval.face_chunk_frames must be -1 (auto), 0 (no chunks) or a frame count"
         )
     if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")

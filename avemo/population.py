@@ -53,8 +53,13 @@ from jax.sharding import PartitionSpec as P
 from avemo import checkpointing, train
 from avemo import config as config_lib
 from avemo.data import pipeline
-from avemo.models.alexnet import ImprovedAlexNet
-from avemo.models.bimodal import BimodalModel, build_model
+from avemo.models.bimodal import (  # noqa: F401 (face_cnn: part of this module's interface)
+    BimodalModel,
+    build_model,
+    face_chunk_frames,
+    face_cnn,
+    face_feature_map,
+)
 from avemo.reporting.writers import MetricWriter
 
 log = logging.getLogger("avemo")
@@ -127,48 +132,6 @@ def population_name(workdirs: Sequence[str]) -> str:
 
 
 # -------------------------------------------------------------------------------- the face CNN
-
-
-def face_cnn(model: BimodalModel) -> ImprovedAlexNet:
-    """The improved AlexNet that `BimodalModel` builds as its `alexnet` submodule."""
-    return ImprovedAlexNet(
-        conv_features=model.conv_features,
-        conv_strides=model.conv_strides,
-        fc_features=model.fc_features,
-        num_outputs=model.num_outputs,
-        dropout=model.alexnet_dropout,
-        fc_impl=model.fc_impl,
-        dtype=model.dtype,
-        pool_impl=model.pool_impl,
-    )
-
-
-def face_feature_map(
-    model: BimodalModel,
-    variables: Mapping[str, Any],
-    faces: jax.Array,
-    train_mode: bool,
-    rng: jax.Array | None = None,
-) -> tuple[jax.Array, Any]:
-    """Maps [B, ceil(L/s), k, C] of every s-th step, as `BimodalModel._face_maps` computes them.
-
-    Computed outside the model (population training) and passed in as `face_feature_map`.
-    `variables` are the `alexnet` entries of the model's params (and batch stats). Returns the
-    maps and the updated batch statistics (train mode) or None.
-    """
-    faces = faces[:, :: model.video_frame_stride]
-    b, length = faces.shape[:2]
-    frames = faces.reshape((b * length,) + faces.shape[2:])
-    net = face_cnn(model)
-    # The FC layers' dropout does not reach the feature map; any key serves when none is given.
-    rngs = {"dropout": rng if rng is not None else jax.random.key(0)}
-    if train_mode:
-        out, updates = net.apply(variables, frames, train=True, rngs=rngs, mutable=["batch_stats"])
-        new_stats = updates["batch_stats"]
-    else:
-        out, new_stats = net.apply(variables, frames, train=False), None
-    fmap = out["feature_map"]
-    return fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3]), new_stats
 
 
 def _take(tree: Any, m: int) -> Any:
@@ -449,7 +412,10 @@ class PopulationTrainer:
             alex_vars = {"params": _take(state.params["alexnet"], 0)}
             if "alexnet" in state.batch_stats:
                 alex_vars["batch_stats"] = _take(state.batch_stats["alexnet"], 0)
-            fmaps, _ = face_feature_map(self.model, alex_vars, batch["faces"], False)
+            faces = batch["faces"]
+            setting = self.config.eval.face_chunk_frames
+            chunk = face_chunk_frames(self.model, faces.shape[2:], setting)
+            fmaps, _ = face_feature_map(self.model, alex_vars, faces, False, chunk_frames=chunk)
         elif self._live_face(batch):
             fmaps, _ = self._face_maps(  # evaluation batches are the same for every member
                 state.params, state.batch_stats, batch["faces"], [None] * self.k, False, False

@@ -31,7 +31,7 @@ from avemo import checkpointing, objectives, sharding
 from avemo import config as config_lib
 from avemo import metrics as metrics_lib
 from avemo.data import pipeline
-from avemo.models.bimodal import build_model
+from avemo.models.bimodal import BimodalModel, build_model, face_chunk_frames, face_feature_map
 from avemo.reporting.writers import MetricWriter
 
 log = logging.getLogger("avemo")
@@ -210,8 +210,20 @@ def _frozen_params(params: Mapping[str, Any], config: ml_collections.ConfigDict)
     return {}
 
 
-def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def eval_step(
+    state: TrainState, batch: Mapping[str, jax.Array], model: BimodalModel, chunk_setting: int = 0
+) -> dict[str, jax.Array]:
+    """Inference over a batch of windows; a live face CNN runs in chunks of frames
+    (`config.eval.face_chunk_frames`) when the batch holds more frames than a chunk."""
     variables = model_variables(state)
+    if model.mode in ("fusion", "video") and "faces" in batch and "face_feature_map" not in batch:
+        faces = batch["faces"]
+        frames = faces.shape[0] * -(-faces.shape[1] // model.video_frame_stride)
+        chunk = face_chunk_frames(model, faces.shape[2:], chunk_setting)
+        if 0 < chunk < frames:
+            alex = {c: v["alexnet"] for c, v in variables.items() if "alexnet" in v}
+            fmap, _ = face_feature_map(model, alex, faces, False, chunk_frames=chunk)
+            batch = {**batch, "face_feature_map": fmap}  # `faces` stays: it gives the step count
     outputs = state.apply_fn(variables, batch, train=False)
     keep = {"outputs": outputs["outputs"]}
     if "audio_gate" in outputs:
@@ -252,7 +264,9 @@ class Trainer:
             donate_argnums=(0,),
         )
         self.eval_step = jax.jit(
-            eval_step,
+            functools.partial(
+                eval_step, model=self.model, chunk_setting=config.eval.face_chunk_frames
+            ),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=self.batch_sharding,
         )

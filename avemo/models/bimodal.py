@@ -230,3 +230,77 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         pool_impl=model_cfg.pool_impl,
         freeze_video=model_cfg.freeze_video,
     )
+
+
+# ------------------------------------------------------------------ the face CNN, outside
+
+
+def face_cnn(model: BimodalModel) -> ImprovedAlexNet:
+    """The improved AlexNet that `BimodalModel` builds as its `alexnet` submodule."""
+    return ImprovedAlexNet(
+        conv_features=model.conv_features,
+        conv_strides=model.conv_strides,
+        fc_features=model.fc_features,
+        num_outputs=model.num_outputs,
+        dropout=model.alexnet_dropout,
+        fc_impl=model.fc_impl,
+        dtype=model.dtype,
+        pool_impl=model.pool_impl,
+    )
+
+
+# Auto chunking of inference-mode face CNNs: at most this many bytes of first-convolution output
+# per chunk (~3 such buffers live at once: conv output, pooled, normalised).
+FACE_CHUNK_BYTES = 512 * 2**20
+
+
+def face_chunk_frames(model: BimodalModel, image_shape: Sequence[int], setting: int) -> int:
+    """Frames per inference-mode CNN chunk: `setting` if > 0, no chunking (0) if 0, else (-1)
+    as many as keep the first convolution's output within `FACE_CHUNK_BYTES`."""
+    if setting >= 0:
+        return setting
+    h, w = image_shape[:2]
+    s = model.conv_strides[0]
+    per_frame = -(-h // s) * -(-w // s) * model.conv_features[0] * jnp.dtype(model.dtype).itemsize
+    return max(1, FACE_CHUNK_BYTES // per_frame)
+
+
+def face_feature_map(
+    model: BimodalModel,
+    variables: Mapping[str, object],
+    faces: jax.Array,
+    train_mode: bool,
+    rng: jax.Array | None = None,
+    chunk_frames: int = 0,
+) -> tuple[jax.Array, object]:
+    """Maps [B, ceil(L/s), k, C] of every s-th step, as `BimodalModel._face_maps` computes them.
+
+    Computed outside the model (evaluation in chunks, population training) and passed in as
+    `face_feature_map`. `variables` are the `alexnet` entries of the model's params (and batch
+    stats). Returns the maps and the updated batch statistics (train mode) or None.
+
+    `chunk_frames` > 0 (inference mode only): the frames go through the CNN that many at a time
+    (`jax.lax.map`), so a long evaluation batch of large faces never holds all frames'
+    activations at once; the maps are the same (per-frame computation, running statistics).
+    """
+    faces = faces[:, :: model.video_frame_stride]
+    b, length = faces.shape[:2]
+    frames = faces.reshape((b * length,) + faces.shape[2:])
+    net = face_cnn(model)
+    # The FC layers' dropout does not reach the feature map; any key serves when none is given.
+    rngs = {"dropout": rng if rng is not None else jax.random.key(0)}
+    if train_mode:
+        out, updates = net.apply(variables, frames, train=True, rngs=rngs, mutable=["batch_stats"])
+        fmap, new_stats = out["feature_map"], updates["batch_stats"]
+    elif 0 < chunk_frames < frames.shape[0]:
+        n = frames.shape[0]
+        chunks = -(-n // chunk_frames)
+        padded = jnp.pad(frames, [(0, chunks * chunk_frames - n)] + [(0, 0)] * (frames.ndim - 1))
+        maps = jax.lax.map(
+            lambda x: net.apply(variables, x, train=False, head=False)["feature_map"],
+            padded.reshape((chunks, chunk_frames) + frames.shape[1:]),
+        )
+        fmap, new_stats = maps.reshape((chunks * chunk_frames,) + maps.shape[2:])[:n], None
+    else:
+        fmap, new_stats = net.apply(variables, frames, train=False, head=False)["feature_map"], None
+    return fmap.reshape(b, length, fmap.shape[1] * fmap.shape[2], fmap.shape[3]), new_stats

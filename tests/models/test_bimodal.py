@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from avemo.models.attention import AudioGate, SpatialAttention, fuse
@@ -135,3 +136,39 @@ def test_audio_input_dropout_acts_in_training_only():
     )
     trained = model.apply(variables, batch, train=True, rngs={"dropout": jax.random.key(1)})
     assert not np.allclose(trained["outputs"], plain.apply(variables, batch)["outputs"])
+
+
+def test_face_cnn_in_chunks_gives_the_same_evaluation_outputs():
+    """`eval.face_chunk_frames`: the inference CNN over frames in chunks (the last one padded)
+    equals the CNN over all frames at once, through the whole evaluation step."""
+    from avemo import train
+    from avemo.models.bimodal import face_chunk_frames
+
+    model = BimodalModel(
+        mode="fusion",
+        conv_features=(4, 4, 4),
+        fc_features=(8, 8),
+        lstm_features=8,
+        audio_dense_features=8,
+        attention_features=8,
+        output_lstm_features=8,
+        video_frame_stride=2,
+    )
+    batch = _batch(b=3, length=9)  # 3 windows x 5 strided steps = 15 frames
+    batch["mask"] = np.ones((3, 9), np.float32)
+    variables = model.init(jax.random.key(0), batch)
+    state = train.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=optax.identity(),
+        batch_stats=variables["batch_stats"],
+    )
+    whole = train.eval_step(state, batch, model, chunk_setting=0)
+    for chunk in (1, 4, 7, 15, 40):
+        chunked = train.eval_step(state, batch, model, chunk_setting=chunk)
+        for key in whole:
+            np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, atol=1e-6)
+    # Auto: the paper's 224x224x3 faces through 96 stride-2 filters go ~100 frames at a time.
+    paper = BimodalModel(conv_features=(96, 256, 384), conv_strides=(2, 1, 1))
+    assert 100 <= face_chunk_frames(paper, (224, 224, 3), -1) < 120
+    assert face_chunk_frames(paper, (224, 224, 3), 0) == 0
