@@ -76,7 +76,10 @@ class TrainedModel:
         for i in range(0, len(placements), size):
             chunk = placements[i : i + size]
             # pipeline._cut is the evaluation's own window cutter (zero padding, mask, patches).
-            windows = [pipeline._cut(session, p[1], window, spectrogram) for p in chunk]
+            windows = [
+                pipeline._cut(session, p[1], window, spectrogram, config.data.step_seconds)
+                for p in chunk
+            ]
             while len(windows) < size:  # padding windows are fully masked
                 windows.append({k: np.zeros_like(v) for k, v in windows[0].items()})
             batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}

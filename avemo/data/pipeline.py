@@ -189,17 +189,60 @@ def num_train_windows(
 class EvalPlan:
     """Windows of whole sessions and where each window's predictions go back."""
 
-    batches: list[dict]  # host batches of `eval.batch_size` windows, last one padded
+    # Host batches of `eval.batch_size` windows, last one padded: a list, or `WindowBatches`,
+    # which cuts each batch when it is read.
+    batches: Sequence[dict]
     # (session name, window start, first kept offset, number kept) per window, in batch order.
     placements: list[tuple[str, int, int, int]]
     num_steps: dict[str, int]
 
 
+class WindowBatches(Sequence):
+    """The batches of an eval plan, each cut from the sessions when it is read.
+
+    Holding every window of a corpus at once costs its whole size again (and more, windows
+    overlap by `eval.context_steps`): 23 GB for the 9 dev sessions of 300 s of a RECOLA-sized
+    corpus at the paper's 224x224x3 faces. Cut on demand, an evaluation holds one batch, and the
+    (memory-mapped) faces are read window by window.
+    """
+
+    def __init__(
+        self,
+        sessions: Sequence[PreparedSession],
+        placements: Sequence[tuple[str, int, int, int]],
+        window: int,
+        size: int,
+        spectrogram: Any | None,
+        step_seconds: float,
+    ):
+        self._sessions = {s.name: s for s in sessions}
+        self._placements = list(placements)
+        self._window, self._size = window, size
+        self._spectrogram, self._step_seconds = spectrogram, step_seconds
+
+    def __len__(self) -> int:
+        return -(-len(self._placements) // self._size)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        chunk = [
+            _cut(self._sessions[name], start, self._window, self._spectrogram, self._step_seconds)
+            for name, start, _, _ in self._placements[i * self._size : (i + 1) * self._size]
+        ]
+        while len(chunk) < self._size:  # padding windows are fully masked
+            chunk.append(jax.tree.map(np.zeros_like, chunk[0]))
+        return {k: np.stack([w[k] for w in chunk]) for k in chunk[0]}
+
+
 def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.ConfigDict) -> EvalPlan:
-    """Cuts sessions into overlapping windows so each prediction has `context_steps` history."""
+    """Cuts sessions into overlapping windows so each prediction has `context_steps` history.
+
+    The batches are cut when read (`WindowBatches`), one at a time.
+    """
     window, context = config.eval.window_steps, config.eval.context_steps
-    spectrogram = config.audio if config.model.audio_cnn.enabled else None
-    windows, placements = [], []
+    placements: list[tuple[str, int, int, int]] = []
     for session in sessions:
         for j, start in enumerate(window_starts(session.num_steps, window, window - context)):
             previous_end = (
@@ -207,15 +250,15 @@ def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.Config
             )
             keep_from = max(previous_end - start, 0)
             kept = min(start + window, session.num_steps) - (start + keep_from)
-            windows.append(_cut(session, start, window, spectrogram, config.data.step_seconds))
             placements.append((session.name, start, keep_from, kept))
-    size = config.eval.batch_size
-    batches = []
-    for i in range(0, len(windows), size):
-        chunk = windows[i : i + size]
-        while len(chunk) < size:  # padding windows are fully masked
-            chunk.append(jax.tree.map(np.zeros_like, windows[0]))
-        batches.append({k: np.stack([w[k] for w in chunk]) for k in chunk[0]})
+    batches = WindowBatches(
+        sessions,
+        placements,
+        window,
+        config.eval.batch_size,
+        config.audio if config.model.audio_cnn.enabled else None,
+        config.data.step_seconds,
+    )
     return EvalPlan(batches, placements, {s.name: s.num_steps for s in sessions})
 
 
