@@ -41,7 +41,7 @@ from avemo import metrics as metrics_lib
 from avemo import postprocess
 from avemo.data.pipeline import PreparedSession
 from avemo.metrics import DIMENSIONS
-from avemo.reporting.figures import curves_png, write_atomically
+from avemo.reporting.figures import write_atomically, write_curves_png
 
 log = logging.getLogger("avemo")
 
@@ -420,6 +420,7 @@ def evaluate_workdir(
     *,
     trained: tuple[ml_collections.ConfigDict, int, Predict] | None = None,
     inputs: EvalInputs | None = None,
+    plot_writer: PlotWriter | None = None,
 ) -> dict[str, Any]:
     """Evaluates a trained workdir on one split; writes `workdir/reports/` (test: reports/test/).
 
@@ -435,6 +436,7 @@ def evaluate_workdir(
       trained: (config, checkpoint step, predict(key, sessions)) of the model, already loaded
         (a population member); default: `avemo.inference.load(workdir, which)`.
       inputs: the sessions and degraded inputs, shared with other evaluations of the same data.
+      plot_writer: draws and writes a plot (default: here and now; a population: a pool).
 
     Returns:
       The summary (JSON-able); its "robustness" holds the post-processed pooled figures.
@@ -530,7 +532,9 @@ def evaluate_workdir(
         _write_reports(out, summary, results, params)
         if plots and "normal" in results:
             for s in shown["normal"]:
-                _write_plot(out, s, normal[s.name], stage_params, config.data.step_seconds)
+                _write_plot(
+                    out, s, normal[s.name], stage_params, config.data.step_seconds, plot_writer
+                )
     return summary
 
 
@@ -686,16 +690,21 @@ def _json_float(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+PlotWriter = Callable[..., None]  # (path, *curves_png args, **kwargs)
+
+
 def _write_plot(
     out: pathlib.Path,
     session: PreparedSession,
     result: Mapping[str, np.ndarray],
     stage_params: Mapping[str, Mapping[str, Any]],
     step_seconds: float,
+    writer: PlotWriter | None = None,
 ) -> None:
     times = np.arange(session.num_steps) * step_seconds
     stage = "postprocessed" if "postprocessed" in stage_params else "raw"
-    png = curves_png(
+    (writer or write_curves_png)(
+        out / "plots" / f"{session.name}.png",
         f"{session.name} ({session.split}): prediction ({stage}) vs gold standard",
         times,
         postprocess.apply(result["outputs"], stage_params[stage][session.name]),
@@ -704,7 +713,32 @@ def _write_plot(
         np.asarray(session.arrays["speech_energy"]),
         gold=np.asarray(session.arrays["labels"]),
     )
-    write_atomically(out / "plots" / f"{session.name}.png", png)
+
+
+class _PlotPool:
+    """Plots drawn by worker processes while the caller goes on (a population's reports draw one
+    figure per session and member; matplotlib holds the GIL, so threads would not overlap)."""
+
+    def __init__(self, workers: int):
+        import concurrent.futures
+        import multiprocessing
+
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),  # JAX is running: no fork
+        )
+        self._futures: list[Any] = []
+
+    def __call__(self, path: pathlib.Path, *args: Any, **kwargs: Any) -> None:
+        self._futures.append(self._pool.submit(write_curves_png, path, *args, **kwargs))
+
+    def close(self) -> None:
+        """Waits for every plot; the first failure is raised."""
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self._pool.shutdown(cancel_futures=True)
 
 
 def report_after_training(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -755,8 +789,13 @@ def report_population(
         except ValueError:
             pass  # said per member below
     inputs.prepare(PROTOCOLS, evaluated, threads=os.cpu_count() or 1)
-    for m, (config, workdir) in enumerate(chosen):
-        _reports(config, workdir, (loaded[m], steps[m], predictions.for_member(m)), inputs)
+    plots = _PlotPool(min(2, os.cpu_count() or 1))
+    try:
+        for m, (config, workdir) in enumerate(chosen):
+            trained = (loaded[m], steps[m], predictions.for_member(m))
+            _reports(config, workdir, trained, inputs, plots)
+    finally:
+        plots.close()
 
 
 def _reports(
@@ -764,9 +803,12 @@ def _reports(
     workdir: str,
     trained: tuple[ml_collections.ConfigDict, int, Predict] | None,
     inputs: EvalInputs | None,
+    plots: PlotWriter | None = None,
 ) -> None:
     try:
-        summary = evaluate_workdir(workdir, split="dev", trained=trained, inputs=inputs)
+        summary = evaluate_workdir(
+            workdir, split="dev", trained=trained, inputs=inputs, plot_writer=plots
+        )
     except ValueError as err:
         log.warning("No dev reports: %s", err)
     else:
@@ -779,7 +821,12 @@ def _reports(
     if config.eval.report_test:
         try:
             summary = evaluate_workdir(
-                workdir, split="test", fit_postprocess=False, trained=trained, inputs=inputs
+                workdir,
+                split="test",
+                fit_postprocess=False,
+                trained=trained,
+                inputs=inputs,
+                plot_writer=plots,
             )
         except ValueError as err:
             log.warning("No test reports: %s", err)
