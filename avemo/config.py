@@ -144,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
     # its face or its voice (equal odds), by the missing-modality protocol's transforms with m and
     # n set to match. 0 = off (the paper).
     c.train.modality_dropout = 0.0
+    # issue 9: probability that a training window's voice is heard from afar (the far-field
+    # transform of the missing-modality protocol with a room drawn per session around the
+    # protocol's; avemo.data.augment). Needs recordings (not the in-memory corpus).
+    c.train.far_field_augment = 0.0
     # --- input pipeline (issue 10) --- batches Grain prepares ahead of the step in background
     # threads. Grain's own default (500 elements, 16 threads) held ~2.5 GB of default batches
     # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
@@ -295,6 +299,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.loss.aux_weight (lambda) must be >= 0")
     if not 0.0 <= flat["model.audio_input_dropout"] < 1.0:
         raise ConfigError("config.model.audio_input_dropout must be in [0, 1)")
+    if not 0.0 <= flat["train.far_field_augment"] < 1.0:
+        raise ConfigError("config.train.far_field_augment must be in [0, 1)")
+    if flat["train.far_field_augment"] > 0 and flat["data.corpus"] == "memory":
+        raise ConfigError(
+            "config.train.far_field_augment needs recordings; the in-memory corpus has none"
+        )
     if not 0.0 <= flat["train.modality_dropout"] < 1.0:
         raise ConfigError("config.train.modality_dropout must be in [0, 1)")
     if flat["audio.speech_energy.session_relative_db"] < 0:

@@ -69,23 +69,32 @@ def remove_faces(session: PreparedSession) -> PreparedSession:
     return PreparedSession(session.name, session.split, augment.remove_face(session.arrays))
 
 
-def far_field(signal: np.ndarray, sample_rate: float, seed: int = FAR_FIELD_SEED) -> np.ndarray:
+def far_field(
+    signal: np.ndarray,
+    sample_rate: float,
+    seed: int = FAR_FIELD_SEED,
+    attenuation_db: float = FAR_FIELD_ATTENUATION_DB,
+    cutoff_hz: float = FAR_FIELD_CUTOFF_HZ,
+    decay_seconds: float = FAR_FIELD_DECAY_SECONDS,
+) -> np.ndarray:
     """Protocol (c): x attenuated by 25 dB, 4th-order Butterworth low-pass, reverberated.
 
     The room response is white noise under an exp(-t / 0.12 s) envelope (0.5 s long, unit
-    energy), mixed 30 % dry / 70 % wet; the result is scaled by 10^(-25/20).
+    energy), mixed 30 % dry / 70 % wet; the result is scaled by 10^(-25/20). The keyword
+    arguments give other rooms and distances (training's far-field augmentation draws them,
+    `avemo.data.augment.far_field_params`); the protocol uses the defaults.
     """
     from scipy import signal as sps
 
     x = np.asarray(signal, np.float64)
-    sos = sps.butter(4, FAR_FIELD_CUTOFF_HZ, "lowpass", fs=sample_rate, output="sos")
+    sos = sps.butter(4, cutoff_hz, "lowpass", fs=sample_rate, output="sos")
     dry = sps.sosfilt(sos, x)
     tail = np.arange(int(0.5 * sample_rate)) / sample_rate
     response = np.random.default_rng(seed).standard_normal(tail.size)
-    response *= np.exp(-tail / FAR_FIELD_DECAY_SECONDS)
+    response *= np.exp(-tail / decay_seconds)
     response /= np.sqrt(np.sum(response**2))
     wet = sps.fftconvolve(dry, response)[: dry.size]
-    gain = 10.0 ** (-FAR_FIELD_ATTENUATION_DB / 20.0)
+    gain = 10.0 ** (-attenuation_db / 20.0)
     return (gain * (0.3 * dry + 0.7 * wet)).astype(np.float32)
 
 

@@ -650,6 +650,7 @@ def train_population(
     eval_sessions = [s for s in sessions if s.split in config.eval.splits and s.has_labels]
     # A small read-ahead per pipeline: Grain's default buffers 500 batches per iterator (GBs for
     # K member pipelines, or for cached frozen maps); the data order does not depend on it.
+    far_field = train.far_field_inputs(config, workdirs[0], sessions)  # the same for all members
     iters = [
         iter(
             pipeline.train_dataset(
@@ -657,6 +658,7 @@ def train_population(
                 c,
                 read_options=READ_OPTIONS,
                 silence=train.silent_window(c, workdirs[0], sessions),  # modality dropout
+                far_field=far_field,
             )
         )
         for c in (configs if data_order == "member" else configs[:1])

@@ -362,6 +362,32 @@ def silent_window(
     return augment.silent_window(config, normalizer, feature_dim)
 
 
+def far_field_inputs(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    sessions: Sequence[pipeline.PreparedSession],
+) -> dict[str, dict[str, np.ndarray]] | None:
+    """The training sessions' far-field audio inputs (None when `train.far_field_augment` is 0)."""
+    if config.train.far_field_augment <= 0:
+        return None
+    from avemo.audio import normalize
+    from avemo.data import augment
+    from avemo.data.corpora import get_sessions
+    from avemo.data.prepare import NORMALIZER_FILE
+
+    train = [s for s in sessions if s.split == "train" and s.has_labels]
+    raw = {s.name: s for s in get_sessions(config.data)}
+    normalizer = normalize.load(os.path.join(workdir, NORMALIZER_FILE))
+    started = time.time()
+    out = augment.far_field_sessions(train, raw, config, normalizer, threads=os.cpu_count() or 1)
+    log.info(
+        "Far-field augmentation: %d training sessions heard from afar (%.0f s).",
+        len(out),
+        time.time() - started,
+    )
+    return out
+
+
 def selection_metrics(metrics: Mapping[str, float], evaluated: bool) -> dict[str, float] | None:
     """The dev metrics that choose the best checkpoint; None when dev was not evaluated."""
     chosen = {k: v for k, v in metrics.items() if k.startswith(f"{SELECTION_SPLIT}/")}
@@ -443,6 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             jax.process_index(),
             jax.process_count(),
             silence=silent_window(config, workdir, sessions),
+            far_field=far_field_inputs(config, workdir, sessions),
         )
     )
     plans = {split: pipeline.eval_plan(group, config) for split, group in eval_sets.items()}

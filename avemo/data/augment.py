@@ -8,13 +8,20 @@ training statistics (Eq. 9), and speech energy m = 0. The gate β and the auxili
 then see real absent cases with m and n that match the content, and the fusion cannot lean on one
 stream alone (the face path was nearly unused without it: docs/fusion.md).
 
+Far-field augmentation (`train.far_field_augment`): with that probability a window's voice is
+replaced by the same speech heard from afar -- the session's audio through the far-field transform
+of the protocol (attenuation, low-pass, room reverberation) with a room and a distance drawn per
+session from ranges around the protocol's (`FAR_FIELD_RANGES`), run through the audio front end
+and normalised with the training statistics; m comes from the degraded audio, as at test time.
+Labels and faces are untouched: the subject's emotion is the same, only the microphone moved.
+
 The random choice per window comes from Grain's `random_map` (seeded by `config.seed` and the
 window's index), so a resumed run sees the same augmented batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -100,8 +107,87 @@ class ModalityDropout:
         return f"ModalityDropout(rate={self.rate})"
 
 
+# Far-field rooms for training, drawn uniformly per session: attenuation (dB), low-pass cutoff
+# (Hz), reverberation decay constant (s). The protocol's room (25 dB, 1.8 kHz, 0.12 s) lies inside.
+FAR_FIELD_RANGES = {
+    "attenuation_db": (12.0, 35.0),
+    "cutoff_hz": (1200.0, 3500.0),
+    "decay_seconds": (0.04, 0.25),
+}
+# Prefix of a window's far-field audio inputs, cut beside the clean ones and removed by
+# `FarFieldVoice` before batching.
+FAR_FIELD_PREFIX = "far_field/"
+_AUDIO_KEYS = ("audio_features", "speech_energy", "logmel")
+
+
+def far_field_params(rng: np.random.Generator) -> dict[str, float]:
+    """A far-field room from `FAR_FIELD_RANGES`, and the seed of its room response."""
+    params = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in FAR_FIELD_RANGES.items()}
+    params["seed"] = int(rng.integers(2**31))
+    return params
+
+
+def far_field_sessions(
+    sessions: Sequence[Any],
+    raw_sessions: Mapping[str, Any],
+    config: ml_collections.ConfigDict,
+    normalizer: Any,
+    threads: int = 1,
+) -> dict[str, dict[str, np.ndarray]]:
+    """{session: its audio inputs heard from afar} for far-field augmentation.
+
+    Each session's room is drawn from `FAR_FIELD_RANGES` by the session's name (the same rooms
+    for every seed, so a population computes them once); the audio front end runs on the degraded
+    recording (`threads` at a time).
+    """
+    import zlib
+
+    from avemo import evaluate
+
+    rngs = [np.random.default_rng([zlib.crc32(s.name.encode()), 104729]) for s in sessions]
+
+    def one(item):
+        session, rng = item
+        signal = evaluate.session_signal(raw_sessions[session.name], config)
+        far = evaluate.far_field(signal, config.audio.sample_rate, **far_field_params(rng))
+        degraded = evaluate.with_audio(session, far, config, normalizer)
+        return {k: degraded.arrays[k] for k in _AUDIO_KEYS if k in degraded.arrays}
+
+    items = list(zip(sessions, rngs, strict=True))
+    if threads > 1 and len(items) > 1:  # openSMILE runs outside the GIL
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(items))) as pool:
+            made = list(pool.map(one, items))
+    else:
+        made = [one(item) for item in items]
+    return {s.name: m for s, m in zip(sessions, made, strict=True)}
+
+
+class FarFieldVoice:
+    """Grain random map: with probability `rate` the window's voice is its far-field version."""
+
+    def __init__(self, rate: float):
+        self.rate = float(rate)
+
+    def __call__(self, window: dict, rng: np.random.Generator) -> dict:
+        far = {
+            k[len(FAR_FIELD_PREFIX) :]: window[k] for k in window if k.startswith(FAR_FIELD_PREFIX)
+        }
+        out = {k: v for k, v in window.items() if not k.startswith(FAR_FIELD_PREFIX)}
+        if far and rng.uniform() < self.rate:
+            out.update(far)
+        return out
+
+    def __repr__(self) -> str:  # Grain compares reprs when restoring iterator state
+        return f"FarFieldVoice(rate={self.rate})"
+
+
 def apply(ds: Any, config: ml_collections.ConfigDict, silence: Mapping[str, np.ndarray] | None):
-    """`ds` (a Grain MapDataset of windows) with modality dropout when the config asks for it."""
+    """`ds` (a Grain MapDataset of windows) with far-field voices and modality dropout when the
+    config asks for them (far field first: a far-field window may then lose a modality too)."""
+    if config.train.far_field_augment > 0:
+        ds = ds.random_map(FarFieldVoice(config.train.far_field_augment), seed=config.seed + 6007)
     rate = config.train.modality_dropout
     if rate <= 0:
         return ds

@@ -21,6 +21,7 @@ import numpy as np
 # Per-step arrays a window carries (spectrogram patches are cut from `logmel` on the fly);
 # `face_features`: cached maps of a frozen face branch (avemo.data.frozen), in place of faces.
 STEP_KEYS = ("faces", "face_features", "face_present", "audio_features", "speech_energy", "labels")
+_VOICE_KEYS = ("audio_features", "speech_energy", "spectrogram")  # a window's voice inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +96,12 @@ class WindowSource(grain.sources.RandomAccessDataSource):
         hop: int,
         spectrogram_cfg: Any | None = None,
         step_seconds: float = 0.04,
+        far_field: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     ):
+        """`far_field`: {session: audio inputs heard from afar} (`avemo.data.augment`), cut beside
+        the clean ones under `augment.FAR_FIELD_PREFIX`."""
         self._sessions = list(sessions)
+        self._far_field = dict(far_field or {})
         self._window = window
         self._spectrogram_cfg = spectrogram_cfg
         self._step_seconds = step_seconds
@@ -107,7 +112,9 @@ class WindowSource(grain.sources.RandomAccessDataSource):
         ]
         self._repr = (
             f"WindowSource(sessions={[s.name for s in self._sessions]}, window={window},"
-            f" hop={hop}, n={len(self._index)})"
+            f" hop={hop}, n={len(self._index)}"
+            + (f", far_field={sorted(self._far_field)}" if self._far_field else "")
+            + ")"
         )
 
     def __len__(self) -> int:
@@ -115,13 +122,17 @@ class WindowSource(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, index: int) -> dict:
         session_index, start = self._index[index]
-        return _cut(
-            self._sessions[session_index],
-            start,
-            self._window,
-            self._spectrogram_cfg,
-            self._step_seconds,
-        )
+        session = self._sessions[session_index]
+        out = _cut(session, start, self._window, self._spectrogram_cfg, self._step_seconds)
+        if session.name in self._far_field:
+            from avemo.data.augment import FAR_FIELD_PREFIX
+
+            arrays = {"face_present": session.arrays["face_present"]}  # gives the step count
+            arrays.update(self._far_field[session.name])
+            far = PreparedSession(session.name, session.split, arrays)
+            cut = _cut(far, start, self._window, self._spectrogram_cfg, self._step_seconds)
+            out.update({FAR_FIELD_PREFIX + k: cut[k] for k in _VOICE_KEYS if k in cut})
+        return out
 
     def __repr__(self) -> str:
         return self._repr
@@ -134,12 +145,14 @@ def train_dataset(
     process_count: int = 1,
     read_options: grain.ReadOptions | None = None,
     silence: Mapping[str, np.ndarray] | None = None,
+    far_field: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> grain.IterDataset:
     """Shuffled, repeated, process-sharded, batched training windows.
 
     `read_options`: Grain's reading threads and prefetch buffer (None: `train.pipeline_threads`
     and `train.prefetch_batches`); the data order does not depend on them.
     `silence`: the inputs of a silent window, for modality dropout (`avemo.data.augment`).
+    `far_field`: the training sessions' far-field audio inputs, for far-field augmentation.
     """
     train = [s for s in sessions if s.split == "train" and s.has_labels]
     if not train:
@@ -155,6 +168,7 @@ def train_dataset(
         config.train.window_hop_steps,
         config.audio if config.model.audio_cnn.enabled else None,
         config.data.step_seconds,
+        far_field if config.train.far_field_augment > 0 else None,
     )
     ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
     from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)
