@@ -1,6 +1,8 @@
 """Fusion ablation rows (docs/fusion.md): the paper's model, each remedy added one at a time.
 
 Run: python -m avemo.main --config configs/fusion_ablation.py:ROW --workdir W [--config.seed=S]
+     python -m launch.sweep --config configs/fusion_ablation.py:ROW --workdir W \
+         --executor population --data-order member          # the row over seeds 0, 1, 2
      [--config.data.synthetic.voice_valence=0.35]   # the hard corpus variant
 
 ROW (cumulative, in this order):
@@ -12,6 +14,7 @@ ROW (cumulative, in this order):
   face_lstm       + temporal face stream (LSTM 32)
   heads           + per-modality heads (weight 0.5)
   default         + lambda = 1: the new default (configs/default.py)
+  far_field       + far-field augmentation 0.3 (train.far_field_augment; not in the default yet)
   audio, video    single-modality models with the default's settings that apply to them
 """
 
@@ -26,6 +29,7 @@ ROWS = (
     "face_lstm",
     "heads",
     "default",
+    "far_field",
 )
 
 
@@ -42,6 +46,8 @@ def get_config(arg=None):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep >= ROWS.index("far_field"):
+        c.train.far_field_augment = 0.3
     if keep < ROWS.index("default"):
         c.loss.aux_weight = 0.1
     if keep < ROWS.index("heads"):
@@ -57,3 +63,9 @@ def get_config(arg=None):
     if keep < ROWS.index("audio_dropout"):
         c.model.audio_input_dropout = 0.0
     return c
+
+
+def get_sweep(arg=None):  # noqa: ARG001
+    from launch import hyper
+
+    return hyper.sweep("seed", [0, 1, 2])
