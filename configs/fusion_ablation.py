@@ -16,6 +16,7 @@ ROW (cumulative, in this order):
   default         + lambda = 1: the new default (configs/default.py)
   far_field       + far-field augmentation 0.3 (train.far_field_augment; not in the default yet)
   audio, video    single-modality models with the default's settings that apply to them
+ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
 """
 
 from configs import default
@@ -34,7 +35,16 @@ ROWS = (
 
 
 def get_config(arg=None):
-    row = arg or "default"
+    row, _, extra = (arg or "default").partition("+")
+    c = _row(row)
+    if extra:  # ROW+far_field: the row with far-field augmentation (e.g. audio+far_field)
+        if extra != "far_field":
+            raise ValueError(f"unknown addition {extra!r} to row {row!r}; only '+far_field'")
+        c.train.far_field_augment = 0.3
+    return c
+
+
+def _row(row):
     c = default.get_config()
     if row in ("audio", "video"):
         c.model.mode = row
