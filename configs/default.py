@@ -6,8 +6,8 @@ The paper's fusion model (Eq. 27-31) sized for 2 CPU cores: 64x64 gray faces thr
 improved AlexNet, eGeMAPS + prior-knowledge audio features through a Dense + LSTM, attention and
 the audio/video gate with the auxiliary loss, RMSE main loss -- plus the fusion remedies of
 docs/fusion.md (each a key; `configs/fusion_ablation.py` turns them off one by one):
-modality dropout, a gate that sees m and n, a temporal face stream, per-modality heads,
-lambda = 1 and a session-relative speech-energy tag m.
+modality dropout, far-field augmentation, a gate that sees m and n, a temporal face stream,
+per-modality heads, lambda = 1 and a session-relative speech-energy tag m.
 
 Held-out figures: the checkpoint and the post-processing are chosen on dev; at the end the hidden
 test split (4 sessions of 120 s; the corpus's train and dev sessions are unchanged) is scored once
@@ -38,6 +38,10 @@ def get_config(arg=None):  # noqa: ARG001
     c.model.output_lstm_features = 64
     # Fusion remedies (docs/fusion.md).
     c.train.modality_dropout = 0.3
+    # Far-field augmentation (issue 9): 30 % of the training windows hear the subject from afar
+    # (a room drawn per session; avemo.data.augment). Test, 3 seeds: far field 0.41 -> 0.79 mean
+    # CCC, arousal 0.845 -> 0.886 (docs/fusion.md).
+    c.train.far_field_augment = 0.3
     c.model.gate_inputs = "states+availability"
     c.model.video_lstm_features = 32
     c.model.modality_heads = True

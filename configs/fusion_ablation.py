@@ -13,9 +13,10 @@ ROW (cumulative, in this order):
   gate_mn         + gate sees m and n
   face_lstm       + temporal face stream (LSTM 32)
   heads           + per-modality heads (weight 0.5)
-  default         + lambda = 1: the new default (configs/default.py)
-  far_field       + far-field augmentation 0.3 (train.far_field_augment; not in the default yet)
-  audio, video    single-modality models with the default's settings that apply to them
+  lambda1         + lambda = 1 (the default until far-field augmentation; was named "default")
+  far_field       + far-field augmentation 0.3: the default (configs/default.py; alias "default")
+  audio, video    single-modality models with the default's settings that apply to them (audio:
+                  with far-field augmentation; video: no voice to augment)
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
 """
 
@@ -29,13 +30,14 @@ ROWS = (
     "gate_mn",
     "face_lstm",
     "heads",
-    "default",
+    "lambda1",
     "far_field",
 )
 
 
 def get_config(arg=None):
     row, _, extra = (arg or "default").partition("+")
+    row = "far_field" if row == "default" else row
     c = _row(row)
     if extra:  # ROW+far_field: the row with far-field augmentation (e.g. audio+far_field)
         if extra != "far_field":
@@ -52,13 +54,15 @@ def _row(row):
         c.model.modality_heads = False
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
+        if row == "video":
+            c.train.far_field_augment = 0.0  # no voice to hear from afar
         return c
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
-    if keep >= ROWS.index("far_field"):
-        c.train.far_field_augment = 0.3
-    if keep < ROWS.index("default"):
+    if keep < ROWS.index("far_field"):
+        c.train.far_field_augment = 0.0
+    if keep < ROWS.index("lambda1"):
         c.loss.aux_weight = 0.1
     if keep < ROWS.index("heads"):
         c.model.modality_heads = False
