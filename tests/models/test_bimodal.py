@@ -20,6 +20,16 @@ def _batch(b=2, length=5, size=16, dim=6):
     }
 
 
+# A model small enough for a unit test (each test adds its mode and what it varies).
+SMALL = dict(
+    conv_features=(4, 4, 4),
+    fc_features=(8, 8),
+    lstm_features=8,
+    audio_dense_features=8,
+    attention_features=8,
+)
+
+
 @pytest.mark.parametrize("mode", ["fusion", "audio", "video"])
 def test_modes_give_per_step_outputs(mode):
     model = BimodalModel(
@@ -86,15 +96,7 @@ def test_audio_cnn_keeps_spatial_size_same_padding_stride_one_pools():
 
 
 def test_video_frame_stride_runs_the_cnn_on_every_stride_th_step_only():
-    kwargs = dict(
-        mode="video",
-        conv_features=(4, 4, 4),
-        fc_features=(8, 8),
-        lstm_features=8,
-        audio_dense_features=8,
-        attention_features=8,
-        output_lstm_features=0,
-    )
+    kwargs = dict(SMALL, mode="video", output_lstm_features=0)
     batch = _batch(length=7)
     strided = BimodalModel(video_frame_stride=3, **kwargs)
     variables = strided.init(jax.random.key(0), batch)
@@ -144,16 +146,7 @@ def test_face_cnn_in_chunks_gives_the_same_evaluation_outputs():
     from avemo import train
     from avemo.models.bimodal import face_chunk_frames
 
-    model = BimodalModel(
-        mode="fusion",
-        conv_features=(4, 4, 4),
-        fc_features=(8, 8),
-        lstm_features=8,
-        audio_dense_features=8,
-        attention_features=8,
-        output_lstm_features=8,
-        video_frame_stride=2,
-    )
+    model = BimodalModel(mode="fusion", output_lstm_features=8, video_frame_stride=2, **SMALL)
     batch = _batch(b=3, length=9)  # 3 windows x 5 strided steps = 15 frames
     batch["mask"] = np.ones((3, 9), np.float32)
     variables = model.init(jax.random.key(0), batch)
