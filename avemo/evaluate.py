@@ -52,7 +52,8 @@ FAR_FIELD_ATTENUATION_DB = 25.0
 FAR_FIELD_CUTOFF_HZ = 1800.0
 FAR_FIELD_DECAY_SECONDS = 0.12  # amplitude decay constant of the room response (RT60 ≈ 0.8 s)
 FAR_FIELD_SEED = 0
-_AUDIO_KEYS = ("audio_features", "logmel", "speech_energy")
+# The inputs `with_audio` recomputes from a signal (training's far-field augmentation swaps them).
+AUDIO_KEYS = ("audio_features", "logmel", "speech_energy")
 _AUDIO_PROTOCOLS = ("audio_silenced", "far_field")  # the audio front end on degraded audio
 
 
@@ -368,6 +369,14 @@ class EvalInputs:
             self.raw_sessions = {s.name: s for s in get_sessions(config.data)}
             self.normalizer = normalize.load(os.path.join(workdir, NORMALIZER_FILE))
         self._degraded: dict[tuple[str, str, int], PreparedSession] = {}
+        self._test: dict[str | None, list[PreparedSession]] = {}
+
+    def test_sessions(self, labels_dir: str | os.PathLike | None = None) -> list[PreparedSession]:
+        """`test_sessions` of these sessions, the gold standard read once per labels folder."""
+        key = None if labels_dir is None else str(labels_dir)
+        if key not in self._test:
+            self._test[key] = test_sessions(self.sessions, self.config, labels_dir)
+        return self._test[key]
 
     def prepare(
         self, protocols: Sequence[str], sessions: Sequence[PreparedSession], threads: int
@@ -472,7 +481,7 @@ def evaluate_workdir(
         if not evaluated:
             raise ValueError(f"{workdir}: no labelled dev sessions to evaluate")
     else:
-        evaluated = test_sessions(sessions, config, test_labels)
+        evaluated = inputs.test_sessions(test_labels)
 
     fitting = fit_postprocess and bool(dev)
     needed = {s.name: s for s in evaluated + (dev if fitting else [])}
@@ -794,7 +803,7 @@ def report_population(
     evaluated = [s for s in inputs.sessions if s.split == train.SELECTION_SPLIT and s.has_labels]
     if any(c.eval.report_test for c, _ in chosen):
         try:
-            evaluated += test_sessions(inputs.sessions, loaded[0])
+            evaluated += inputs.test_sessions()
         except ValueError:
             pass  # said per member below
     inputs.prepare(PROTOCOLS, evaluated, threads=os.cpu_count() or 1)

@@ -117,7 +117,6 @@ FAR_FIELD_RANGES = {
 # Prefix of a window's far-field audio inputs, cut beside the clean ones and removed by
 # `FarFieldVoice` before batching.
 FAR_FIELD_PREFIX = "far_field/"
-_AUDIO_KEYS = ("audio_features", "speech_energy", "logmel")
 
 
 def far_field_params(rng: np.random.Generator) -> dict[str, float]:
@@ -151,7 +150,7 @@ def far_field_sessions(
         signal = evaluate.session_signal(raw_sessions[session.name], config)
         far = evaluate.far_field(signal, config.audio.sample_rate, **far_field_params(rng))
         degraded = evaluate.with_audio(session, far, config, normalizer)
-        return {k: degraded.arrays[k] for k in _AUDIO_KEYS if k in degraded.arrays}
+        return {k: degraded.arrays[k] for k in evaluate.AUDIO_KEYS if k in degraded.arrays}
 
     items = list(zip(sessions, rngs, strict=True))
     if threads > 1 and len(items) > 1:  # openSMILE runs outside the GIL
