@@ -370,8 +370,8 @@ class PopulationTrainer:
                 outputs, updates = self._member_model(h).apply(
                     variables, b, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
                 )
-                parts = train.losses(config, outputs, b)
-                parts["loss"] = parts["loss_main"] + h["aux_weight"] * parts["loss_aux"]
+                # The member's own lambda; every other term (the heads' losses) as in train.
+                parts = train.losses(config, outputs, b, aux_weight=h["aux_weight"])
                 extra = {}
                 if "audio_gate" in outputs:
                     mask = b["mask"]

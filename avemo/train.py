@@ -121,8 +121,12 @@ def losses(
     config: ml_collections.ConfigDict,
     outputs: Mapping[str, jax.Array],
     batch: Mapping[str, jax.Array],
+    aux_weight: Any = None,
 ) -> dict[str, jax.Array]:
-    """total = main + lambda * aux (Eq. 31); aux is 0 when the model has no gate."""
+    """total = main + lambda * aux (Eq. 31) [+ the heads' weight * their losses]; aux is 0 when
+    the model has no gate. `aux_weight`: lambda, if not `config.loss.aux_weight` (a population
+    member's own, a traced scalar)."""
+    aux_weight = config.loss.aux_weight if aux_weight is None else aux_weight
     main = objectives.main_loss(
         config.loss.main, outputs["outputs"], batch["labels"], batch["mask"]
     )
@@ -132,7 +136,7 @@ def losses(
         )
     else:
         aux = jnp.zeros((), jnp.float32)
-    parts = {"loss": main + config.loss.aux_weight * aux, "loss_main": main, "loss_aux": aux}
+    parts = {"loss": main + aux_weight * aux, "loss_main": main, "loss_aux": aux}
     if "audio_outputs" in outputs:  # issue 9: per-modality heads (model.modality_heads)
         parts["loss_heads"] = objectives.modality_head_loss(config.loss.main, outputs, batch)
         parts["loss"] = parts["loss"] + config.loss.modality_head_weight * parts["loss_heads"]

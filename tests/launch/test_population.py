@@ -30,6 +30,9 @@ def _config(seed=0, aux=0.1, lr=5e-4, head_dropout=0.1, steps=4):
     c.checkpoint.async_save = False
     c.seed, c.loss.aux_weight, c.train.learning_rate = seed, aux, lr
     c.model.head_dropout = head_dropout
+    # Every loss term of the default model takes part (the heads' loss was once dropped by
+    # population training: members then trained another objective than their separate runs).
+    c.model.modality_heads = True
     c.train.num_steps = steps
     return c
 
