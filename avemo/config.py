@@ -81,6 +81,10 @@ def model_defaults() -> ml_collections.ConfigDict:
     # Temporal face stream: an LSTM of this width over the pooled face features, its state added
     # (projected) to the attention context c_t; 0 = per-frame context only (the paper).
     m.video_lstm_features = 0
+    # What the attention of Eq. (28) is conditioned on: "audio" = h_t (the paper); "face" = the
+    # temporal face stream's state v_t (needs video_lstm_features), so the face context does not
+    # change when the voice is silenced; "audio+face" = [h_t; v_t].
+    m.attention_query = "audio"
     # Per-modality regression heads on h_t and on the face vector, trained with weight
     # loss.modality_head_weight, so that each stream has to carry the labels by itself.
     m.modality_heads = False
@@ -251,6 +255,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
     if flat["model.video_lstm_features"] < 0:
         raise ConfigError("config.model.video_lstm_features must be >= 0 (0 = off)")
+    _check_choice(flat, "model.attention_query", ("audio", "face", "audio+face"))
+    if (
+        flat["model.attention_query"] != "audio"
+        and flat["model.mode"] == "fusion"
+        and not flat["model.video_lstm_features"]
+    ):
+        raise ConfigError(
+            f"config.model.attention_query={flat['model.attention_query']!r} needs the face "
+            "stream's state: set config.model.video_lstm_features > 0"
+        )
     if flat["loss.modality_head_weight"] < 0:
         raise ConfigError("config.loss.modality_head_weight must be >= 0")
     if flat["model.gate_inputs"] != "states" and flat["model.gate"] != "learned":

@@ -82,6 +82,28 @@ def test_face_memory_gives_the_face_path_temporal_state():
     )
 
 
+@pytest.mark.parametrize("query", ["audio", "face", "audio+face"])
+def test_face_context_depends_on_the_voice_only_through_an_audio_query(query):
+    """attention_query="face": the face context c_t (hence the face head) is a function of the
+    face alone; with an audio query ("audio", the paper's Eq. 28, or "audio+face") a silenced
+    voice changes which face regions are pooled."""
+    batch = _batch()
+    model = _model(video_lstm_features=8, attention_query=query, modality_heads=True)
+    variables = model.init(jax.random.key(0), batch)
+    out = model.apply(variables, batch)
+    silenced = dict(batch, audio_features=np.zeros_like(batch["audio_features"]))
+    other = model.apply(variables, silenced)
+    assert not np.allclose(other["audio_outputs"], out["audio_outputs"])  # the voice did change
+    if query == "face":
+        np.testing.assert_allclose(other["video_outputs"], out["video_outputs"], atol=1e-6)
+        np.testing.assert_allclose(other["attention"], out["attention"], atol=1e-6)
+    else:
+        assert not np.allclose(other["video_outputs"], out["video_outputs"])
+        assert not np.allclose(other["attention"], out["attention"])
+    width = variables["params"]["attention"]["W_g"]["kernel"].shape[0]
+    assert width == {"audio": 8, "face": 8, "audio+face": 16}[query]
+
+
 def test_modality_heads_and_their_loss():
     batch = _batch()
     model = _model(modality_heads=True)
@@ -104,6 +126,8 @@ def test_modality_heads_and_their_loss():
     [
         ("model.gate_inputs", "everything"),
         ("model.video_lstm_features", -1),
+        ("model.attention_query", "video"),
+        ("model.attention_query", "face"),  # tiny has no face stream (video_lstm_features 0)
         ("loss.modality_head_weight", -0.1),
         ("train.modality_dropout", 1.0),
         ("data.synthetic.voice_valence", 1.5),
