@@ -14,7 +14,9 @@ ROW (cumulative, in this order):
   face_lstm       + temporal face stream (LSTM 32)
   heads           + per-modality heads (weight 0.5)
   lambda1         + lambda = 1 (the default until far-field augmentation; was named "default")
-  far_field       + far-field augmentation 0.3: the default (configs/default.py; alias "default")
+  far_field       + far-field augmentation 0.3 (the default until the face query)
+  face_query      + the attention queried by the face stream (model.attention_query="face"):
+                  the default (configs/default.py; alias "default")
   audio, video    single-modality models with the default's settings that apply to them (audio:
                   with far-field augmentation; video: no voice to augment)
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
@@ -32,12 +34,13 @@ ROWS = (
     "heads",
     "lambda1",
     "far_field",
+    "face_query",
 )
 
 
 def get_config(arg=None):
     row, _, extra = (arg or "default").partition("+")
-    row = "far_field" if row == "default" else row
+    row = "face_query" if row == "default" else row
     c = _row(row)
     if extra:  # ROW+far_field: the row with far-field augmentation (e.g. audio+far_field)
         if extra != "far_field":
@@ -54,12 +57,15 @@ def _row(row):
         c.model.modality_heads = False
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
+        c.model.attention_query = "audio"  # video: the query is the video LSTM's own state
         if row == "video":
             c.train.far_field_augment = 0.0  # no voice to hear from afar
         return c
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("face_query"):
+        c.model.attention_query = "audio"
     if keep < ROWS.index("far_field"):
         c.train.far_field_augment = 0.0
     if keep < ROWS.index("lambda1"):
