@@ -3,7 +3,7 @@
 Run: python -m avemo.main --config configs/fusion_ablation.py:ROW --workdir W [--config.seed=S]
      python -m launch.sweep --config configs/fusion_ablation.py:ROW --workdir W \
          --executor population --data-order member          # the row over seeds 0, 1, 2
-     [--config.data.synthetic.voice_valence=0.35]   # the hard corpus variant
+     (ROW/hard or --config.data.synthetic.voice_valence=0.35: the hard corpus variant)
 
 ROW (cumulative, in this order):
   paper           the paper's model at the CPU default's size (no remedy; lambda 0.1)
@@ -20,7 +20,11 @@ ROW (cumulative, in this order):
   audio, video    single-modality models with the default's settings that apply to them (audio:
                   with far-field augmentation; video: no voice to augment)
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
+ROW/hard: the row on the hard corpus variant (data.synthetic.voice_valence = 0.35, the voice
+carries little valence), e.g. configs/fusion_ablation.py:video/hard.
 """
+
+HARD_VOICE_VALENCE = 0.35
 
 from configs import default
 
@@ -39,13 +43,18 @@ ROWS = (
 
 
 def get_config(arg=None):
-    row, _, extra = (arg or "default").partition("+")
+    arg, _, corpus = (arg or "default").partition("/")
+    if corpus not in ("", "hard"):
+        raise ValueError(f"unknown corpus variant {corpus!r}; only '/hard'")
+    row, _, extra = arg.partition("+")
     row = "face_query" if row == "default" else row
     c = _row(row)
     if extra:  # ROW+far_field: the row with far-field augmentation (e.g. audio+far_field)
         if extra != "far_field":
             raise ValueError(f"unknown addition {extra!r} to row {row!r}; only '+far_field'")
         c.train.far_field_augment = 0.3
+    if corpus == "hard":
+        c.data.synthetic.voice_valence = HARD_VOICE_VALENCE
     return c
 
 
