@@ -50,7 +50,10 @@ def get_config(arg=None):  # noqa: ARG001
     # silenced: 0.27 mean test CCC, 3 seeds); docs/fusion.md.
     c.model.attention_query = "face"
     c.model.modality_heads = True
-    c.loss.modality_head_weight = 0.5
+    # 1.0, not 0.5: the face head's loss is what asks the face stream for arousal (the voice
+    # explains it in the main loss). Chosen on dev, 3 seeds: audio-silenced mean CCC 0.627 -> 0.725
+    # (0.5 vs 1.0; 2.0 gave 0.593), normal inputs unchanged; docs/fusion.md.
+    c.loss.modality_head_weight = 1.0
     c.loss.main = "rmse"
     c.loss.aux_weight = 1.0
     c.train.learning_rate = 2e-3

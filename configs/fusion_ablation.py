@@ -15,8 +15,9 @@ ROW (cumulative, in this order):
   heads           + per-modality heads (weight 0.5)
   lambda1         + lambda = 1 (the default until far-field augmentation; was named "default")
   far_field       + far-field augmentation 0.3 (the default until the face query)
-  face_query      + the attention queried by the face stream (model.attention_query="face"):
-                  the default (configs/default.py; alias "default")
+  face_query      + the attention queried by the face stream (model.attention_query="face")
+  head_weight     + the heads' loss weight 1.0 (was 0.5): the default (configs/default.py;
+                  alias "default")
   audio, video    single-modality models with the default's settings that apply to them (audio:
                   with far-field augmentation; video: no voice to augment)
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
@@ -39,6 +40,7 @@ ROWS = (
     "lambda1",
     "far_field",
     "face_query",
+    "head_weight",
 )
 
 
@@ -47,7 +49,7 @@ def get_config(arg=None):
     if corpus not in ("", "hard"):
         raise ValueError(f"unknown corpus variant {corpus!r}; only '/hard'")
     row, _, extra = arg.partition("+")
-    row = "face_query" if row == "default" else row
+    row = "head_weight" if row == "default" else row
     c = _row(row)
     if extra:  # ROW+far_field: the row with far-field augmentation (e.g. audio+far_field)
         if extra != "far_field":
@@ -73,6 +75,8 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("head_weight"):
+        c.loss.modality_head_weight = 0.5
     if keep < ROWS.index("face_query"):
         c.model.attention_query = "audio"
     if keep < ROWS.index("far_field"):
