@@ -25,9 +25,9 @@ ROW/hard: the row on the hard corpus variant (data.synthetic.voice_valence = 0.3
 carries little valence), e.g. configs/fusion_ablation.py:video/hard.
 """
 
-HARD_VOICE_VALENCE = 0.35
-
 from configs import default
+
+HARD_VOICE_VALENCE = 0.35
 
 ROWS = (
     "paper",
