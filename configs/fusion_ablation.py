@@ -23,7 +23,11 @@ ROW (cumulative, in this order):
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
 ROW/hard: the row on the hard corpus variant (data.synthetic.voice_valence = 0.35, the voice
 carries little valence), e.g. configs/fusion_ablation.py:video/hard.
+ROW|key=value,...: the row with scalar keys changed (the variants of docs/fusion.md), e.g.
+configs/fusion_ablation.py:'face_query|loss.modality_head_weight=2.0' (quote the '|').
 """
+
+import ast
 
 from configs import default
 
@@ -45,7 +49,8 @@ ROWS = (
 
 
 def get_config(arg=None):
-    arg, _, corpus = (arg or "default").partition("/")
+    arg, _, variant = (arg or "default").partition("|")
+    arg, _, corpus = arg.partition("/")
     if corpus not in ("", "hard"):
         raise ValueError(f"unknown corpus variant {corpus!r}; only '/hard'")
     row, _, extra = arg.partition("+")
@@ -57,7 +62,26 @@ def get_config(arg=None):
         c.train.far_field_augment = 0.3
     if corpus == "hard":
         c.data.synthetic.voice_valence = HARD_VOICE_VALENCE
+    for key, value in _variant(variant).items():
+        try:  # the config is locked: an unknown key or a wrong type raises
+            c.update_from_flattened_dict({key: value})
+        except (KeyError, AttributeError, TypeError) as err:
+            raise ValueError(f"variant {key}={value!r}: unknown key or wrong type") from err
     return c
+
+
+def _variant(text):
+    """'key=value,...' -> {key: value}; a value is a Python literal, or else a string."""
+    changes = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"variant {item!r} is not key=value")
+        try:
+            changes[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            changes[key] = value
+    return changes
 
 
 def _row(row):

@@ -103,7 +103,10 @@ def build_config(
     from avemo import config as config_lib
 
     module, arg = _load_module(config_spec)
-    config = module.get_config(arg)
+    try:
+        config = module.get_config(arg)
+    except Exception as err:  # noqa: BLE001 -- a config that cannot be built is one user error
+        raise SweepError(f"{config_spec}: get_config: {type(err).__name__}: {err}") from err
     where = f"{label}: " if label else ""
     for key, value in overrides.items():
         node, parts = config, key.split(".")

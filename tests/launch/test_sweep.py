@@ -178,3 +178,18 @@ def test_slurm_flags_become_submitit_parameters():
         "slurm_array_parallelism": 3,
         "name": "avemo-sweep",
     }
+
+
+def test_fusion_ablation_variants_change_one_key_over_the_rows_seeds(tmp_path):
+    spec = os.path.join(ROOT, "configs", "fusion_ablation.py")
+    variant = ":face_query/hard|loss.modality_head_weight=2.0"
+    points = sweep_lib.expand(spec + variant, str(tmp_path))
+    assert [p.config.seed for p in points] == [0, 1, 2]
+    for p in points:
+        assert p.config.loss.modality_head_weight == 2.0
+        assert p.config.model.attention_query == "face"
+        assert p.config.data.synthetic.voice_valence == 0.35
+    plain = sweep_lib.expand(spec + ":face_query", str(tmp_path))[0].config
+    assert plain.loss.modality_head_weight == 0.5
+    with pytest.raises(sweep_lib.SweepError, match="variant model.not_a_key=1: unknown key"):
+        sweep_lib.expand(spec + ":face_query|model.not_a_key=1", str(tmp_path))
