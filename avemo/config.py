@@ -88,6 +88,11 @@ def model_defaults() -> ml_collections.ConfigDict:
     # Per-modality regression heads on h_t and on the face vector, trained with weight
     # loss.modality_head_weight, so that each stream has to carry the labels by itself.
     m.modality_heads = False
+    # A recurrent layer (lstm_features wide) over the face context c_t before the gate, the
+    # fusion and the face head, so the face stream is two recurrent layers deep like the
+    # video-only model (face LSTM -> attention -> LSTM) instead of a per-frame context plus a
+    # projected state; fusion mode only. False = the paper's c_t.
+    m.face_context_lstm = False
     # A recurrent layer over the fused features before the regression head (temporal context for
     # the video stream and for the raters' reaction delay); 0 disables it.
     m.output_lstm_features = 64

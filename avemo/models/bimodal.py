@@ -10,6 +10,9 @@ Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
     state (projected) is added to c_t, so the face path has its own memory instead of per-frame
     context under an audio query;
   gate_inputs "states+availability": beta_t also sees m_t and n_t (Eq. 31's targets);
+  face_context_lstm: an LSTM over c_t (after the face memory), so the face vector the gate, the
+    fusion and the face head see is, as in the video-only model, read through two recurrent
+    layers;
   modality_heads: per-modality regression heads on h_t and on the face vector, trained by
     `loss.modality_head_weight`, so each stream must carry the labels on its own.
 
@@ -63,6 +66,7 @@ class BimodalModel(nn.Module):
     video_lstm_features: int = 0
     attention_query: str = "audio"
     modality_heads: bool = False
+    face_context_lstm: bool = False
     output_lstm_features: int = 64
     head_dropout: float = 0.1
     num_outputs: int = 2
@@ -196,6 +200,10 @@ class BimodalModel(nn.Module):
                 context = context + nn.Dense(
                     self.lstm_features, dtype=self.dtype, name="face_memory"
                 )(face_state)
+            if self.mode == "fusion" and self.face_context_lstm:
+                context = SequenceLSTM(
+                    self.lstm_features, dtype=self.dtype, name="face_context_lstm"
+                )(context)
         if self.mode == "fusion":
             availability = None
             if self.gate_inputs == "states+availability":
@@ -248,6 +256,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         video_lstm_features=model_cfg.video_lstm_features,
         attention_query=model_cfg.attention_query,
         modality_heads=model_cfg.modality_heads,
+        face_context_lstm=model_cfg.face_context_lstm,
         output_lstm_features=model_cfg.output_lstm_features,
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,
