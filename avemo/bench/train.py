@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def matmul_peak(n: int | None = None, repeats: int = 10) -> float:
-    """FLOP/s of an n x n float32 matmul, the reference peak of this device."""
+def matmul_peak(n: int | None = None, repeats: int = 10, dtype=jnp.float32) -> float:
+    """FLOP/s of an n x n matmul in `dtype` (default precision), the reference peak."""
     n = n or (2048 if jax.default_backend() == "cpu" else 8192)
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     start = time.perf_counter()
@@ -66,7 +66,9 @@ def _lstm_flops(config, feature_dim: int) -> float:
     return 3.0 * per_step * b * length
 
 
-def _program_flops(trainer, state, batch, name: str, b: int, length: int) -> float:
+def _program_flops(
+    trainer, state, batch, name: str, b: int, length: int, overrides: dict | None = None
+) -> float:
     """XLA's FLOP count of the train step; where this backend gives none (jax 0.11 on CUDA),
     the identical program's count from XLA CPU in a subprocess (FLOPs do not depend on the
     device)."""
@@ -79,6 +81,7 @@ def _program_flops(trainer, state, batch, name: str, b: int, length: int) -> flo
     import subprocess
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    shapes = {k: [list(v.shape), str(v.dtype)] for k, v in batch.items()}
     out = subprocess.run(
         [
             sys.executable,
@@ -88,8 +91,10 @@ def _program_flops(trainer, state, batch, name: str, b: int, length: int) -> flo
             "--models",
             name,
             "--flops-only",
+            json.dumps(shapes),
             "--batch",
             f"{b}x{length}",
+            *[f"--set={k}={v!r}" for k, v in (overrides or {}).items()],
         ],
         env=env,
         capture_output=True,
@@ -97,6 +102,24 @@ def _program_flops(trainer, state, batch, name: str, b: int, length: int) -> flo
         check=True,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["flops"])
+
+
+def lowered_flops(
+    name: str, shapes: dict, batch_shape: str = "", overrides: dict | None = None
+) -> float:
+    """XLA's FLOP count of `name`'s train step lowered for this backend on a batch of `shapes`
+    ({key: [shape, dtype]}); nothing is run (the paper's step at accelerator batch sizes would
+    take minutes on a CPU)."""
+    from avemo import train
+
+    config = _variant_config(name, batch_shape, overrides)
+    batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
+    trainer = train.Trainer(config, batch, 10_000)
+    state = trainer.init_state()
+    cost = trainer.train_step.lower(
+        state, trainer.to_global(batch), trainer.base_rng
+    ).cost_analysis()
+    return float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])
 
 
 def _batch(config, rng: np.random.Generator, feature_dim: int = 93) -> dict[str, np.ndarray]:
@@ -148,11 +171,19 @@ def bench_sessions(config, num_sessions: int = 3, feature_dim: int = 93) -> list
 class _Runner:
     """One train step of `config`: pre-made batch and real-pipeline timings, FLOPs."""
 
-    def __init__(self, config, name: str, batch: dict, sessions: list, steps: int):
+    def __init__(
+        self,
+        config,
+        name: str,
+        batch: dict,
+        sessions: list,
+        steps: int,
+        overrides: dict | None = None,
+    ):
         from avemo import train
         from avemo.data import augment, frozen, pipeline
 
-        self.config, self.name, self.steps = config, name, steps
+        self.config, self.name, self.steps, self.overrides = config, name, steps, overrides
         self.trainer = train.Trainer(config, batch, 10_000)
         self.state = self.trainer.init_state()
         if frozen.enabled(config):
@@ -196,16 +227,21 @@ class _Runner:
 
     def flops(self, feature_dim: int = 93) -> float:
         b, length = self.config.train.batch_size, self.config.train.window_steps
-        flops = _program_flops(self.trainer, self.state, self.batch, self.name, b, length)
+        flops = _program_flops(
+            self.trainer, self.state, self.batch, self.name, b, length, self.overrides
+        )
         return flops + _lstm_flops(self.config, feature_dim) * (length - 1) / length
 
 
-def _variant_config(name: str, batch_shape: str = ""):
-    """`model[:variant]` with variant e2e (default), frozen or bf16."""
+def _variant_config(name: str, batch_shape: str = "", overrides: dict | None = None):
+    """`model[:variant]` with variant e2e (default), frozen or bf16; `batch_shape` "BxL" and
+    `overrides` ({flat key: value}, `--set`) change the model's config."""
     base, _, variant = name.partition(":")
     config = _config(base)
     if batch_shape:
         config.train.batch_size, config.train.window_steps = map(int, batch_shape.split("x"))
+    if overrides:
+        config.update_from_flattened_dict(overrides)
     if variant == "frozen":
         import tempfile
 
@@ -218,16 +254,11 @@ def _variant_config(name: str, batch_shape: str = ""):
     return config
 
 
-def bench_model(name: str, steps: int, batch_shape: str = "", flops_only: bool = False) -> dict:
+def bench_model(name: str, steps: int, batch_shape: str = "") -> dict:
     """One model variant alone (see `main` for the interleaved comparison)."""
     config = _variant_config(name, batch_shape)
     batch = _batch(config, np.random.default_rng(0))
     runner = _Runner(config, name, batch, bench_sessions(config), max(steps, 1))
-    if flops_only:
-        cost = runner.trainer.train_step.lower(
-            runner.state, runner.batch, runner.trainer.base_rng
-        ).cost_analysis()
-        return {"flops": float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])}
     runner.round()
     return _result(runner)
 
@@ -249,6 +280,22 @@ def _result(runner: _Runner) -> dict:
         "flops_per_step": flops,
         "flops_per_s": flops / step,
     }
+
+
+def _overrides(items: list[str]) -> dict:
+    """--set KEY=VALUE items -> {key: value}; a value is a Python literal, or else a string."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
 
 
 def torch_spec(config, feature_dim: int = 93) -> dict:
@@ -319,18 +366,28 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
     parser.add_argument("--torch", default="", help="a Python with torch for the reference")
     parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
-    parser.add_argument("--flops-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--flops-only", default="", help=argparse.SUPPRESS)  # batch shapes
     parser.add_argument("--batch", default="", help="windows x steps, e.g. 8x150")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every model, e.g. train.pipeline_threads=8 (repeatable)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, ".")
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1])
+    overrides = _overrides(args.set)
     if args.flops_only:
         import json
 
-        print(json.dumps(bench_model(args.models, 0, args.batch, flops_only=True)))
+        shapes = json.loads(args.flops_only)
+        flops = lowered_flops(args.models, shapes, args.batch, overrides)
+        print(json.dumps({"flops": flops}))
         return
     accelerator = jax.default_backend() != "cpu"
     names = []
@@ -341,16 +398,18 @@ def main(argv: list[str]) -> None:
             names.append(model if variant == "e2e" else f"{model}:{variant}")
     runners = []
     for name in names:
-        config = _variant_config(name, args.batch)
+        config = _variant_config(name, args.batch, overrides)
         batch = _batch(config, np.random.default_rng(0))
-        runners.append(_Runner(config, name, batch, bench_sessions(config), args.steps))
+        runners.append(_Runner(config, name, batch, bench_sessions(config), args.steps, overrides))
     python = _torch_python(args.torch)
     torch_runs = [r for r in runners if ":" not in r.name and r.config.model.mode == "fusion"]
     torch_times: dict[str, list[float]] = {r.name: [] for r in torch_runs} if python else {}
     torch_info: dict[str, dict] = {}
-    peaks = []
+    peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     for _ in range(args.rounds):
-        peaks.append(matmul_peak())
+        peaks["float32"].append(matmul_peak())
+        if accelerator:
+            peaks["bfloat16"].append(matmul_peak(dtype=jnp.bfloat16))
         for runner in runners:
             runner.round()
             if runner.name in torch_times:
@@ -359,26 +418,33 @@ def main(argv: list[str]) -> None:
                 )
                 torch_times[runner.name] += info["step_s"]
                 torch_info[runner.name] = info
-    peak = float(np.median(peaks))
+    peak = {k: float(np.median(v)) for k, v in peaks.items() if v}
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
-    print(f"matmul peak (f32, default precision, median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"matmul peak (f32, default precision, median of {args.rounds}): "
+        f"{peak['float32'] / 1e9:.1f} GFLOP/s"
+    )
+    if "bfloat16" in peak:
+        print(f"matmul peak (bf16, median of {args.rounds}): {peak['bfloat16'] / 1e9:.1f} GFLOP/s")
     print(f"medians of {args.rounds} alternating rounds of {args.steps} steps each")
     print(
         "| model | params | batch (windows x steps) | crop | frame stride | step (s) | "
         "real pipeline step (s) | real / pre-made | label frames/s | GFLOP/step | GFLOP/s | "
-        "% of matmul peak |"
+        "% of matmul peak (its dtype) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = {}
     for runner in runners:
         r = _result(runner)
         results[runner.name] = r
+        dtype = runner.config.model.dtype
         print(
             f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['crop']} | "
             f"{r['frame_stride']} | {r['step_s']:.4f} | {r['real_step_s']:.4f} | "
             f"{r['real_step_s'] / r['step_s']:.2f} | {r['frames_per_s']:.0f} | "
             f"{r['flops_per_step'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
-            f"{100 * r['flops_per_s'] / peak:.1f}% |",
+            f"{100 * r['flops_per_s'] / peak.get(dtype, peak['float32']):.1f}% "
+            f"({'bf16' if dtype == 'bfloat16' else 'f32'}) |",
             flush=True,
         )
     if "default" in results and "default:frozen" in results:

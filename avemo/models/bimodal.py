@@ -111,7 +111,15 @@ class BimodalModel(nn.Module):
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
         # serve stage-1 feature learning (Sec. 6.4) and keep their parameters for it.
         frozen = self.freeze_video
-        out = net(faces.reshape((b * length,) + faces.shape[2:]), train=train and not frozen)
+        # The FC layers run only at initialisation, which creates their parameters (stage-1
+        # checkpoints load into them); nothing of the bimodal model reads them, so a train or
+        # eval step neither computes them nor counts their FLOPs (their updates are zero:
+        # `avemo.train.make_optimizer`).
+        out = net(
+            faces.reshape((b * length,) + faces.shape[2:]),
+            train=train and not frozen,
+            head=self.is_initializing(),
+        )
         fmap = out["feature_map"]
         if frozen:
             fmap = jax.lax.stop_gradient(fmap)
@@ -324,7 +332,9 @@ def face_feature_map(
     # The FC layers' dropout does not reach the feature map; any key serves when none is given.
     rngs = {"dropout": rng if rng is not None else jax.random.key(0)}
     if train_mode:
-        out, updates = net.apply(variables, frames, train=True, rngs=rngs, mutable=["batch_stats"])
+        out, updates = net.apply(
+            variables, frames, train=True, head=False, rngs=rngs, mutable=["batch_stats"]
+        )
         fmap, new_stats = out["feature_map"], updates["batch_stats"]
     elif 0 < chunk_frames < frames.shape[0]:
         n = frames.shape[0]
