@@ -1,0 +1,36 @@
+#!/bin/bash
+# The accelerator benchmark of docs/performance.md, in one short script (issue 10):
+#   bash launch/bench_gpu.sh [OUT_DIR]
+# Runs `python -m avemo.bench train` for the paper-shaped model at an accelerator batch (48
+# windows x 25 steps = 1,200 face frames of 224x224x3), at the paper's own batch (6 x 25) and the
+# CPU default; each prints step times with a pre-made batch and with the real Grain pipeline,
+# FLOP/s and the share of the f32 and bf16 matmul peaks measured in the same process. Each bench
+# has its own time limit, so one that fails or hangs does not take the others with it.
+# Environment: PYTHON (default python3), BENCH_ROUNDS (3), BENCH_STEPS (5).
+set -u -o pipefail
+out=${1:-bench_gpu_out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+rounds=${BENCH_ROUNDS:-3}
+steps=${BENCH_STEPS:-5}
+export PYTHONUNBUFFERED=1
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  "$py" -c "import jax, flax, optax, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+} 2>&1 | tee "$out/env.txt"
+
+bench() {  # name limit args...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name: $py -m avemo.bench train $*" | tee "$out/$name.txt"
+  timeout "$limit" "$py" -m avemo.bench train --steps "$steps" --rounds "$rounds" "$@" 2>&1 \
+    | grep -v -e '^W[0-9]' -e '^I[0-9]' | tee -a "$out/$name.txt"
+  echo "rc ${PIPESTATUS[0]}" | tee -a "$out/$name.txt"
+}
+
+threads=$(($(nproc) > 4 ? $(nproc) - 4 : 2))
+bench paper48 210 --models paper --variants bf16,e2e --batch 48x25 \
+  --set "train.pipeline_threads=$threads"
+bench paper6 180 --models paper --variants bf16,e2e,frozen --set "train.pipeline_threads=$threads"
+bench default 100 --models default --variants e2e,frozen,bf16
