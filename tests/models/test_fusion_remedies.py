@@ -104,6 +104,38 @@ def test_face_context_depends_on_the_voice_only_through_an_audio_query(query):
     assert width == {"audio": 8, "face": 8, "audio+face": 16}[query]
 
 
+def test_face_context_lstm_reads_the_face_context_through_a_recurrent_layer():
+    """face_context_lstm: the face vector that the gate, the fusion and the face head see is an
+    LSTM over c_t; with a fixed gate on the face (beta = 0), no face memory and no output LSTM,
+    an earlier face then changes the last step's face head and fused output, which a per-frame
+    c_t cannot; the face head stays a function of the face alone under the face query."""
+    batch = _batch()
+    earlier = dict(batch, faces=batch["faces"].copy())
+    earlier["faces"][:, 0] = 255 - earlier["faces"][:, 0]
+    kw = dict(gate="fixed", fixed_gate_value=0.0, output_lstm_features=0, modality_heads=True)
+    model = _model(face_context_lstm=True, **kw)
+    variables = model.init(jax.random.key(0), batch)
+    assert variables["params"]["face_context_lstm"]
+    out, moved = model.apply(variables, batch), model.apply(variables, earlier)
+    assert not np.allclose(out["outputs"][:, -1], moved["outputs"][:, -1])
+    assert not np.allclose(out["video_outputs"][:, -1], moved["video_outputs"][:, -1])
+    plain = _model(**kw)
+    pv = plain.init(jax.random.key(0), batch)
+    np.testing.assert_allclose(
+        plain.apply(pv, batch)["video_outputs"][:, -1],
+        plain.apply(pv, earlier)["video_outputs"][:, -1],
+        atol=1e-5,
+    )
+    faceq = _model(face_context_lstm=True, video_lstm_features=8, attention_query="face", **kw)
+    fv = faceq.init(jax.random.key(0), batch)
+    silenced = dict(batch, audio_features=np.zeros_like(batch["audio_features"]))
+    np.testing.assert_allclose(
+        faceq.apply(fv, silenced)["video_outputs"],
+        faceq.apply(fv, batch)["video_outputs"],
+        atol=1e-6,
+    )
+
+
 def test_modality_heads_and_their_loss():
     batch = _batch()
     model = _model(modality_heads=True)
