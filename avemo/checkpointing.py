@@ -104,6 +104,13 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], restored["meta"]
 
+    def restore_untyped(self, step: int) -> dict:
+        """The saved state at `step` as a plain tree of arrays, whatever its structure."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+        return restored["state"]
+
     def restore_matching(
         self, step: int, abstract_state: Any, data_iterator: Any | None, advice: str
     ) -> tuple[Any, dict]:

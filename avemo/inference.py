@@ -15,6 +15,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -191,10 +192,32 @@ def checkpoint_step(workdir: str, config: ml_collections.ConfigDict, which: str 
 
 
 def restore_state(workdir: str, config: ml_collections.ConfigDict, step: int, target) -> Any:
-    """The TrainState of `workdir` at `step`, onto `target` (abstract state with shardings)."""
+    """The TrainState of `workdir` at `step`, onto `target` (abstract state with shardings).
+
+    Inference needs the parameters and batch statistics only: a checkpoint whose optimizer state
+    has another structure (written by an earlier avemo whose optimizer kept state for the face
+    CNN's stage-1 head) is restored without it (`opt_state` None), with a warning."""
     ckpt = checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}")
     try:
-        state, _ = ckpt.restore(step, target, None)
+        try:
+            state, _ = ckpt.restore(step, target, None)
+        except ValueError as err:
+            saved = ckpt.restore_untyped(step)
+            model_part = {"params": target.params, "batch_stats": target.batch_stats}
+            try:
+                placed = jax.tree.map(
+                    lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
+                    {k: saved.get(k) for k in model_part},
+                    model_part,
+                )
+            except ValueError:
+                raise err from None  # the model itself differs: the original error says how
+            log.warning(
+                "%s: the checkpoint's optimizer state does not match this avemo's optimizer; "
+                "restored the parameters only (enough for inference)",
+                workdir,
+            )
+            state = target.replace(step=int(np.asarray(saved["step"])), opt_state=None, **placed)
     finally:
         ckpt.close()
     return state
