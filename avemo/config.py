@@ -93,6 +93,11 @@ def model_defaults() -> ml_collections.ConfigDict:
     # video-only model (face LSTM -> attention -> LSTM) instead of a per-frame context plus a
     # projected state; fusion mode only. False = the paper's c_t.
     m.face_context_lstm = False
+    # The face vector enters the gate and the fusion under stop_gradient: the face stream (CNN,
+    # face LSTMs, attention) then learns from its own head's loss only, as the video-only model
+    # learns from its loss, instead of from a mix in which the voice explains most of the main
+    # loss; needs modality_heads. False = the paper (one loss trains everything).
+    m.detach_face_stream = False
     # A recurrent layer over the fused features before the regression head (temporal context for
     # the video stream and for the raters' reaction delay); 0 disables it.
     m.output_lstm_features = 64
@@ -260,6 +265,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
     if flat["model.video_lstm_features"] < 0:
         raise ConfigError("config.model.video_lstm_features must be >= 0 (0 = off)")
+    if flat["model.detach_face_stream"] and not flat["model.modality_heads"]:
+        raise ConfigError(
+            "config.model.detach_face_stream=True needs config.model.modality_heads=True (the "
+            "face head's loss is then all that trains the face stream)"
+        )
     _check_choice(flat, "model.attention_query", ("audio", "face", "audio+face"))
     if (
         flat["model.attention_query"] != "audio"

@@ -196,7 +196,8 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict, step: int, ta
 
     Inference needs the parameters and batch statistics only: a checkpoint whose optimizer state
     has another structure (written by an earlier avemo whose optimizer kept state for the face
-    CNN's stage-1 head) is restored without it (`opt_state` None), with a warning."""
+    CNN's stage-1 head) is restored without it (a fresh optimizer state fills the slot), with a
+    warning."""
     ckpt = checkpointing.Checkpointer(workdir, f"dev/{config.checkpoint.best_metric}")
     try:
         try:
@@ -217,7 +218,13 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict, step: int, ta
                 "restored the parameters only (enough for inference)",
                 workdir,
             )
-            state = target.replace(step=int(np.asarray(saved["step"])), opt_state=None, **placed)
+            fresh = target.tx.init(placed["params"])  # never used; fills the state's slot
+            opt_state = jax.tree.map(
+                lambda x, t: jax.device_put(x, t.sharding), fresh, target.opt_state
+            )
+            state = target.replace(
+                step=int(np.asarray(saved["step"])), opt_state=opt_state, **placed
+            )
     finally:
         ckpt.close()
     return state

@@ -13,6 +13,8 @@ Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
   face_context_lstm: an LSTM over c_t (after the face memory), so the face vector the gate, the
     fusion and the face head see is, as in the video-only model, read through two recurrent
     layers;
+  detach_face_stream: c_t enters the gate and the fusion under stop_gradient, so only the face
+    head's loss trains the face stream (as the video-only model is trained);
   modality_heads: per-modality regression heads on h_t and on the face vector, trained by
     `loss.modality_head_weight`, so each stream must carry the labels on its own.
 
@@ -67,6 +69,7 @@ class BimodalModel(nn.Module):
     attention_query: str = "audio"
     modality_heads: bool = False
     face_context_lstm: bool = False
+    detach_face_stream: bool = False
     output_lstm_features: int = 64
     head_dropout: float = 0.1
     num_outputs: int = 2
@@ -216,10 +219,13 @@ class BimodalModel(nn.Module):
             availability = None
             if self.gate_inputs == "states+availability":
                 availability = jnp.stack([batch["speech_energy"], batch["face_present"]], -1)
+            face = context  # the face vector c_t; detached: only the face head trains it
+            if self.detach_face_stream:
+                face = jax.lax.stop_gradient(context)
             beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype, name="gate")(
-                h, context, availability
+                h, face, availability
             )
-            fused = fuse(h, context, beta)
+            fused = fuse(h, face, beta)
             out["audio_gate"] = beta
             if self.modality_heads:
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
@@ -265,6 +271,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         attention_query=model_cfg.attention_query,
         modality_heads=model_cfg.modality_heads,
         face_context_lstm=model_cfg.face_context_lstm,
+        detach_face_stream=model_cfg.detach_face_stream,
         output_lstm_features=model_cfg.output_lstm_features,
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,
