@@ -16,8 +16,9 @@ ROW (cumulative, in this order):
   lambda1         + lambda = 1 (the default until far-field augmentation; was named "default")
   far_field       + far-field augmentation 0.3 (the default until the face query)
   face_query      + the attention queried by the face stream (model.attention_query="face")
-  head_weight     + the heads' loss weight 1.0 (was 0.5): the default (configs/default.py;
-                  alias "default")
+  head_weight     + the heads' loss weight 1.0 (was 0.5; the default until the face tower)
+  face_tower      + an LSTM over the face context (model.face_context_lstm) and a face LSTM of
+                  64 (was 32): the default (configs/default.py; alias "default")
   audio, video    single-modality models with the default's settings that apply to them (audio:
                   with far-field augmentation; video: no voice to augment)
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
@@ -45,6 +46,7 @@ ROWS = (
     "far_field",
     "face_query",
     "head_weight",
+    "face_tower",
 )
 
 
@@ -54,7 +56,7 @@ def get_config(arg=None):
     if corpus not in ("", "hard"):
         raise ValueError(f"unknown corpus variant {corpus!r}; only '/hard'")
     row, _, extra = arg.partition("+")
-    row = "head_weight" if row == "default" else row
+    row = ROWS[-1] if row == "default" else row
     c = _row(row)
     if extra:  # ROW+far_field: the row with far-field augmentation (e.g. audio+far_field)
         if extra != "far_field":
@@ -92,6 +94,7 @@ def _row(row):
         c.model.modality_heads = False
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
+        c.model.face_context_lstm = False
         c.model.attention_query = "audio"  # video: the query is the video LSTM's own state
         if row == "video":
             c.train.far_field_augment = 0.0  # no voice to hear from afar
@@ -99,6 +102,9 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("face_tower"):
+        c.model.face_context_lstm = False
+        c.model.video_lstm_features = 32
     if keep < ROWS.index("head_weight"):
         c.loss.modality_head_weight = 0.5
     if keep < ROWS.index("face_query"):
