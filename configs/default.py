@@ -69,10 +69,14 @@ def get_config(arg=None):  # noqa: ARG001
     c.train.batch_size = 8
     c.train.window_steps = 150
     c.train.window_hop_steps = 25
-    c.train.num_steps = 600
+    # 900 steps (was 600): the face stream learns more slowly than the voice and was still
+    # improving at 600. Chosen on dev, 3 seeds, the face tower at 900 vs 600 steps: normal
+    # 0.918 / 0.932 -> 0.922 / 0.939, audio silenced 0.752 -> 0.812; the audio-only and
+    # video-only models were re-run at 900 too (same budget; docs/fusion.md).
+    c.train.num_steps = 900
     c.train.log_every_steps = 50
-    c.train.eval_every_steps = 200
-    c.train.checkpoint_every_steps = 200
+    c.train.eval_every_steps = 300
+    c.train.checkpoint_every_steps = 300
     c.eval.window_steps = 300
     c.eval.context_steps = 100
     c.eval.batch_size = 8
