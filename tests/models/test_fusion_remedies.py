@@ -136,6 +136,28 @@ def test_face_context_lstm_reads_the_face_context_through_a_recurrent_layer():
     )
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_face_stream_is_trained_by_the_face_head_only(detach):
+    """detach_face_stream: the fused output sends no gradient into the face stream (CNN, face
+    LSTM, attention); the face head still does."""
+    batch = _batch()
+    model = _model(video_lstm_features=8, modality_heads=True, detach_face_stream=detach)
+    variables = model.init(jax.random.key(0), batch)
+
+    def grads(key):
+        f = lambda p: model.apply({**variables, "params": p}, batch)[key].sum()  # noqa: E731
+        return jax.grad(f)(variables["params"])
+
+    def norm(tree):
+        return float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(tree)))
+
+    fused, face = grads("outputs"), grads("video_outputs")
+    for part in ("alexnet", "face_lstm", "attention"):
+        assert (norm(fused[part]) == 0.0) is detach, part
+        assert norm(face[part]) > 0.0, part
+    assert norm(fused["audio_lstm"]) > 0.0
+
+
 def test_modality_heads_and_their_loss():
     batch = _batch()
     model = _model(modality_heads=True)
@@ -161,6 +183,7 @@ def test_modality_heads_and_their_loss():
         ("model.attention_query", "video"),
         ("model.attention_query", "face"),  # tiny has no face stream (video_lstm_features 0)
         ("loss.modality_head_weight", -0.1),
+        ("model.detach_face_stream", True),  # tiny has no modality heads
         ("train.modality_dropout", 1.0),
         ("data.synthetic.voice_valence", 1.5),
         ("data.synthetic.test_seconds", -1.0),
