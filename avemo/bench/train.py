@@ -60,6 +60,10 @@ def _lstm_flops(config, feature_dim: int) -> float:
         layers.append((m.audio_dense_features or feature_dim, m.lstm_features))
     if m.mode == "video":
         layers.append((m.audio_dense_features or m.alexnet.conv_features[-1], m.lstm_features))
+    if m.mode == "fusion" and m.video_lstm_features:  # the face LSTM over the pooled map
+        layers.append((m.alexnet.conv_features[-1], m.video_lstm_features))
+    if m.mode == "fusion" and m.face_context_lstm:
+        layers.append((m.lstm_features, m.lstm_features))
     if m.output_lstm_features:
         layers.append((m.lstm_features, m.output_lstm_features))
     per_step = sum(2 * 4 * h * (d + h) for d, h in layers)
