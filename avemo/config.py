@@ -209,6 +209,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
+    """['key=value', ...] -> {key: value}; a value is a Python literal, or else a string
+    (`configs/fusion_ablation.py`'s variants, `python -m avemo.bench train --set`).
+
+    Raises:
+      ValueError: an item without '='.
+    """
+    import ast
+
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not key=value")
+        try:
+            changes[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            changes[key] = value
+    return changes
+
+
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in cfg.items():

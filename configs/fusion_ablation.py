@@ -28,8 +28,7 @@ ROW|key=value,...: the row with scalar keys changed (the variants of docs/fusion
 configs/fusion_ablation.py:'face_query|loss.modality_head_weight=2.0' (quote the '|').
 """
 
-import ast
-
+from avemo import config as config_lib
 from configs import default
 
 HARD_VOICE_VALENCE = 0.35
@@ -74,16 +73,10 @@ def get_config(arg=None):
 
 def _variant(text):
     """'key=value,...' -> {key: value}; a value is a Python literal, or else a string."""
-    changes = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"variant {item!r} is not key=value")
-        try:
-            changes[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            changes[key] = value
-    return changes
+    try:
+        return config_lib.parse_assignments(filter(None, text.split(",")))
+    except ValueError as err:
+        raise ValueError(f"variant {err}") from None
 
 
 def _row(row):

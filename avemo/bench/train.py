@@ -288,18 +288,12 @@ def _result(runner: _Runner) -> dict:
 
 def _overrides(items: list[str]) -> dict:
     """--set KEY=VALUE items -> {key: value}; a value is a Python literal, or else a string."""
-    import ast
+    from avemo.config import parse_assignments
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
+    try:
+        return parse_assignments(items)
+    except ValueError as err:
+        raise SystemExit(f"--set {err}") from None
 
 
 def torch_spec(config, feature_dim: int = 93) -> dict:
