@@ -30,7 +30,11 @@ bench() {  # name limit args...
 }
 
 threads=$(($(nproc) > 4 ? $(nproc) - 4 : 2))
-bench paper48 210 --models paper --variants bf16,e2e --batch 48x25 \
-  --set "train.pipeline_threads=$threads"
-bench paper6 180 --models paper --variants bf16,e2e,frozen --set "train.pipeline_threads=$threads"
-bench default 100 --models default --variants e2e,frozen,bf16
+# Most important first, one variant per bench: on an H100 (2026-11-28) one paper-shaped variant
+# took ~90 s warm (compilation, a FLOP count lowered on the CPU, timing); a fresh machine adds
+# its start. With limits of 210/180/100 s only the first row of three benches finished.
+bench paper48_bf16 240 --models paper --variants bf16 --batch 48x25 \
+  --set "train.pipeline_threads=$threads" --set train.prefetch_batches=16
+bench paper6_bf16 200 --models paper --variants bf16 --set "train.pipeline_threads=$threads"
+bench default 240 --models default --variants e2e,frozen,bf16
+bench paper6_f32 200 --models paper --variants e2e,frozen --set "train.pipeline_threads=$threads"
