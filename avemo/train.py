@@ -119,16 +119,14 @@ def make_optimizer(
     freeze_branch = config.model.freeze_video  # stage-1 video branch kept fixed
     unused_head = bimodal and config.model.mode in ("fusion", "video")
 
+    def alexnet_labels(branch):
+        if freeze_branch:
+            return "frozen"
+        # The convolutions feed the attention; the FC layers and output do not.
+        return {n: "train" if n.startswith("conv") else "frozen" for n in branch}
+
     def labels(params):
-        out = {}
-        for key, value in params.items():
-            if key != "alexnet" or not (freeze_branch or unused_head):
-                out[key] = "train"
-            elif freeze_branch:
-                out[key] = "frozen"
-            else:  # the convolutions feed the attention; the FC layers and output do not
-                out[key] = {n: "train" if n.startswith("conv") else "frozen" for n in value}
-        return out
+        return {k: alexnet_labels(v) if k == "alexnet" else "train" for k, v in params.items()}
 
     if freeze_branch or unused_head:
         opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)

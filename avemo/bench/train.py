@@ -76,10 +76,9 @@ def _program_flops(
     """XLA's FLOP count of the train step; where this backend gives none (jax 0.11 on CUDA),
     the identical program's count from XLA CPU in a subprocess (FLOPs do not depend on the
     device)."""
-    cost = trainer.train_step.lower(state, batch, trainer.base_rng).cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    if cost and cost.get("flops"):
-        return float(cost["flops"])
+    flops = _xla_flops(trainer, state, batch)
+    if flops:
+        return flops
     import json
     import os
     import subprocess
@@ -119,11 +118,15 @@ def lowered_flops(
     config = _variant_config(name, batch_shape, overrides)
     batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
     trainer = train.Trainer(config, batch, 10_000)
-    state = trainer.init_state()
-    cost = trainer.train_step.lower(
-        state, trainer.to_global(batch), trainer.base_rng
-    ).cost_analysis()
-    return float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])
+    return _xla_flops(trainer, trainer.init_state(), trainer.to_global(batch))
+
+
+def _xla_flops(trainer, state, batch) -> float | None:
+    """XLA's cost analysis of the lowered train step: its FLOPs, or None where the backend
+    gives none."""
+    cost = trainer.train_step.lower(state, batch, trainer.base_rng).cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"]) if cost and cost.get("flops") else None
 
 
 def _batch(config, rng: np.random.Generator, feature_dim: int = 93) -> dict[str, np.ndarray]:
