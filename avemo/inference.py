@@ -78,7 +78,14 @@ class TrainedModel:
             chunk = placements[i : i + size]
             # pipeline._cut is the evaluation's own window cutter (zero padding, mask, patches).
             windows = [
-                pipeline._cut(session, p[1], window, spectrogram, config.data.step_seconds)
+                pipeline._cut(
+                    session,
+                    p[1],
+                    window,
+                    spectrogram,
+                    config.data.step_seconds,
+                    config.model.video_frame_stride,
+                )
                 for p in chunk
             ]
             while len(windows) < size:  # padding windows are fully masked

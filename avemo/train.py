@@ -82,6 +82,7 @@ def example_batch(
         config.train.window_hop_steps,
         config.audio if config.model.audio_cnn.enabled else None,
         config.data.step_seconds,
+        face_stride=config.model.video_frame_stride,
     )
     item = source[0]
     return {k: np.zeros((batch_size,) + v.shape, v.dtype) for k, v in item.items()}

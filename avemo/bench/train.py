@@ -199,9 +199,9 @@ class _Runner:
             maps = sessions[0].arrays[frozen.FEATURES_KEY]
             b, length = batch["mask"].shape
             batch = {k: v for k, v in batch.items() if k != "faces"}
-            batch[frozen.FEATURES_KEY] = np.broadcast_to(
-                np.asarray(maps[:length]), (b, length) + maps.shape[1:]
-            ).copy()
+            # every s-th step's maps, as the pipeline cuts them for training
+            held = np.asarray(maps[: length : config.model.video_frame_stride])
+            batch[frozen.FEATURES_KEY] = np.broadcast_to(held, (b,) + held.shape).copy()
         self.batch = self.trainer.to_global(batch)
         # Modality dropout's silent window: zeros (the training mean) do for timing.
         silence = augment.silent_window(

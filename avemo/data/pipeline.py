@@ -57,10 +57,14 @@ def _cut(
     window: int,
     spectrogram: Any | None,
     step_seconds: float = 0.04,
+    face_stride: int = 1,
 ) -> dict:
     """Arrays of steps [start, start + window), zero-padded past the end with mask 0.
 
     `step_seconds` (`config.data.step_seconds`) places the spectrogram patches on the label grid.
+    `face_stride` (`config.model.video_frame_stride`): cached frozen maps (`face_features`) only
+    of the steps start, start + s, ... -- the only ones the model reads (it holds each for s
+    steps) -- so ceil(window / s) of them: s times fewer bytes to cut, batch and move.
     """
     stop = min(start + window, session.num_steps)
     valid = stop - start
@@ -68,9 +72,12 @@ def _cut(
     for key in STEP_KEYS:
         if key not in session.arrays:
             continue
-        part = np.asarray(session.arrays[key][start:stop])
-        if valid < window:
-            pad = np.zeros((window - valid,) + part.shape[1:], part.dtype)
+        stride, length = 1, window
+        if key == "face_features" and face_stride > 1:
+            stride, length = face_stride, -(-window // face_stride)
+        part = np.asarray(session.arrays[key][start:stop:stride])
+        if len(part) < length:
+            pad = np.zeros((length - len(part),) + part.shape[1:], part.dtype)
             part = np.concatenate([part, pad])
         out[key] = part
     mask = np.zeros(window, np.float32)
@@ -97,10 +104,12 @@ class WindowSource(grain.sources.RandomAccessDataSource):
         spectrogram_cfg: Any | None = None,
         step_seconds: float = 0.04,
         far_field: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        face_stride: int = 1,
     ):
         """`far_field`: {session: audio inputs heard from afar} (`avemo.data.augment`), cut beside
-        the clean ones under `augment.FAR_FIELD_PREFIX`."""
+        the clean ones under `augment.FAR_FIELD_PREFIX`. `face_stride`: see `_cut`."""
         self._sessions = list(sessions)
+        self._face_stride = face_stride
         self._far_field = dict(far_field or {})
         self._window = window
         self._spectrogram_cfg = spectrogram_cfg
@@ -123,7 +132,14 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     def __getitem__(self, index: int) -> dict:
         session_index, start = self._index[index]
         session = self._sessions[session_index]
-        out = _cut(session, start, self._window, self._spectrogram_cfg, self._step_seconds)
+        out = _cut(
+            session,
+            start,
+            self._window,
+            self._spectrogram_cfg,
+            self._step_seconds,
+            self._face_stride,
+        )
         if session.name in self._far_field:
             from avemo.data.augment import FAR_FIELD_PREFIX
 
@@ -169,6 +185,7 @@ def train_dataset(
         config.audio if config.model.audio_cnn.enabled else None,
         config.data.step_seconds,
         far_field if config.train.far_field_augment > 0 else None,
+        config.model.video_frame_stride,
     )
     ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
     from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)
@@ -228,11 +245,13 @@ class WindowBatches(Sequence):
         size: int,
         spectrogram: Any | None,
         step_seconds: float,
+        face_stride: int = 1,
     ):
         self._sessions = {s.name: s for s in sessions}
         self._placements = list(placements)
         self._window, self._size = window, size
         self._spectrogram, self._step_seconds = spectrogram, step_seconds
+        self._face_stride = face_stride
 
     def __len__(self) -> int:
         return -(-len(self._placements) // self._size)
@@ -242,7 +261,14 @@ class WindowBatches(Sequence):
             raise IndexError(i)
         i %= len(self)
         chunk = [
-            _cut(self._sessions[name], start, self._window, self._spectrogram, self._step_seconds)
+            _cut(
+                self._sessions[name],
+                start,
+                self._window,
+                self._spectrogram,
+                self._step_seconds,
+                self._face_stride,
+            )
             for name, start, _, _ in self._placements[i * self._size : (i + 1) * self._size]
         ]
         while len(chunk) < self._size:  # padding windows are fully masked
@@ -272,6 +298,7 @@ def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.Config
         config.eval.batch_size,
         config.audio if config.model.audio_cnn.enabled else None,
         config.data.step_seconds,
+        config.model.video_frame_stride,
     )
     return EvalPlan(batches, placements, {s.name: s.num_steps for s in sessions})
 

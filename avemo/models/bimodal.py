@@ -39,8 +39,11 @@ from avemo.models.recurrent import SequenceLSTM
 
 
 def _face_steps(batch: Mapping[str, jax.Array]) -> int:
-    """L, the steps of a batch's face input (`faces` or cached `face_features`)."""
-    return (batch["face_features"] if "face_features" in batch else batch["faces"]).shape[1]
+    """L, the steps of a batch (cached `face_features` may hold only every s-th step's maps)."""
+    for key in ("faces", "face_present", "mask"):
+        if key in batch:
+            return batch[key].shape[1]
+    return batch["face_features"].shape[1]
 
 
 class BimodalModel(nn.Module):
@@ -75,6 +78,7 @@ class BimodalModel(nn.Module):
     num_outputs: int = 2
     dtype: jnp.dtype = jnp.float32
     pool_impl: str = "fast"
+    lstm_impl: str = "fused"  # see avemo.models.recurrent (equal outputs and gradients)
     # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
     freeze_video: bool = False
@@ -88,15 +92,19 @@ class BimodalModel(nn.Module):
 
     def _face_maps(self, batch: Mapping[str, jax.Array], train: bool) -> tuple[jax.Array, int]:
         """(maps [B, ceil(L/s), k, C] of every s-th step, s): the CNN over the face crops
-        (`faces`), or the precomputed maps of a frozen branch (`face_features` [B, L, k, C], see
-        `avemo.data.frozen`).
+        (`faces`), or the precomputed maps of a frozen branch (`face_features`, see
+        `avemo.data.frozen`: [B, L, k, C] of every step, or [B, ceil(L/s), k, C] of every s-th
+        step as the pipeline cuts them).
 
         With `video_frame_stride` s > 1 the CNN sees every s-th step and each map is held for
         s steps (a face changes slowly next to the 40 ms grid; the CNN's cost drops by s).
         """
         stride = self.video_frame_stride
-        if "face_features" in batch:  # cached maps of the frozen CNN at every step
-            return batch["face_features"][:, ::stride].astype(self.dtype), stride
+        if "face_features" in batch:  # cached maps of the frozen CNN
+            maps = batch["face_features"]
+            if maps.shape[1] == _face_steps(batch):  # of every step (else already every s-th)
+                maps = maps[:, ::stride]
+            return maps.astype(self.dtype), stride
         faces = batch["faces"]
         faces = faces[:, ::stride]
         b, length = faces.shape[:2]
@@ -149,14 +157,18 @@ class BimodalModel(nn.Module):
             emb = cnn(spec.reshape((b * length,) + spec.shape[2:]))
             x = jnp.concatenate([x, emb.reshape(b, length, -1).astype(self.dtype)], axis=-1)
         return SequenceLSTM(
-            self.lstm_features, self.audio_dense_features, dtype=self.dtype, name="audio_lstm"
+            self.lstm_features,
+            self.audio_dense_features,
+            dtype=self.dtype,
+            impl=self.lstm_impl,
+            name="audio_lstm",
         )(x)
 
-    def _face_state(self, fmap: jax.Array) -> jax.Array:
+    def _face_state(self, pooled: jax.Array) -> jax.Array:
         """Temporal face stream v_t: an LSTM over the pooled face map (`video_lstm_features`)."""
-        return SequenceLSTM(self.video_lstm_features, dtype=self.dtype, name="face_lstm")(
-            fmap.mean(axis=2)
-        )
+        return SequenceLSTM(
+            self.video_lstm_features, dtype=self.dtype, impl=self.lstm_impl, name="face_lstm"
+        )(pooled)
 
     def _attention_query(self, h: jax.Array, face_state: jax.Array | None) -> jax.Array:
         """The state the attention of Eq. (28) is conditioned on (`attention_query`).
@@ -191,17 +203,20 @@ class BimodalModel(nn.Module):
                 if "face_feature_map" in batch
                 else self._face_maps(batch, train)
             )
-            fmap = jnp.repeat(maps, stride, axis=1)[:, : _face_steps(batch)]  # held maps
+            # The held maps' spatial mean, [B, L, C]: the mean of each CNN frame, repeated (the
+            # same values as the mean of the repeated maps, without materialising those).
+            pooled = jnp.repeat(maps.mean(axis=2), stride, axis=1)[:, : _face_steps(batch)]
             if self.mode == "video":
                 h = SequenceLSTM(
                     self.lstm_features,
                     self.audio_dense_features,
                     dtype=self.dtype,
+                    impl=self.lstm_impl,
                     name="video_lstm",
-                )(fmap.mean(axis=2))
+                )(pooled)
             face_state = None
             if self.mode == "fusion" and self.video_lstm_features:
-                face_state = self._face_state(fmap)
+                face_state = self._face_state(pooled)
             query = h if self.mode == "video" else self._attention_query(h, face_state)
             context, weights = SpatialAttention(
                 self.attention_features, self.lstm_features, dtype=self.dtype, name="attention"
@@ -213,7 +228,10 @@ class BimodalModel(nn.Module):
                 )(face_state)
             if self.mode == "fusion" and self.face_context_lstm:
                 context = SequenceLSTM(
-                    self.lstm_features, dtype=self.dtype, name="face_context_lstm"
+                    self.lstm_features,
+                    dtype=self.dtype,
+                    impl=self.lstm_impl,
+                    name="face_context_lstm",
                 )(context)
         if self.mode == "fusion":
             availability = None
@@ -235,9 +253,12 @@ class BimodalModel(nn.Module):
         else:
             fused = context
         if self.output_lstm_features:
-            fused = SequenceLSTM(self.output_lstm_features, dtype=self.dtype, name="output_lstm")(
-                fused
-            )
+            fused = SequenceLSTM(
+                self.output_lstm_features,
+                dtype=self.dtype,
+                impl=self.lstm_impl,
+                name="output_lstm",
+            )(fused)
         fused = Dropout(self.head_dropout, deterministic=not train)(fused)
         out["outputs"] = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(fused).astype(
             jnp.float32
@@ -277,6 +298,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         num_outputs=model_cfg.num_outputs,
         dtype=jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32,
         pool_impl=model_cfg.pool_impl,
+        lstm_impl=model_cfg.lstm_impl,
         freeze_video=model_cfg.freeze_video,
     )
 

@@ -20,8 +20,10 @@ def _config(tmp_path, stride=1):
     return c
 
 
-def _window_batch(sessions, config, key_sessions=None):
-    source = pipeline.WindowSource(key_sessions or sessions, config.train.window_steps, 7)
+def _window_batch(sessions, config, key_sessions=None, face_stride=1):
+    source = pipeline.WindowSource(
+        key_sessions or sessions, config.train.window_steps, 7, face_stride=face_stride
+    )
     items = [source[i] for i in (0, 3, len(source) - 1)]
     return {k: jnp.asarray(np.stack([it[k] for it in items])) for k in items[0]}
 
@@ -51,6 +53,16 @@ def test_cached_feature_maps_give_the_outputs_of_the_live_frozen_cnn(tmp_path, s
     live_t, _ = model.apply(variables, live_batch, train=True, rngs=rngs, mutable=["batch_stats"])
     fast_t, _ = model.apply(variables, cached_batch, train=True, rngs=rngs, mutable=["batch_stats"])
     np.testing.assert_allclose(fast_t["outputs"], live_t["outputs"], rtol=1e-5, atol=1e-6)
+    # The pipeline cuts only the maps of every s-th step, the ones the model reads.
+    strided = _window_batch(cached, config, face_stride=stride)
+    length = config.train.window_steps
+    assert strided["face_features"].shape[1] == -(-length // stride)
+    np.testing.assert_array_equal(
+        strided["face_features"], cached_batch["face_features"][:, ::stride]
+    )
+    np.testing.assert_allclose(
+        model.apply(variables, strided, train=False)["outputs"], live, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_frozen_branch_runs_in_inference_mode_in_training(tmp_path):
