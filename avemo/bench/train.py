@@ -53,6 +53,8 @@ def _config(name: str):
 
 
 def _lstm_flops(config, feature_dim: int) -> float:
+    """FLOPs of the LSTMs' scanned matmuls over all steps (XLA's cost analysis counts a while
+    loop's body once; the caller adds the other L - 1 steps)."""
     m = config.model
     b, length = config.train.batch_size, config.train.window_steps
     layers = []
@@ -66,8 +68,11 @@ def _lstm_flops(config, feature_dim: int) -> float:
         layers.append((m.lstm_features, m.lstm_features))
     if m.output_lstm_features:
         layers.append((m.lstm_features, m.output_lstm_features))
-    per_step = sum(2 * 4 * h * (d + h) for d, h in layers)
-    return 3.0 * per_step * b * length
+    if m.lstm_impl == "fused":  # only the recurrent matmul and its backward run in the loops
+        per_step = sum(2 * (2 * 4 * h * h) for _, h in layers)
+    else:  # flax: input and recurrent matmuls, forward and backward (x3), all in the loops
+        per_step = sum(3 * (2 * 4 * h * (d + h)) for d, h in layers)
+    return float(per_step * b * length)
 
 
 def _program_flops(
