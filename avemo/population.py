@@ -331,7 +331,7 @@ class PopulationTrainer:
     def _shared_face_map(self, state, faces):
         """The frozen branch, shared by all members (identical stage-1 weights): run once.
 
-        As in `BimodalModel._face_features`, the frozen CNN runs in inference mode (its stage-1
+        As in `BimodalModel._face_maps`, the frozen CNN runs in inference mode (its stage-1
         running statistics) under stop_gradient.
         """
         alex_vars = {"params": _take(state.params["alexnet"], 0)}

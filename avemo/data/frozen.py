@@ -5,7 +5,7 @@ With `config.model.freeze_video` the face CNN keeps its stage-1 weights and runs
 only on (the branch's weights, the face crops) and never change during training, so they are
 computed once per session and stored in the preparation cache, and the fusion trains on them:
 the pipeline carries `face_features` [L, k, C] per window instead of `faces`, and
-`BimodalModel._face_features` uses them instead of running the CNN (outputs equal, tested).
+`BimodalModel._face_maps` uses them instead of running the CNN (outputs equal, tested).
 
 Cache entry: `<cache_root>/frozen/<session>-<key[:20]>/feature_maps.npy` (+ `meta.json`), where
 key = sha256 of (the branch's weights and batch statistics, by content; the face network's

@@ -83,13 +83,6 @@ class BimodalModel(nn.Module):
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
     freeze_video: bool = False
 
-    def _face_features(self, batch: Mapping[str, jax.Array], train: bool) -> jax.Array:
-        """Feature maps [B, L, k, C] of the face crops, each held for `video_frame_stride` steps."""
-        fmap, stride = self._face_maps(batch, train)
-        if stride > 1:
-            fmap = jnp.repeat(fmap, stride, axis=1)[:, : _face_steps(batch)]
-        return fmap
-
     def _face_maps(self, batch: Mapping[str, jax.Array], train: bool) -> tuple[jax.Array, int]:
         """(maps [B, ceil(L/s), k, C] of every s-th step, s): the CNN over the face crops
         (`faces`), or the precomputed maps of a frozen branch (`face_features`, see

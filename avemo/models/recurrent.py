@@ -16,11 +16,10 @@ initialisers: those of `flax.linen.OptimizedLSTMCell`, so checkpoints load eithe
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.recurrent import DenseParams  # the parameter holder OptimizedLSTMCell uses
 
 IMPLS = ("fused", "flax")
 
@@ -52,21 +51,6 @@ class SequenceLSTM(nn.Module):
         return jnp.swapaxes(lstm_scan(xw, w_h), 0, 1)
 
 
-class _DenseParams(nn.Module):
-    """The kernel (and bias) of one gate's dense layer, as `OptimizedLSTMCell` names them."""
-
-    features: int
-    use_bias: bool
-    kernel_init: Callable
-
-    @nn.compact
-    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
-        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
-        if not self.use_bias:
-            return kernel, None
-        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
-
-
 class _LSTMParams(nn.Module):
     """(W_i [D, 4H], W_h [H, 4H], b [4H]) in gate order i, f, g, o; the parameters of
     `nn.OptimizedLSTMCell(features)` (ii/if/ig/io kernels, hi/hf/hg/ho kernels and biases)."""
@@ -75,17 +59,19 @@ class _LSTMParams(nn.Module):
 
     @nn.compact
     def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        cell_defaults = nn.OptimizedLSTMCell(self.features, parent=None)
+        cell = nn.OptimizedLSTMCell(self.features, parent=None)  # its initialisers
+        x_like = jax.ShapeDtypeStruct((in_features,), jnp.float32)  # DenseParams reads the shape
+        h_like = jax.ShapeDtypeStruct((self.features,), jnp.float32)
         w_i, w_h, b = [], [], []
         for gate in "ifgo":
-            kernel, _ = _DenseParams(
-                self.features, False, cell_defaults.kernel_init, name=f"i{gate}"
-            )(in_features)
+            kernel, _ = DenseParams(
+                self.features, use_bias=False, kernel_init=cell.kernel_init, name=f"i{gate}"
+            )(x_like)
             w_i.append(kernel)
         for gate in "ifgo":
-            kernel, bias = _DenseParams(
-                self.features, True, cell_defaults.recurrent_kernel_init, name=f"h{gate}"
-            )(self.features)
+            kernel, bias = DenseParams(
+                self.features, kernel_init=cell.recurrent_kernel_init, name=f"h{gate}"
+            )(h_like)
             w_h.append(kernel)
             b.append(bias)
         return jnp.concatenate(w_i, -1), jnp.concatenate(w_h, -1), jnp.concatenate(b, -1)
