@@ -13,6 +13,7 @@ from avemo import config as config_lib
 from avemo.models.bimodal import BimodalModel
 from avemo.models.recurrent import SequenceLSTM, lstm_scan
 from configs import tiny
+from tests.models.test_fusion_remedies import _batch
 
 
 def _close_trees(a, b, rtol, atol):
@@ -53,23 +54,11 @@ def test_lstm_scan_gradient_matches_finite_differences():
         jax.test_util.check_grads(lstm_scan, (xw, w_h), order=1, modes=["rev"], atol=1e-6)
 
 
-def _batch(b=2, length=9, size=16, dim=6):
-    rng = np.random.default_rng(0)
-    return {
-        "faces": rng.integers(0, 255, (b, length, size, size, 1)).astype(np.uint8),
-        "audio_features": rng.standard_normal((b, length, dim)).astype(np.float32),
-        "speech_energy": rng.uniform(size=(b, length)).astype(np.float32),
-        "face_present": (rng.uniform(size=(b, length)) > 0.3).astype(np.float32),
-        "labels": rng.uniform(-1, 1, (b, length, 2)).astype(np.float32),
-        "mask": np.ones((b, length), np.float32),
-    }
-
-
 @pytest.mark.parametrize("mode", ["fusion", "video"])
 def test_model_with_fused_lstms_equals_the_literal_model(mode):
     """Every LSTM of the model (audio, face, face-context, output; the video-only model's) at
     once, in a train-mode step's loss and its gradient."""
-    batch = _batch()
+    batch = _batch(length=9)
     kw = dict(
         mode=mode, conv_features=(4, 8, 8), fc_features=(8, 8), lstm_features=8,
         audio_dense_features=8, attention_features=8, output_lstm_features=8,
