@@ -40,8 +40,8 @@ def test_fused_lstm_equals_flax_lstm_parameters_outputs_and_gradients(length, de
     def loss(v, inputs, model):  # a loss that weighs every step's output differently
         return jnp.sum((model.apply(v, inputs) - target) ** 2 * jnp.arange(1, length + 1)[:, None])
 
-    g_fused = jax.grad(loss, argnums=(0, 1))(variables, x, fused)
-    g_literal = jax.grad(loss, argnums=(0, 1))(variables, x, literal)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    g_fused, g_literal = grad(variables, x, fused), grad(variables, x, literal)
     _close_trees(g_fused, g_literal, rtol=1e-4, atol=1e-5)
 
 
@@ -75,8 +75,9 @@ def test_model_with_fused_lstms_equals_the_literal_model(mode):
         )  # fmt: skip
         return jnp.sum((out["outputs"] - batch["labels"]) ** 2), out["outputs"]
 
-    (l_f, o_f), g_f = jax.value_and_grad(loss, has_aux=True)(variables["params"], fused)
-    (l_l, o_l), g_l = jax.value_and_grad(loss, has_aux=True)(variables["params"], literal)
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (l_f, o_f), g_f = step(variables["params"], fused)
+    (l_l, o_l), g_l = step(variables["params"], literal)
     np.testing.assert_allclose(o_f, o_l, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(l_f, l_l, rtol=1e-5)
     _close_trees(g_f, g_l, rtol=1e-3, atol=1e-5)
@@ -88,7 +89,9 @@ def test_fused_lstm_under_vmap_and_in_bfloat16():
     members = jax.vmap(lambda k: literal.init(k, x[0]))(jax.random.split(jax.random.key(0), 2))
 
     def grads(model):
-        return jax.vmap(jax.grad(lambda v, xi: jnp.sum(model.apply(v, xi) ** 2)))(members, x)
+        return jax.jit(jax.vmap(jax.grad(lambda v, xi: jnp.sum(model.apply(v, xi) ** 2))))(
+            members, x
+        )
 
     _close_trees(grads(fused), grads(literal), rtol=1e-4, atol=1e-5)
     one = jax.tree.map(lambda a: a[0], members)
