@@ -149,19 +149,17 @@ class BimodalModel(nn.Module):
             )
             emb = cnn(spec.reshape((b * length,) + spec.shape[2:]))
             x = jnp.concatenate([x, emb.reshape(b, length, -1).astype(self.dtype)], axis=-1)
+        return self._lstm(self.lstm_features, "audio_lstm", self.audio_dense_features)(x)
+
+    def _lstm(self, features: int, name: str, dense_features: int = 0) -> SequenceLSTM:
+        """A recurrent layer of this model (its dtype and `lstm_impl`)."""
         return SequenceLSTM(
-            self.lstm_features,
-            self.audio_dense_features,
-            dtype=self.dtype,
-            impl=self.lstm_impl,
-            name="audio_lstm",
-        )(x)
+            features, dense_features, dtype=self.dtype, impl=self.lstm_impl, name=name
+        )
 
     def _face_state(self, pooled: jax.Array) -> jax.Array:
         """Temporal face stream v_t: an LSTM over the pooled face map (`video_lstm_features`)."""
-        return SequenceLSTM(
-            self.video_lstm_features, dtype=self.dtype, impl=self.lstm_impl, name="face_lstm"
-        )(pooled)
+        return self._lstm(self.video_lstm_features, "face_lstm")(pooled)
 
     def _attention_query(self, h: jax.Array, face_state: jax.Array | None) -> jax.Array:
         """The state the attention of Eq. (28) is conditioned on (`attention_query`).
@@ -200,13 +198,7 @@ class BimodalModel(nn.Module):
             # same values as the mean of the repeated maps, without materialising those).
             pooled = jnp.repeat(maps.mean(axis=2), stride, axis=1)[:, : _face_steps(batch)]
             if self.mode == "video":
-                h = SequenceLSTM(
-                    self.lstm_features,
-                    self.audio_dense_features,
-                    dtype=self.dtype,
-                    impl=self.lstm_impl,
-                    name="video_lstm",
-                )(pooled)
+                h = self._lstm(self.lstm_features, "video_lstm", self.audio_dense_features)(pooled)
             face_state = None
             if self.mode == "fusion" and self.video_lstm_features:
                 face_state = self._face_state(pooled)
@@ -220,12 +212,7 @@ class BimodalModel(nn.Module):
                     self.lstm_features, dtype=self.dtype, name="face_memory"
                 )(face_state)
             if self.mode == "fusion" and self.face_context_lstm:
-                context = SequenceLSTM(
-                    self.lstm_features,
-                    dtype=self.dtype,
-                    impl=self.lstm_impl,
-                    name="face_context_lstm",
-                )(context)
+                context = self._lstm(self.lstm_features, "face_context_lstm")(context)
         if self.mode == "fusion":
             availability = None
             if self.gate_inputs == "states+availability":
@@ -246,12 +233,7 @@ class BimodalModel(nn.Module):
         else:
             fused = context
         if self.output_lstm_features:
-            fused = SequenceLSTM(
-                self.output_lstm_features,
-                dtype=self.dtype,
-                impl=self.lstm_impl,
-                name="output_lstm",
-            )(fused)
+            fused = self._lstm(self.output_lstm_features, "output_lstm")(fused)
         fused = Dropout(self.head_dropout, deterministic=not train)(fused)
         out["outputs"] = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(fused).astype(
             jnp.float32
