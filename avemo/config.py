@@ -369,6 +369,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.data.synthetic.test_seconds must be >= 0 (0 = seconds)")
     if not 0.0 <= flat["data.synthetic.voice_valence"] <= 1.0:
         raise ConfigError("config.data.synthetic.voice_valence must be in [0, 1]")
+    if flat["data.label_delay_steps"] < 0:
+        raise ConfigError("config.data.label_delay_steps must be >= 0 (0 = the labels as given)")
     # issue 9: the best checkpoint is chosen on a dev metric that evaluate_sessions reports.
     metric = flat["checkpoint.best_metric"]
     kind, _, dim = metric.partition("/")

@@ -101,6 +101,10 @@ class TrainedModel:
                     result[key][placed] = values[placed]
             if progress is not None:
                 progress(sum(chunk[-1][1:]))
+        if "outputs" in result:  # as `pipeline.stitch` does for a whole plan
+            result["outputs"] = pipeline.onto_label_clock(
+                result["outputs"], config.data.label_delay_steps
+            )
         return result
 
 

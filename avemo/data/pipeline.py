@@ -41,6 +41,32 @@ class PreparedSession:
         return "labels" in self.arrays
 
 
+def delay_targets(session: PreparedSession, steps: int) -> PreparedSession:
+    """A training session whose step t carries the label of step t + `steps` (the raters' delay
+    handled at the source, `config.data.label_delay_steps`): the per-step inputs end `steps`
+    steps before the labels do, so every target has its inputs and nothing is padded."""
+    if steps <= 0 or not session.has_labels:
+        return session
+    n = session.num_steps
+    if steps >= n:
+        raise ValueError(
+            f"session {session.name}: {n} steps cannot be trained with a label delay of {steps}"
+        )
+    arrays = {k: v[: n - steps] if k in STEP_KEYS else v for k, v in session.arrays.items()}
+    arrays["labels"] = session.arrays["labels"][steps:]
+    return dataclasses.replace(session, arrays=arrays)
+
+
+def onto_label_clock(predictions: np.ndarray, steps: int) -> np.ndarray:
+    """Predictions [T, ...] made at step t for the label of step t + `steps` (a model trained on
+    `delay_targets`), placed at t + `steps`; the first `steps` steps hold the first prediction
+    (nothing earlier predicts them)."""
+    if steps <= 0 or len(predictions) == 0:
+        return predictions
+    head = np.repeat(predictions[:1], min(steps, len(predictions)), axis=0)
+    return np.concatenate([head, predictions[: len(predictions) - steps]])[: len(predictions)]
+
+
 def window_starts(num_steps: int, window: int, hop: int) -> list[int]:
     """Window starts covering [0, num_steps): every `hop`, plus one flush with the end."""
     if num_steps <= window:
@@ -170,7 +196,11 @@ def train_dataset(
     `silence`: the inputs of a silent window, for modality dropout (`avemo.data.augment`).
     `far_field`: the training sessions' far-field audio inputs, for far-field augmentation.
     """
-    train = [s for s in sessions if s.split == "train" and s.has_labels]
+    train = [
+        delay_targets(s, config.data.label_delay_steps)
+        for s in sessions
+        if s.split == "train" and s.has_labels
+    ]
     if not train:
         raise ValueError("no labelled training sessions")
     if config.train.batch_size % process_count:
@@ -209,8 +239,13 @@ def num_train_windows(
     sessions: Sequence[PreparedSession], config: ml_collections.ConfigDict
 ) -> int:
     """Windows in one epoch (for converting epochs into steps)."""
+    delay = config.data.label_delay_steps
     return sum(
-        len(window_starts(s.num_steps, config.train.window_steps, config.train.window_hop_steps))
+        len(
+            window_starts(
+                s.num_steps - delay, config.train.window_steps, config.train.window_hop_steps
+            )
+        )
         for s in sessions
         if s.split == "train" and s.has_labels
     )
@@ -226,6 +261,8 @@ class EvalPlan:
     # (session name, window start, first kept offset, number kept) per window, in batch order.
     placements: list[tuple[str, int, int, int]]
     num_steps: dict[str, int]
+    # `config.data.label_delay_steps`: `stitch` moves the outputs this many steps later.
+    label_delay: int = 0
 
 
 class WindowBatches(Sequence):
@@ -300,7 +337,12 @@ def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.Config
         config.data.step_seconds,
         config.model.video_frame_stride,
     )
-    return EvalPlan(batches, placements, {s.name: s.num_steps for s in sessions})
+    return EvalPlan(
+        batches,
+        placements,
+        {s.name: s.num_steps for s in sessions},
+        config.data.label_delay_steps,
+    )
 
 
 def stitch(plan: EvalPlan, outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict]:
@@ -315,6 +357,9 @@ def stitch(plan: EvalPlan, outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[
             session[key][start + keep_from : start + keep_from + kept] = values[
                 i, keep_from : keep_from + kept
             ]
+    if plan.label_delay:  # predictions for t + d, made at t -> the labels' clock
+        for session in result.values():
+            session["outputs"] = onto_label_clock(session["outputs"], plan.label_delay)
     return result
 
 
