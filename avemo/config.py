@@ -81,6 +81,9 @@ def model_defaults() -> ml_collections.ConfigDict:
     # Temporal face stream: an LSTM of this width over the pooled face features, its state added
     # (projected) to the attention context c_t; 0 = per-frame context only (the paper).
     m.video_lstm_features = 0
+    # A dense layer (+ ReLU) of this width before the face LSTM, as the video-only model's video
+    # LSTM has (`audio_dense_features` there, like the audio stream's); 0 = none.
+    m.face_lstm_dense_features = 0
     # What the attention of Eq. (28) is conditioned on: "audio" = h_t (the paper); "face" = the
     # temporal face stream's state v_t (needs video_lstm_features), so the face context does not
     # change when the voice is silenced; "audio+face" = [h_t; v_t].
@@ -291,6 +294,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
     if flat["model.video_lstm_features"] < 0:
         raise ConfigError("config.model.video_lstm_features must be >= 0 (0 = off)")
+    if flat["model.face_lstm_dense_features"] < 0:
+        raise ConfigError("config.model.face_lstm_dense_features must be >= 0 (0 = off)")
     if flat["model.detach_face_stream"] and not flat["model.modality_heads"]:
         raise ConfigError(
             "config.model.detach_face_stream=True needs config.model.modality_heads=True (the "

@@ -69,6 +69,7 @@ class BimodalModel(nn.Module):
     fixed_gate_value: float = 0.5
     gate_inputs: str = "states"
     video_lstm_features: int = 0
+    face_lstm_dense_features: int = 0
     attention_query: str = "audio"
     modality_heads: bool = False
     face_context_lstm: bool = False
@@ -159,7 +160,9 @@ class BimodalModel(nn.Module):
 
     def _face_state(self, pooled: jax.Array) -> jax.Array:
         """Temporal face stream v_t: an LSTM over the pooled face map (`video_lstm_features`)."""
-        return self._lstm(self.video_lstm_features, "face_lstm")(pooled)
+        return self._lstm(self.video_lstm_features, "face_lstm", self.face_lstm_dense_features)(
+            pooled
+        )
 
     def _attention_query(self, h: jax.Array, face_state: jax.Array | None) -> jax.Array:
         """The state the attention of Eq. (28) is conditioned on (`attention_query`).
@@ -264,6 +267,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         fixed_gate_value=model_cfg.fixed_gate_value,
         gate_inputs=model_cfg.gate_inputs,
         video_lstm_features=model_cfg.video_lstm_features,
+        face_lstm_dense_features=model_cfg.face_lstm_dense_features,
         attention_query=model_cfg.attention_query,
         modality_heads=model_cfg.modality_heads,
         face_context_lstm=model_cfg.face_context_lstm,

@@ -180,6 +180,7 @@ def test_modality_heads_and_their_loss():
     [
         ("model.gate_inputs", "everything"),
         ("model.video_lstm_features", -1),
+        ("model.face_lstm_dense_features", -1),
         ("model.attention_query", "video"),
         ("model.attention_query", "face"),  # tiny has no face stream (video_lstm_features 0)
         ("loss.modality_head_weight", -0.1),
@@ -198,3 +199,16 @@ def test_new_keys_are_validated(key, value):
     node[name] = value
     with pytest.raises(config_lib.ConfigError, match=name):
         config_lib.validate(c)
+
+
+def test_face_lstm_dense_layer_feeds_the_face_lstm():
+    """`face_lstm_dense_features` puts a dense layer (+ ReLU) before the face LSTM, as the
+    video-only model's video LSTM has; 0 leaves the face LSTM reading the pooled map."""
+    batch = _batch()
+    plain = _model(video_lstm_features=8)
+    dense = _model(video_lstm_features=8, face_lstm_dense_features=5)
+    p_plain = plain.init(jax.random.key(0), batch)["params"]["face_lstm"]
+    p_dense = dense.init(jax.random.key(0), batch)["params"]["face_lstm"]
+    assert "input_dense" not in p_plain
+    assert p_dense["input_dense"]["kernel"].shape == (8, 5)  # pooled map (C = 8) -> 5
+    assert p_dense["cell"]["ii"]["kernel"].shape == (5, 8)
