@@ -63,8 +63,9 @@ def onto_label_clock(predictions: np.ndarray, steps: int) -> np.ndarray:
     (nothing earlier predicts them)."""
     if steps <= 0 or len(predictions) == 0:
         return predictions
-    head = np.repeat(predictions[:1], min(steps, len(predictions)), axis=0)
-    return np.concatenate([head, predictions[: len(predictions) - steps]])[: len(predictions)]
+    keep = max(len(predictions) - steps, 0)  # predictions that still land inside the session
+    head = np.repeat(predictions[:1], len(predictions) - keep, axis=0)
+    return np.concatenate([head, predictions[:keep]])
 
 
 def window_starts(num_steps: int, window: int, hop: int) -> list[int]:
@@ -239,15 +240,13 @@ def num_train_windows(
     sessions: Sequence[PreparedSession], config: ml_collections.ConfigDict
 ) -> int:
     """Windows in one epoch (for converting epochs into steps)."""
-    delay = config.data.label_delay_steps
     return sum(
-        len(
-            window_starts(
-                s.num_steps - delay, config.train.window_steps, config.train.window_hop_steps
-            )
+        len(window_starts(s.num_steps, config.train.window_steps, config.train.window_hop_steps))
+        for s in (
+            delay_targets(s, config.data.label_delay_steps)  # the sessions `train_dataset` cuts
+            for s in sessions
+            if s.split == "train" and s.has_labels
         )
-        for s in sessions
-        if s.split == "train" and s.has_labels
     )
 
 
