@@ -110,6 +110,10 @@ def model_defaults() -> ml_collections.ConfigDict:
     # none; loaded at initialisation (not on resume). freeze_video: zero updates to the branch.
     m.video_init = ""
     m.freeze_video = False
+    # issue 9: the whole face stream (face CNN, face LSTM, attention, face context LSTM, face head)
+    # from a video-only run's workdir (best-by-dev checkpoint; "{seed}" = this run's seed), layer
+    # for layer (avemo/warm_start.py); loaded at initialisation (not on resume). "" = none.
+    m.face_init = ""
     # --- throughput (issue 10) ---
     # Max-pooling: "fast" (reshape + max / shifted maxima; identical outputs, cheap gradient on
     # XLA CPU) | "reduce_window" (the literal nn.max_pool). See avemo/models/layers.py.
@@ -311,6 +315,24 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"config.model.attention_query={flat['model.attention_query']!r} needs the face "
             "stream's state: set config.model.video_lstm_features > 0"
         )
+    if flat["model.face_init"]:
+        if not (
+            flat["model.mode"] == "fusion"
+            and flat["model.video_lstm_features"]
+            and flat["model.face_context_lstm"]
+            and flat["model.modality_heads"]
+            and flat["model.attention_query"] == "face"
+        ):
+            raise ConfigError(
+                "config.model.face_init needs the face tower that mirrors the video-only model: "
+                "model.mode='fusion', video_lstm_features > 0, face_context_lstm=True, "
+                "modality_heads=True and attention_query='face'"
+            )
+        if flat["model.video_init"] or flat["model.freeze_video"]:
+            raise ConfigError(
+                "config.model.face_init sets the face CNN too: use it without "
+                "model.video_init and model.freeze_video"
+            )
     if flat["loss.modality_head_weight"] < 0:
         raise ConfigError("config.loss.modality_head_weight must be >= 0")
     if flat["model.gate_inputs"] != "states" and flat["model.gate"] != "learned":

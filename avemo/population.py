@@ -282,6 +282,13 @@ class PopulationTrainer:
                     state.params, state.batch_stats, config.model.video_init
                 )
                 state = state.replace(params=params, batch_stats=batch_stats)
+            if config.model.face_init:  # each member from the video-only run of its seed
+                from avemo import warm_start
+
+                params, batch_stats = warm_start.load_face_stream(
+                    state.params, state.batch_stats, config.model.face_init, seed
+                )
+                state = state.replace(params=params, batch_stats=batch_stats)
             members.append(state)
         return self.stack(members)
 

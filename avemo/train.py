@@ -522,6 +522,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             state = state.replace(params=params, batch_stats=batch_stats)
             log.info("Video branch initialised from %s.", config.model.video_init)
+        if config.model.face_init:  # the face stream of a video-only run (issue 9), fresh runs
+            from avemo import warm_start
+
+            params, batch_stats = warm_start.load_face_stream(
+                state.params, state.batch_stats, config.model.face_init, config.seed
+            )
+            state = state.replace(params=params, batch_stats=batch_stats)
         if is_chief:
             params = sum(x.size for x in jax.tree.leaves(state.params))
             log.info(

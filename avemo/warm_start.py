@@ -1,0 +1,145 @@
+"""Warm start of the fusion's face stream from a trained video-only model (`model.face_init`).
+
+Why (issue 9, docs/fusion.md): trained end to end, the fusion's face stream learns less than the
+video-only model does on its own -- the voice explains most of the main loss early, and the face
+stream's share of the gradient is small. The paper trains the face CNN first (Sec. 6.4, stage 1,
+`model.video_init`), but per frame: its features carry little of what the sequence model reads
+(stage-1 dev CCC 0.33 arousal on the embedded corpus). `face_init` goes one step further: it
+starts the whole face stream of the fusion from a video-only run (`model.mode="video"`), whose
+layers are, one for one, the face tower of the fusion:
+
+  video-only model                       fusion (face tower)
+  alexnet                           ->   alexnet
+  video_lstm  (Dense -> ReLU -> LSTM) ->   face_lstm  (needs face_lstm_dense_features = the video
+                                          run's audio_dense_features)
+  attention   (queried by video_lstm) ->   attention  (queried by face_lstm: attention_query="face")
+  output_lstm                       ->   face_context_lstm
+  head                              ->   video_head  (the face head of modality_heads)
+
+and `face_memory` (the fusion's projection of the face state into c_t, which the video-only
+model does not have) starts at zero. At initialisation the fusion's face head therefore computes
+exactly the video-only model's output (tested); training then goes on end to end, every layer
+trainable. The audio stream, the gate, the fusion's output LSTM and head keep their seeded
+initialisation.
+
+`face_init` is a workdir of a video-only run (its best-by-dev checkpoint is loaded); `{seed}` in
+it is replaced by the run's `seed`, so each seed of a sweep starts from the video-only run of the
+same seed (e.g. `runs/video/seed={seed}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from avemo import checkpointing
+from avemo import config as config_lib
+
+log = logging.getLogger("avemo")
+
+# (video-only module, fusion module): the fusion's face tower, layer for layer.
+FACE_STREAM_MAP = (
+    ("alexnet", "alexnet"),
+    ("video_lstm", "face_lstm"),
+    ("attention", "attention"),
+    ("output_lstm", "face_context_lstm"),
+    ("head", "video_head"),
+)
+ZEROED = ("face_memory",)  # fusion-only: starts at zero, so c_t is the video-only model's context
+
+
+def resolve(template: str, seed: int) -> str:
+    """The workdir `template` names for `seed` (`{seed}` replaced), absolute."""
+    try:
+        path = template.format(seed=seed)
+    except (KeyError, IndexError, ValueError) as err:
+        raise config_lib.ConfigError(
+            f"config.model.face_init={template!r}: only the placeholder {{seed}} is allowed ({err})"
+        ) from None
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _restore_video_run(workdir: str) -> tuple[dict, dict, int]:
+    """(params, batch_stats, step) of the best-by-dev checkpoint of a video-only run."""
+    from avemo import inference
+
+    try:
+        saved_config = inference.load_config(workdir)
+        step = inference.checkpoint_step(workdir, saved_config, "best")
+    except inference.NoModelError as err:
+        raise config_lib.ConfigError(
+            f"config.model.face_init: {err} (a finished video-only run's workdir is needed)"
+        ) from None
+    if saved_config.model.mode != "video":
+        raise config_lib.ConfigError(
+            f"config.model.face_init={workdir!r} is a model.mode={saved_config.model.mode!r} "
+            "run; the face stream starts from a video-only run (model.mode='video')"
+        )
+    ckpt = checkpointing.Checkpointer(workdir, f"dev/{saved_config.checkpoint.best_metric}")
+    try:
+        saved = ckpt.restore_untyped(step)
+    finally:
+        ckpt.close()
+    return dict(saved["params"]), dict(saved.get("batch_stats") or {}), step
+
+
+def load_face_stream(
+    params: Mapping[str, Any], batch_stats: Mapping[str, Any], template: str, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fusion's (params, batch_stats) with the face stream taken from a video-only run.
+
+    Arrays are placed on the shardings of the arrays they replace; every other entry is kept.
+
+    Raises:
+      ConfigError: no such run, not a video-only run, or a layer whose shapes differ (naming it).
+    """
+    workdir = resolve(template, seed)
+    src_params, src_stats, step = _restore_video_run(workdir)
+    new_params, new_stats = dict(params), dict(batch_stats or {})
+    for src, dst in FACE_STREAM_MAP:
+        if dst not in params:
+            raise config_lib.ConfigError(
+                f"config.model.face_init: the fusion model has no {dst!r} layer (face_init needs "
+                "model.mode='fusion', video_lstm_features > 0, face_context_lstm=True and "
+                "modality_heads=True)"
+            )
+        if src not in src_params:
+            raise config_lib.ConfigError(
+                f"config.model.face_init={workdir!r}: the video-only run has no {src!r} layer"
+            )
+        for kind, source, target in (
+            ("params", src_params, new_params),
+            ("batch_stats", src_stats, new_stats),
+        ):
+            if dst not in target and src not in source:
+                continue
+            want = {k: list(np.shape(v)) for k, v in _leaves(target.get(dst, {})).items()}
+            have = {k: list(np.shape(v)) for k, v in _leaves(source.get(src, {})).items()}
+            if want != have:
+                key = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[0]
+                raise config_lib.ConfigError(
+                    f"config.model.face_init={workdir!r}: {kind} {src}{key} is "
+                    f"{have.get(key, 'missing')} there and {want.get(key, 'missing')} in the "
+                    f"fusion's {dst} (the face tower must be as wide as the video-only model: "
+                    "video_lstm_features = lstm_features, face_lstm_dense_features = "
+                    "audio_dense_features, the same alexnet sizes and face size)"
+                )
+            target[dst] = jax.tree.map(
+                lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
+                source[src],
+                target[dst],
+            )
+    for name in ZEROED:
+        if name in new_params:
+            new_params[name] = jax.tree.map(jax.numpy.zeros_like, new_params[name])
+    log.info("Face stream initialised from %s (video-only run, step %d).", workdir, step)
+    return new_params, new_stats

@@ -1,0 +1,142 @@
+"""`model.face_init`: the fusion's face stream starts from a video-only run, layer for layer, so
+its face head computes the video-only model's output at initialisation (avemo/warm_start.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from avemo import config as config_lib
+from avemo import train, warm_start
+from configs import tiny
+
+
+def _video_config():
+    c = tiny.get_config()
+    c.model.mode = "video"
+    c.train.num_steps = 3
+    c.train.eval_every_steps = 3
+    c.train.checkpoint_every_steps = 3
+    c.checkpoint.async_save = False
+    return c
+
+
+def _fusion_config(face_init=""):
+    c = tiny.get_config()
+    c.model.video_lstm_features = c.model.lstm_features
+    c.model.face_lstm_dense_features = c.model.audio_dense_features
+    c.model.face_context_lstm = True
+    c.model.modality_heads = True
+    c.model.attention_query = "face"
+    c.model.face_init = face_init
+    c.train.num_steps = 2
+    c.train.eval_every_steps = 2
+    c.train.checkpoint_every_steps = 2
+    c.checkpoint.async_save = False
+    return config_lib.validate(c)
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    """Workdirs of video-only runs with seeds 0 and 1 (a few steps each)."""
+    root = tmp_path_factory.mktemp("video_runs")
+    for seed in (0, 1):
+        c = _video_config()
+        c.seed = seed
+        train.train_and_evaluate(c, str(root / f"seed={seed}"))
+    return root
+
+
+def _trainer(config):
+    sessions = train.load_sessions(config, "")
+    batch = train.example_batch(sessions, config, 4)
+    return train.Trainer(config, batch, 10), batch
+
+
+def test_fusion_face_head_equals_the_video_only_model_at_initialisation(video_run):
+    template = str(video_run / "seed={seed}")
+    fusion_cfg = _fusion_config(template)
+    trainer, batch = _trainer(fusion_cfg)
+    state = trainer.init_state()
+    params, stats = warm_start.load_face_stream(state.params, state.batch_stats, template, 1)
+
+    from avemo import inference
+
+    video = inference.load(str(video_run / "seed=1"))
+    want = video.trainer.model.apply(
+        {"params": video.state.params, "batch_stats": video.state.batch_stats}, batch, train=False
+    )["outputs"]
+    got = trainer.model.apply({"params": params, "batch_stats": stats}, batch, train=False)
+    np.testing.assert_allclose(got["video_outputs"], want, atol=1e-5)
+    # The other seed's run is another model: {seed} picks the run.
+    other, other_stats = warm_start.load_face_stream(state.params, state.batch_stats, template, 0)
+    got0 = trainer.model.apply({"params": other, "batch_stats": other_stats}, batch, train=False)
+    assert not np.allclose(got0["video_outputs"], want, atol=1e-4)
+    # The fusion-only parts keep their initialisation; face_memory starts at zero.
+    for name in ("audio_lstm", "gate", "head", "output_lstm", "audio_head"):
+        jax.tree.map(np.testing.assert_array_equal, params[name], state.params[name])
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(params["face_memory"]))
+    # Without the warm start the face head is something else.
+    fresh = trainer.model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch, train=False
+    )
+    assert not np.allclose(fresh["video_outputs"], want, atol=1e-3)
+
+
+def test_face_init_refuses_a_narrower_face_tower_naming_the_layer(video_run):
+    cfg = _fusion_config()
+    cfg.model.face_lstm_dense_features = 8  # the video run's video_lstm has a 16-wide dense
+    trainer, _ = _trainer(cfg)
+    state = trainer.init_state()
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"params video_lstm\[.*\[16, 16\] there and \[8, 16\] in the fusion.s face_lstm",
+    ):
+        warm_start.load_face_stream(
+            state.params, state.batch_stats, str(video_run / "seed={seed}"), 0
+        )
+
+
+def test_face_init_needs_a_finished_video_only_run(video_run, tmp_path):
+    cfg = _fusion_config()
+    trainer, _ = _trainer(cfg)
+    state = trainer.init_state()
+    with pytest.raises(config_lib.ConfigError, match="no config.json"):
+        warm_start.load_face_stream(state.params, state.batch_stats, str(tmp_path), 0)
+    with pytest.raises(config_lib.ConfigError, match="only the placeholder"):
+        warm_start.resolve(str(video_run / "{member}"), 0)
+    fusion_dir = tmp_path / "fusion"
+    train.train_and_evaluate(_fusion_config(), str(fusion_dir))
+    with pytest.raises(config_lib.ConfigError, match="model.mode='fusion' run"):
+        warm_start.load_face_stream(state.params, state.batch_stats, str(fusion_dir), 0)
+
+
+def test_face_init_key_is_validated():
+    cfg = _fusion_config()
+    cfg.model.face_init = "runs/video/seed={seed}"
+    cfg.model.face_context_lstm = False
+    with pytest.raises(config_lib.ConfigError, match="face_init needs the face tower"):
+        config_lib.validate(cfg)
+    cfg = _fusion_config("runs/video")
+    cfg.model.freeze_video = True
+    with pytest.raises(config_lib.ConfigError, match="without model.video_init"):
+        config_lib.validate(cfg)
+
+
+def test_a_run_with_face_init_trains_from_the_video_runs_weights(video_run, tmp_path):
+    """The train loop loads the run's own seed's video-only model before the first step."""
+    cfg = _fusion_config(str(video_run / "seed={seed}"))
+    cfg.seed = 1
+    cfg.train.learning_rate = 0.0  # no update: the checkpoint holds the loaded weights
+    train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    from avemo import inference
+
+    loaded = inference.load(str(tmp_path / "run"), which="latest")
+    video = inference.load(str(video_run / "seed=1"))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        loaded.state.params["face_context_lstm"],
+        video.state.params["output_lstm"],
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal, loaded.state.params["alexnet"], video.state.params["alexnet"]
+    )
