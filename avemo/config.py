@@ -173,6 +173,10 @@ def base_config() -> ml_collections.ConfigDict:
     # transform of the missing-modality protocol with a room drawn per session around the
     # protocol's; avemo.data.augment). Needs recordings (not the in-memory corpus).
     c.train.far_field_augment = 0.0
+    # issue 9: > 0 = a video-only first stage of this many steps in WORKDIR/face_stage, whose face
+    # stream (CNN, LSTM, attention, LSTM, head) the fusion then starts from (avemo/warm_start.py;
+    # model.face_init names such a run explicitly). 0 = one stage, end to end (the paper).
+    c.train.face_stage_steps = 0
     # --- input pipeline (issue 10) --- batches Grain prepares ahead of the step in background
     # threads. Grain's own default (500 elements, 16 threads) held ~2.5 GB of default batches
     # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
@@ -315,7 +319,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"config.model.attention_query={flat['model.attention_query']!r} needs the face "
             "stream's state: set config.model.video_lstm_features > 0"
         )
-    if flat["model.face_init"]:
+    if flat["train.face_stage_steps"] < 0:
+        raise ConfigError("config.train.face_stage_steps must be >= 0 (0 = no video-only stage)")
+    if flat["model.face_init"] and flat["train.face_stage_steps"]:
+        raise ConfigError(
+            "config.model.face_init and config.train.face_stage_steps both name the video-only "
+            "run the face stream starts from: set one"
+        )
+    if flat["model.face_init"] or flat["train.face_stage_steps"]:
         if not (
             flat["model.mode"] == "fusion"
             and flat["model.video_lstm_features"]
@@ -324,14 +335,23 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             and flat["model.attention_query"] == "face"
         ):
             raise ConfigError(
-                "config.model.face_init needs the face tower that mirrors the video-only model: "
-                "model.mode='fusion', video_lstm_features > 0, face_context_lstm=True, "
-                "modality_heads=True and attention_query='face'"
+                "config.model.face_init / train.face_stage_steps need the face tower that "
+                "mirrors the video-only model: model.mode='fusion', video_lstm_features > 0, "
+                "face_context_lstm=True, modality_heads=True and attention_query='face'"
             )
         if flat["model.video_init"] or flat["model.freeze_video"]:
             raise ConfigError(
-                "config.model.face_init sets the face CNN too: use it without "
-                "model.video_init and model.freeze_video"
+                "config.model.face_init / train.face_stage_steps set the face CNN too: use them "
+                "without model.video_init and model.freeze_video"
+            )
+        if flat["train.face_stage_steps"] and (
+            flat["model.video_lstm_features"] != flat["model.lstm_features"]
+            or flat["model.face_lstm_dense_features"] != flat["model.audio_dense_features"]
+        ):
+            raise ConfigError(
+                "config.train.face_stage_steps: the video-only stage's video LSTM is "
+                "model.audio_dense_features -> model.lstm_features wide; set "
+                "model.face_lstm_dense_features and model.video_lstm_features to match"
             )
     if flat["loss.modality_head_weight"] < 0:
         raise ConfigError("config.loss.modality_head_weight must be >= 0")

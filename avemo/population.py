@@ -50,7 +50,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from avemo import checkpointing, train
+from avemo import checkpointing, train, warm_start
 from avemo import config as config_lib
 from avemo.data import pipeline
 from avemo.models.bimodal import (  # noqa: F401 (face_cnn: part of this module's interface)
@@ -269,11 +269,13 @@ class PopulationTrainer:
 
     # ------------------------------------------------------------------------------ state
 
-    def init_state(self) -> train.TrainState:
-        """Each member initialised exactly as a separate run with its seed (stage-1 weights too)."""
+    def init_state(self, workdirs: Sequence[str] = ()) -> train.TrainState:
+        """Each member initialised exactly as a separate run with its seed (stage-1 weights too;
+        a face stream from a video-only run needs the members' `workdirs`)."""
         init = jax.jit(self._init)
         members = []
-        for config, seed in zip(self.configs, self.seeds, strict=True):
+        workdirs = list(workdirs) or [""] * len(self.configs)
+        for config, seed, workdir in zip(self.configs, self.seeds, workdirs, strict=True):
             state = init(jax.random.key(seed))
             if config.model.video_init:
                 from avemo import stage1
@@ -282,11 +284,10 @@ class PopulationTrainer:
                     state.params, state.batch_stats, config.model.video_init
                 )
                 state = state.replace(params=params, batch_stats=batch_stats)
-            if config.model.face_init:  # each member from the video-only run of its seed
-                from avemo import warm_start
-
+            source = warm_start.face_source(config, workdir) if workdir else None
+            if source:  # each member from its own video-only run (issue 9)
                 params, batch_stats = warm_start.load_face_stream(
-                    state.params, state.batch_stats, config.model.face_init, seed
+                    state.params, state.batch_stats, source
                 )
                 state = state.replace(params=params, batch_stats=batch_stats)
             members.append(state)
@@ -595,6 +596,15 @@ def _reconcile(ckpt: checkpointing.Checkpointer, step: int) -> None:
             ckpt.delete(s)
 
 
+def _fresh(population_dir: str) -> bool:
+    """No population checkpoint yet (a fresh population, not a resumed one)."""
+    ckpt = checkpointing.Checkpointer(population_dir, None, async_save=False)
+    try:
+        return ckpt.latest_step() is None
+    finally:
+        ckpt.close()
+
+
 def train_population(
     configs: Sequence[ml_collections.ConfigDict],
     workdirs: Sequence[str],
@@ -635,6 +645,24 @@ def train_population(
         os.replace(tmp, os.path.join(workdir, "config.json"))
     config = configs[0]
     k = len(configs)
+    if config.train.face_stage_steps and _fresh(population_dir):
+        # The video-only first stage of every member (avemo.warm_start), itself a population.
+        stages = [warm_start.stage_config(c) for c in configs]
+        stage_dirs = [os.path.join(w, warm_start.STAGE_DIR) for w in workdirs]
+        if not all(
+            warm_start.stage_finished(d, c.train.num_steps)
+            for d, c in zip(stage_dirs, stages, strict=True)
+        ):
+            log.info("Face stage: %d video-only members, %d steps.", k, stages[0].train.num_steps)
+            train_population(
+                stages,
+                stage_dirs,
+                os.path.join(population_dir, warm_start.STAGE_DIR),
+                data_order,
+                member_conv,
+                member_devices,
+                reports=False,
+            )
 
     # The data is prepared once (members share the front ends and the preparation cache).
     sessions = train.load_sessions(config, workdirs[0])
@@ -703,7 +731,7 @@ def train_population(
             _reconcile(ckpt, start_step)
         log.info("Resumed the population of %d from %s at step %d.", k, population_dir, start_step)
     else:
-        state = trainer.init_state()
+        state = trainer.init_state(workdirs)
         params = sum(x.size for x in jax.tree.leaves(state.params)) // k
         log.info(
             "Initialised a population of %d %s models (%s parameters each) on a %s mesh; "

@@ -463,6 +463,17 @@ def _drain(pending: list[tuple[int, dict]]) -> dict[str, float]:
     return means
 
 
+def _latest_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+    """The latest checkpoint step in `workdir` (None: a fresh run)."""
+    if not config.checkpoint.enabled:
+        return None
+    ckpt = checkpointing.Checkpointer(workdir, None, async_save=False)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns dev metrics."""
     config_lib.validate(config)
@@ -475,6 +486,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f.write(config.to_json_best_effort(indent=2))
         os.replace(tmp, os.path.join(workdir, "config.json"))
 
+    from avemo import warm_start
+
+    if config.train.face_stage_steps and _latest_checkpoint(config, workdir) is None:
+        stage = warm_start.stage_config(config)  # the video-only first stage, fresh runs only
+        stage_dir = os.path.join(workdir, warm_start.STAGE_DIR)
+        if not warm_start.stage_finished(stage_dir, stage.train.num_steps):
+            log.info(
+                "Face stage: the video-only model, %d steps, in %s.",
+                stage.train.num_steps,
+                stage_dir,
+            )
+            train_and_evaluate(stage, stage_dir)
     sessions = load_sessions(config, workdir)
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)
@@ -522,11 +545,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             state = state.replace(params=params, batch_stats=batch_stats)
             log.info("Video branch initialised from %s.", config.model.video_init)
-        if config.model.face_init:  # the face stream of a video-only run (issue 9), fresh runs
-            from avemo import warm_start
-
+        source = warm_start.face_source(config, workdir)
+        if source:  # the face stream of a video-only run (issue 9), fresh runs only
             params, batch_stats = warm_start.load_face_stream(
-                state.params, state.batch_stats, config.model.face_init, config.seed
+                state.params, state.batch_stats, source
             )
             state = state.replace(params=params, batch_stats=batch_stats)
         if is_chief:

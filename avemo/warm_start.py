@@ -24,17 +24,27 @@ initialisation.
 
 `face_init` is a workdir of a video-only run (its best-by-dev checkpoint is loaded); `{seed}` in
 it is replaced by the run's `seed`, so each seed of a sweep starts from the video-only run of the
-same seed (e.g. `runs/video/seed={seed}`).
+same seed (e.g. `runs/video/seed={seed}`), and `{workdir}` by the run's own workdir.
+
+`train.face_stage_steps` > 0 makes that video-only run the first stage of the same command:
+`avemo.train.train_and_evaluate` (and `avemo.population.train_population`, member by member)
+first trains `stage_config(config)` -- this config as the video-only model of
+`configs/fusion_ablation.py:video`, for `face_stage_steps` steps, same seed -- in
+`WORKDIR/face_stage/` (an ordinary, resumable workdir; dev selects its checkpoint; no report),
+then the fusion from it. A resumed fusion run skips the stage.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from avemo import checkpointing
@@ -53,15 +63,61 @@ FACE_STREAM_MAP = (
 ZEROED = ("face_memory",)  # fusion-only: starts at zero, so c_t is the video-only model's context
 
 
-def resolve(template: str, seed: int) -> str:
-    """The workdir `template` names for `seed` (`{seed}` replaced), absolute."""
+STAGE_DIR = "face_stage"  # under the fusion's workdir: the video-only first stage
+
+
+def resolve(template: str, seed: int, workdir: str = "") -> str:
+    """The workdir `template` names for `seed` and the run's `workdir`, absolute."""
     try:
-        path = template.format(seed=seed)
+        path = template.format(seed=seed, workdir=workdir)
     except (KeyError, IndexError, ValueError) as err:
         raise config_lib.ConfigError(
-            f"config.model.face_init={template!r}: only the placeholder {{seed}} is allowed ({err})"
+            f"config.model.face_init={template!r}: only the placeholders {{seed}} and "
+            f"{{workdir}} are allowed ({err})"
         ) from None
     return os.path.abspath(os.path.expanduser(path))
+
+
+def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The video-only first stage of `config` (`train.face_stage_steps` steps, same seed).
+
+    The single-modality settings of `configs/fusion_ablation.py:video` (tested equal): the face
+    stream alone, nothing to drop or to hear from afar; the face CNN, the LSTM and attention
+    widths, the optimiser, the data and the evaluation as the fusion has them.
+    """
+    c = copy.deepcopy(config)
+    c.model.mode = "video"
+    c.model.modality_heads = False
+    c.model.gate_inputs = "states"
+    c.model.video_lstm_features = 0
+    c.model.face_lstm_dense_features = 0
+    c.model.face_context_lstm = False
+    c.model.attention_query = "audio"  # video mode: the query is the video LSTM's own state
+    c.model.face_init = ""
+    c.train.modality_dropout = 0.0
+    c.train.far_field_augment = 0.0
+    c.train.num_steps = config.train.face_stage_steps
+    c.train.face_stage_steps = 0
+    c.eval.report_at_end = False  # python -m avemo.evaluate --workdir W/face_stage: its report
+    return config_lib.validate(c)
+
+
+def stage_finished(workdir: str, steps: int) -> bool:
+    """The stage in `workdir` ran all its `steps` (its final metrics are at that step)."""
+    path = os.path.join(workdir, "final_metrics.json")
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("step", -1) >= steps
+
+
+def face_source(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """The video-only run a fresh fusion run in `workdir` starts its face stream from, if any."""
+    if config.model.face_init:
+        return resolve(config.model.face_init, config.seed, workdir)
+    if config.train.face_stage_steps:
+        return os.path.join(os.path.abspath(workdir), STAGE_DIR)
+    return None
 
 
 def _leaves(tree: Any) -> dict[str, Any]:
@@ -93,16 +149,15 @@ def _restore_video_run(workdir: str) -> tuple[dict, dict, int]:
 
 
 def load_face_stream(
-    params: Mapping[str, Any], batch_stats: Mapping[str, Any], template: str, seed: int
+    params: Mapping[str, Any], batch_stats: Mapping[str, Any], workdir: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The fusion's (params, batch_stats) with the face stream taken from a video-only run.
+    """The fusion's (params, batch_stats) with the face stream of the video-only run `workdir`.
 
     Arrays are placed on the shardings of the arrays they replace; every other entry is kept.
 
     Raises:
       ConfigError: no such run, not a video-only run, or a layer whose shapes differ (naming it).
     """
-    workdir = resolve(template, seed)
     src_params, src_stats, step = _restore_video_run(workdir)
     new_params, new_stats = dict(params), dict(batch_stats or {})
     for src, dst in FACE_STREAM_MAP:

@@ -1,6 +1,8 @@
 """`model.face_init`: the fusion's face stream starts from a video-only run, layer for layer, so
 its face head computes the video-only model's output at initialisation (avemo/warm_start.py)."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -57,7 +59,8 @@ def test_fusion_face_head_equals_the_video_only_model_at_initialisation(video_ru
     fusion_cfg = _fusion_config(template)
     trainer, batch = _trainer(fusion_cfg)
     state = trainer.init_state()
-    params, stats = warm_start.load_face_stream(state.params, state.batch_stats, template, 1)
+    source = warm_start.resolve(template, 1)
+    params, stats = warm_start.load_face_stream(state.params, state.batch_stats, source)
 
     from avemo import inference
 
@@ -68,7 +71,9 @@ def test_fusion_face_head_equals_the_video_only_model_at_initialisation(video_ru
     got = trainer.model.apply({"params": params, "batch_stats": stats}, batch, train=False)
     np.testing.assert_allclose(got["video_outputs"], want, atol=1e-5)
     # The other seed's run is another model: {seed} picks the run.
-    other, other_stats = warm_start.load_face_stream(state.params, state.batch_stats, template, 0)
+    other, other_stats = warm_start.load_face_stream(
+        state.params, state.batch_stats, warm_start.resolve(template, 0)
+    )
     got0 = trainer.model.apply({"params": other, "batch_stats": other_stats}, batch, train=False)
     assert not np.allclose(got0["video_outputs"], want, atol=1e-4)
     # The fusion-only parts keep their initialisation; face_memory starts at zero.
@@ -91,9 +96,7 @@ def test_face_init_refuses_a_narrower_face_tower_naming_the_layer(video_run):
         config_lib.ConfigError,
         match=r"params video_lstm\[.*\[16, 16\] there and \[8, 16\] in the fusion.s face_lstm",
     ):
-        warm_start.load_face_stream(
-            state.params, state.batch_stats, str(video_run / "seed={seed}"), 0
-        )
+        warm_start.load_face_stream(state.params, state.batch_stats, str(video_run / "seed=0"))
 
 
 def test_face_init_needs_a_finished_video_only_run(video_run, tmp_path):
@@ -101,25 +104,80 @@ def test_face_init_needs_a_finished_video_only_run(video_run, tmp_path):
     trainer, _ = _trainer(cfg)
     state = trainer.init_state()
     with pytest.raises(config_lib.ConfigError, match="no config.json"):
-        warm_start.load_face_stream(state.params, state.batch_stats, str(tmp_path), 0)
-    with pytest.raises(config_lib.ConfigError, match="only the placeholder"):
+        warm_start.load_face_stream(state.params, state.batch_stats, str(tmp_path))
+    assert warm_start.resolve("{workdir}/v/{seed}", 3, "/runs/a") == "/runs/a/v/3"
+    with pytest.raises(config_lib.ConfigError, match="only the placeholders"):
         warm_start.resolve(str(video_run / "{member}"), 0)
     fusion_dir = tmp_path / "fusion"
     train.train_and_evaluate(_fusion_config(), str(fusion_dir))
     with pytest.raises(config_lib.ConfigError, match="model.mode='fusion' run"):
-        warm_start.load_face_stream(state.params, state.batch_stats, str(fusion_dir), 0)
+        warm_start.load_face_stream(state.params, state.batch_stats, str(fusion_dir))
 
 
 def test_face_init_key_is_validated():
     cfg = _fusion_config()
     cfg.model.face_init = "runs/video/seed={seed}"
     cfg.model.face_context_lstm = False
-    with pytest.raises(config_lib.ConfigError, match="face_init needs the face tower"):
+    with pytest.raises(config_lib.ConfigError, match="face_stage_steps need the face tower"):
         config_lib.validate(cfg)
     cfg = _fusion_config("runs/video")
     cfg.model.freeze_video = True
     with pytest.raises(config_lib.ConfigError, match="without model.video_init"):
         config_lib.validate(cfg)
+    cfg = _fusion_config("runs/video")
+    cfg.train.face_stage_steps = 5
+    with pytest.raises(config_lib.ConfigError, match="set one"):
+        config_lib.validate(cfg)
+    cfg = _fusion_config()
+    cfg.train.face_stage_steps = -1
+    with pytest.raises(config_lib.ConfigError, match="face_stage_steps must be >= 0"):
+        config_lib.validate(cfg)
+    cfg.train.face_stage_steps = 5
+    cfg.model.face_lstm_dense_features = 0
+    with pytest.raises(config_lib.ConfigError, match="face_lstm_dense_features and"):
+        config_lib.validate(cfg)
+
+
+def test_the_face_stage_is_the_video_only_ablation_row():
+    """`stage_config` of the default is `configs/fusion_ablation.py:video`, stage steps long."""
+    from configs import default, fusion_ablation
+
+    fusion = default.get_config()
+    fusion.train.face_stage_steps = 300
+    fusion.model.face_lstm_dense_features = fusion.model.audio_dense_features
+    stage = warm_start.stage_config(fusion)
+    row = fusion_ablation.get_config("video")
+    row.train.num_steps = 300
+    row.eval.report_at_end = False
+    assert stage.to_dict() == row.to_dict()
+
+
+def test_face_stage_trains_the_video_only_model_first_and_starts_from_it(tmp_path):
+    cfg = _fusion_config()
+    cfg.train.face_stage_steps = 3
+    cfg.seed = 1
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(cfg, str(workdir))
+    from avemo import inference
+
+    stage = inference.load(str(workdir / warm_start.STAGE_DIR))
+    assert stage.config.model.mode == "video" and stage.config.seed == 1
+    assert stage.config.train.num_steps == 3
+    # The fusion started from the stage: with a zero learning rate it still holds those weights.
+    cfg.train.learning_rate = 0.0
+    train.train_and_evaluate(cfg, str(tmp_path / "zero_lr"))
+    fused = inference.load(str(tmp_path / "zero_lr"), which="latest")
+    stage0 = inference.load(str(tmp_path / "zero_lr" / warm_start.STAGE_DIR))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        fused.state.params["face_context_lstm"],
+        stage0.state.params["output_lstm"],
+    )
+    # A resumed fusion run does not train the stage again.
+    mtime = os.path.getmtime(workdir / warm_start.STAGE_DIR / "final_metrics.json")
+    cfg.train.learning_rate = tiny.get_config().train.learning_rate
+    train.train_and_evaluate(cfg, str(workdir))
+    assert os.path.getmtime(workdir / warm_start.STAGE_DIR / "final_metrics.json") == mtime
 
 
 def test_a_run_with_face_init_trains_from_the_video_runs_weights(video_run, tmp_path):
@@ -140,3 +198,29 @@ def test_a_run_with_face_init_trains_from_the_video_runs_weights(video_run, tmp_
     jax.tree.map(
         np.testing.assert_array_equal, loaded.state.params["alexnet"], video.state.params["alexnet"]
     )
+
+
+def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp_path):
+    from avemo import inference, population
+
+    configs = []
+    for seed in (0, 1):
+        c = _fusion_config()
+        c.seed = seed
+        c.train.face_stage_steps = 2
+        c.train.learning_rate = 0.0  # the members keep what they loaded
+        configs.append(c)
+    members = [str(tmp_path / f"seed={c.seed}") for c in configs]
+    population.train_population(configs, members, str(tmp_path / "_p"), data_order="member")
+    outs = []
+    for member in members:
+        stage = inference.load(os.path.join(member, warm_start.STAGE_DIR))
+        fused = inference.load(member, which="latest")
+        assert stage.config.model.mode == "video" and stage.state.step == 2
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            fused.state.params["face_context_lstm"],
+            stage.state.params["output_lstm"],
+        )
+        outs.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(stage.state.params)]))
+    assert not np.allclose(outs[0], outs[1])  # each member its own seed's stage
