@@ -180,26 +180,6 @@ def test_face_stage_trains_the_video_only_model_first_and_starts_from_it(tmp_pat
     assert os.path.getmtime(workdir / warm_start.STAGE_DIR / "final_metrics.json") == mtime
 
 
-def test_a_run_with_face_init_trains_from_the_video_runs_weights(video_run, tmp_path):
-    """The train loop loads the run's own seed's video-only model before the first step."""
-    cfg = _fusion_config(str(video_run / "seed={seed}"))
-    cfg.seed = 1
-    cfg.train.learning_rate = 0.0  # no update: the checkpoint holds the loaded weights
-    train.train_and_evaluate(cfg, str(tmp_path / "run"))
-    from avemo import inference
-
-    loaded = inference.load(str(tmp_path / "run"), which="latest")
-    video = inference.load(str(video_run / "seed=1"))
-    jax.tree.map(
-        np.testing.assert_array_equal,
-        loaded.state.params["face_context_lstm"],
-        video.state.params["output_lstm"],
-    )
-    jax.tree.map(
-        np.testing.assert_array_equal, loaded.state.params["alexnet"], video.state.params["alexnet"]
-    )
-
-
 def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp_path):
     from avemo import inference, population
 
