@@ -61,8 +61,6 @@ FACE_STREAM_MAP = (
     ("head", "video_head"),
 )
 ZEROED = ("face_memory",)  # fusion-only: starts at zero, so c_t is the video-only model's context
-
-
 STAGE_DIR = "face_stage"  # under the fusion's workdir: the video-only first stage
 
 
