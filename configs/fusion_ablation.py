@@ -18,9 +18,13 @@ ROW (cumulative, in this order):
   face_query      + the attention queried by the face stream (model.attention_query="face")
   head_weight     + the heads' loss weight 1.0 (was 0.5; the default until the face tower)
   face_tower      + an LSTM over the face context (model.face_context_lstm) and a face LSTM of
-                  64 (was 32): the default (configs/default.py; alias "default")
+                  64 (was 32), 900 steps end to end (the default until the face stage)
+  face_stage      + a video-only first stage of 900 steps whose face stream the fusion starts
+                  from (train.face_stage_steps; a dense layer before the face LSTM, as the
+                  video-only model has): the default (configs/default.py; alias "default")
   audio, video    single-modality models with the default's settings that apply to them (audio:
-                  with far-field augmentation; video: no voice to augment)
+                  with far-field augmentation; video: no voice to augment), trained for the
+                  default's whole budget (face stage + fusion steps: 1800)
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
 ROW/hard: the row on the hard corpus variant (data.synthetic.voice_valence = 0.35, the voice
 carries little valence), e.g. configs/fusion_ablation.py:video/hard.
@@ -46,6 +50,7 @@ ROWS = (
     "face_query",
     "head_weight",
     "face_tower",
+    "face_stage",
 )
 
 
@@ -82,6 +87,10 @@ def _variant(text):
 def _row(row):
     c = default.get_config()
     if row in ("audio", "video"):
+        # The same budget as the default: its face stage and its fusion steps together.
+        c.train.num_steps = c.train.num_steps + c.train.face_stage_steps
+        c.train.face_stage_steps = 0
+        c.model.face_lstm_dense_features = 0
         c.model.mode = row
         c.train.modality_dropout = 0.0  # one stream: nothing to drop
         c.model.modality_heads = False
@@ -95,6 +104,9 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("face_stage"):
+        c.train.face_stage_steps = 0
+        c.model.face_lstm_dense_features = 0
     if keep < ROWS.index("face_tower"):
         c.model.face_context_lstm = False
         c.model.video_lstm_features = 32

@@ -258,6 +258,7 @@ def _variant_config(name: str, batch_shape: str = "", overrides: dict | None = N
         import tempfile
 
         config.model.freeze_video = True
+        config.train.face_stage_steps = 0  # a frozen stage-1 CNN instead of a face stage
         config.data.cache_dir = tempfile.mkdtemp(prefix="avemo-bench-")
     elif variant == "bf16":
         config.model.dtype = "bfloat16"
