@@ -663,6 +663,12 @@ def train_population(
                 member_devices,
                 reports=False,
             )
+            if not all(
+                warm_start.stage_finished(d, c.train.num_steps)
+                for d, c in zip(stage_dirs, stages, strict=True)
+            ):
+                log.info("The face stage stopped early (preempted); run again to resume it.")
+                return [{} for _ in configs]
 
     # The data is prepared once (members share the front ends and the preparation cache).
     sessions = train.load_sessions(config, workdirs[0])

@@ -498,6 +498,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 stage_dir,
             )
             train_and_evaluate(stage, stage_dir)
+            if not warm_start.stage_finished(stage_dir, stage.train.num_steps):
+                log.info("The face stage stopped early (preempted); run again to resume it.")
+                return {}
     sessions = load_sessions(config, workdir)
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)

@@ -204,3 +204,22 @@ def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp
         )
         outs.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(stage.state.params)]))
     assert not np.allclose(outs[0], outs[1])  # each member its own seed's stage
+
+
+def test_a_preempted_face_stage_stops_the_run_before_the_fusion(tmp_path, monkeypatch):
+    """SIGTERM during the stage returns early from it: the fusion must not start from it."""
+    original = train.train_and_evaluate
+
+    def stage_preempted(config, workdir):
+        if config.model.mode == "video":
+            return {}  # as a preempted stage returns: before its last step, no final metrics
+        return original(config, workdir)
+
+    monkeypatch.setattr(train, "train_and_evaluate", stage_preempted)
+    cfg = _fusion_config()
+    cfg.train.face_stage_steps = 3
+    assert stage_preempted(cfg, str(tmp_path / "run")) == {}
+    assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+        tmp_path / "run" / "checkpoints"
+    )
+    assert not (tmp_path / "run" / "final_metrics.json").exists()
