@@ -649,10 +649,14 @@ def train_population(
         # The video-only first stage of every member (avemo.warm_start), itself a population.
         stages = [warm_start.stage_config(c) for c in configs]
         stage_dirs = [os.path.join(w, warm_start.STAGE_DIR) for w in workdirs]
-        if not all(
-            warm_start.stage_finished(d, c.train.num_steps)
-            for d, c in zip(stage_dirs, stages, strict=True)
-        ):
+
+        def stages_done() -> bool:
+            return all(
+                warm_start.stage_finished(d, c.train.num_steps)
+                for d, c in zip(stage_dirs, stages, strict=True)
+            )
+
+        if not stages_done():
             log.info("Face stage: %d video-only members, %d steps.", k, stages[0].train.num_steps)
             train_population(
                 stages,
@@ -663,10 +667,7 @@ def train_population(
                 member_devices,
                 reports=False,
             )
-            if not all(
-                warm_start.stage_finished(d, c.train.num_steps)
-                for d, c in zip(stage_dirs, stages, strict=True)
-            ):
+            if not stages_done():
                 log.info("The face stage stopped early (preempted); run again to resume it.")
                 return [{} for _ in configs]
 
