@@ -402,7 +402,8 @@ def train_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
 # -------------------------------------------------------------------------------- weights I/O
 
 
-def _shapes(tree: Any) -> dict[str, list[int]]:
+def tree_shapes(tree: Any) -> dict[str, list[int]]:
+    """{key path: shape} of every leaf (checked before weights load into another model)."""
     return {
         jax.tree_util.keystr(path): list(np.shape(leaf))
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
@@ -418,7 +419,7 @@ def save_weights(out_dir: str, backbone: str, params: Any, batch_stats: Any) -> 
     checkpointer.close()
     if jax.process_index() == 0:
         _write_json(
-            os.path.join(out_dir, META_FILE), {"backbone": backbone, "shapes": _shapes(tree)}
+            os.path.join(out_dir, META_FILE), {"backbone": backbone, "shapes": tree_shapes(tree)}
         )
 
 
@@ -463,7 +464,7 @@ def load_into(
         "params": state_params[VIDEO_BRANCH],
         "batch_stats": batch_stats.get(VIDEO_BRANCH, {}) if batch_stats else {},
     }
-    expected, stored = _shapes(target), meta["shapes"]
+    expected, stored = tree_shapes(target), meta["shapes"]
     if expected != stored:
         diff = sorted(k for k in set(expected) | set(stored) if expected.get(k) != stored.get(k))
         key = diff[0]

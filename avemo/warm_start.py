@@ -118,10 +118,6 @@ def face_source(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     return None
 
 
-def _leaves(tree: Any) -> dict[str, Any]:
-    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def _restore_video_run(workdir: str) -> tuple[dict, dict, int]:
     """(params, batch_stats, step) of the best-by-dev checkpoint of a video-only run."""
     from avemo import inference
@@ -156,6 +152,8 @@ def load_face_stream(
     Raises:
       ConfigError: no such run, not a video-only run, or a layer whose shapes differ (naming it).
     """
+    from avemo.stage1 import tree_shapes
+
     src_params, src_stats, step = _restore_video_run(workdir)
     new_params, new_stats = dict(params), dict(batch_stats or {})
     for src, dst in FACE_STREAM_MAP:
@@ -175,8 +173,7 @@ def load_face_stream(
         ):
             if dst not in target and src not in source:
                 continue
-            want = {k: list(np.shape(v)) for k, v in _leaves(target.get(dst, {})).items()}
-            have = {k: list(np.shape(v)) for k, v in _leaves(source.get(src, {})).items()}
+            want, have = tree_shapes(target.get(dst, {})), tree_shapes(source.get(src, {}))
             if want != have:
                 key = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[0]
                 raise config_lib.ConfigError(
