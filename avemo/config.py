@@ -78,6 +78,9 @@ def model_defaults() -> ml_collections.ConfigDict:
     # What the learned gate sees: "states" = [h_t; c_t] (the paper); "states+availability" also
     # m_t and n_t, the speech energy and face flag that Eq. (31) asks beta to follow.
     m.gate_inputs = "states"
+    # How Eq. (30) combines the gated streams: "sum" = beta h + (1 - beta) c (the paper);
+    # "concat" = [beta h; (1 - beta) c], the streams side by side (avemo.models.attention.fuse).
+    m.fusion_combine = "sum"
     # Temporal face stream: an LSTM of this width over the pooled face features, its state added
     # (projected) to the attention context c_t; 0 = per-frame context only (the paper).
     m.video_lstm_features = 0
@@ -300,6 +303,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.lstm_impl", ("fused", "flax"))
     _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
+    _check_choice(flat, "model.fusion_combine", ("sum", "concat"))
     if flat["model.video_lstm_features"] < 0:
         raise ConfigError("config.model.video_lstm_features must be >= 0 (0 = off)")
     if flat["model.face_lstm_dense_features"] < 0:

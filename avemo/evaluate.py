@@ -564,7 +564,7 @@ def report_dir(workdir: str, split: str) -> pathlib.Path:
 
 def _summary(
     workdir: str,
-    step: int,
+    step: int | str,
     which: str,
     split: str,
     results: Mapping[str, ProtocolResult],

@@ -88,7 +88,24 @@ class AudioGate(nn.Module):
         return jax.nn.sigmoid(logits.astype(jnp.float32))
 
 
-def fuse(audio: jax.Array, context: jax.Array, audio_gate: jax.Array) -> jax.Array:
-    """Eq. (30): beta_t h_t + (1 - beta_t) c_t."""
+FUSION_COMBINES = ("sum", "concat")
+
+
+def fuse(
+    audio: jax.Array, context: jax.Array, audio_gate: jax.Array, combine: str = "sum"
+) -> jax.Array:
+    """Eq. (30): beta_t h_t + (1 - beta_t) c_t ("sum", as written).
+
+    "concat": [beta_t h_t; (1 - beta_t) c_t], the same gated streams side by side. Eq. (30) adds
+    the audio state and the face context coordinate by coordinate, so everything after it has to
+    tell the voice's contribution from the face's inside one vector (the voice carries mostly
+    arousal, the face mostly valence); side by side, the layers after the gate can read each
+    dimension from the stream that carries it while beta still scales each stream (a stream
+    with beta -> 0 or 1 - beta -> 0 contributes nothing either way).
+    """
     beta = audio_gate[..., None].astype(audio.dtype)
-    return beta * audio + (1.0 - beta) * context
+    if combine == "sum":
+        return beta * audio + (1.0 - beta) * context
+    if combine == "concat":
+        return jnp.concatenate([beta * audio, (1.0 - beta) * context], axis=-1)
+    raise ValueError(f"fusion combine must be one of {FUSION_COMBINES}, got {combine!r}")

@@ -16,7 +16,9 @@ Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
   detach_face_stream: c_t enters the gate and the fusion under stop_gradient, so only the face
     head's loss trains the face stream (as the video-only model is trained);
   modality_heads: per-modality regression heads on h_t and on the face vector, trained by
-    `loss.modality_head_weight`, so each stream must carry the labels on its own.
+    `loss.modality_head_weight`, so each stream must carry the labels on its own;
+  fusion_combine "concat": [beta h; (1-beta) c] instead of Eq. (30)'s sum, the gated streams
+    side by side for the layers after the gate.
 
 Modes for ablations: "fusion" (the paper's model), "audio" (h_t only) and "video" (the attention
 query comes from an LSTM over the pooled face features; the fused vector is c_t).
@@ -68,6 +70,7 @@ class BimodalModel(nn.Module):
     gate: str = "learned"
     fixed_gate_value: float = 0.5
     gate_inputs: str = "states"
+    fusion_combine: str = "sum"
     video_lstm_features: int = 0
     face_lstm_dense_features: int = 0
     attention_query: str = "audio"
@@ -226,7 +229,7 @@ class BimodalModel(nn.Module):
             beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype, name="gate")(
                 h, face, availability
             )
-            fused = fuse(h, face, beta)
+            fused = fuse(h, face, beta, self.fusion_combine)
             out["audio_gate"] = beta
             if self.modality_heads:
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
@@ -266,6 +269,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         gate=model_cfg.gate,
         fixed_gate_value=model_cfg.fixed_gate_value,
         gate_inputs=model_cfg.gate_inputs,
+        fusion_combine=model_cfg.fusion_combine,
         video_lstm_features=model_cfg.video_lstm_features,
         face_lstm_dense_features=model_cfg.face_lstm_dense_features,
         attention_query=model_cfg.attention_query,

@@ -76,6 +76,14 @@ def test_fuse_is_eq_30_and_gate_modes():
     h, c = jnp.ones((1, 3, 2)), jnp.zeros((1, 3, 2))
     beta = jnp.array([[0.0, 0.25, 1.0]])
     np.testing.assert_allclose(fuse(h, c, beta)[0, :, 0], [0.0, 0.25, 1.0])
+    # "concat": the same gated streams side by side, [beta h; (1 - beta) c].
+    h2, c2 = 2.0 * jnp.ones((1, 3, 2)), 3.0 * jnp.ones((1, 3, 4))
+    side = fuse(h2, c2, beta, "concat")
+    assert side.shape == (1, 3, 6)
+    np.testing.assert_allclose(side[0, :, 0], 2.0 * np.array([0.0, 0.25, 1.0]))
+    np.testing.assert_allclose(side[0, :, 2], 3.0 * np.array([1.0, 0.75, 0.0]))
+    with pytest.raises(ValueError, match="combine"):
+        fuse(h, c, beta, "product")
     fixed = AudioGate(mode="fixed", fixed_value=0.3)
     assert fixed.init(jax.random.key(0), h, c) == {}
     np.testing.assert_allclose(fixed.apply({}, h, c), 0.3)

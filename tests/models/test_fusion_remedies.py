@@ -179,6 +179,7 @@ def test_modality_heads_and_their_loss():
     ("key", "value"),
     [
         ("model.gate_inputs", "everything"),
+        ("model.fusion_combine", "product"),
         ("model.video_lstm_features", -1),
         ("model.face_lstm_dense_features", -1),
         ("model.attention_query", "video"),
