@@ -1,13 +1,35 @@
-"""Shared test set-up: absl flags parsed (Grain workers need it), the repository on sys.path."""
+"""Shared test set-up: absl flags parsed (Grain workers need it), the repository on sys.path, and
+one JAX compilation cache for the whole run."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# JAX's persistent compilation cache, shared by every process of one test run (the pytest-xdist
+# workers and the child processes tests start inherit the environment): dozens of tests train
+# the same tiny configs, and each new `Trainer` jits the same programs again; with the cache,
+# an identical program (same HLO, options, flags and devices: JAX's cache key) is compiled once
+# per run and loaded afterwards. It changes no result, only compile time. The controller (or a
+# plain pytest process) makes a fresh folder and removes it at the end; a user's own
+# JAX_COMPILATION_CACHE_DIR wins.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="avemo-test-jit-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 from absl import flags  # noqa: E402
 
 if not flags.FLAGS.is_parsed():
     flags.FLAGS(sys.argv[:1])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -99,7 +99,7 @@ def test_face_init_refuses_a_narrower_face_tower_naming_the_layer(video_run):
         warm_start.load_face_stream(state.params, state.batch_stats, str(video_run / "seed=0"))
 
 
-def test_face_init_needs_a_finished_video_only_run(video_run, tmp_path):
+def test_face_init_needs_a_finished_video_only_run(video_run, stage_run, tmp_path):
     cfg = _fusion_config()
     trainer, _ = _trainer(cfg)
     state = trainer.init_state()
@@ -108,10 +108,8 @@ def test_face_init_needs_a_finished_video_only_run(video_run, tmp_path):
     assert warm_start.resolve("{workdir}/v/{seed}", 3, "/runs/a") == "/runs/a/v/3"
     with pytest.raises(config_lib.ConfigError, match="only the placeholders"):
         warm_start.resolve(str(video_run / "{member}"), 0)
-    fusion_dir = tmp_path / "fusion"
-    train.train_and_evaluate(_fusion_config(), str(fusion_dir))
     with pytest.raises(config_lib.ConfigError, match="model.mode='fusion' run"):
-        warm_start.load_face_stream(state.params, state.batch_stats, str(fusion_dir))
+        warm_start.load_face_stream(state.params, state.batch_stats, str(stage_run[0]))
 
 
 def test_face_init_key_is_validated():
@@ -152,30 +150,36 @@ def test_the_face_stage_is_the_video_only_ablation_row():
     assert stage.to_dict() == row.to_dict()
 
 
-def test_face_stage_trains_the_video_only_model_first_and_starts_from_it(tmp_path):
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    """(workdir, config) of a fusion run with a 3-step face stage, seed 1, at a zero learning
+    rate: the fusion keeps exactly what it started from."""
     cfg = _fusion_config()
     cfg.train.face_stage_steps = 3
     cfg.seed = 1
-    workdir = tmp_path / "run"
+    cfg.train.learning_rate = 0.0
+    workdir = tmp_path_factory.mktemp("stage_run") / "run"
     train.train_and_evaluate(cfg, str(workdir))
+    return workdir, cfg
+
+
+def test_face_stage_trains_the_video_only_model_first_and_starts_from_it(stage_run):
     from avemo import inference
 
+    workdir, cfg = stage_run
     stage = inference.load(str(workdir / warm_start.STAGE_DIR))
     assert stage.config.model.mode == "video" and stage.config.seed == 1
     assert stage.config.train.num_steps == 3
-    # The fusion started from the stage: with a zero learning rate it still holds those weights.
-    cfg.train.learning_rate = 0.0
-    train.train_and_evaluate(cfg, str(tmp_path / "zero_lr"))
-    fused = inference.load(str(tmp_path / "zero_lr"), which="latest")
-    stage0 = inference.load(str(tmp_path / "zero_lr" / warm_start.STAGE_DIR))
+    # The fusion started from the stage: with a zero learning rate it still holds those weights
+    # (its own face_context_lstm is initialised from another key: without the load they differ).
+    fused = inference.load(str(workdir), which="latest")
     jax.tree.map(
         np.testing.assert_array_equal,
         fused.state.params["face_context_lstm"],
-        stage0.state.params["output_lstm"],
+        stage.state.params["output_lstm"],
     )
     # A resumed fusion run does not train the stage again.
     mtime = os.path.getmtime(workdir / warm_start.STAGE_DIR / "final_metrics.json")
-    cfg.train.learning_rate = tiny.get_config().train.learning_rate
     train.train_and_evaluate(cfg, str(workdir))
     assert os.path.getmtime(workdir / warm_start.STAGE_DIR / "final_metrics.json") == mtime
 
