@@ -233,9 +233,9 @@ def run(
     summary = evaluate._summary(workdir, steps, "best", split, results, params, fit_note)
     summary["members"] = [m.workdir for m in loaded]
     summary["checkpoint"] = "best of each member"
-    names = [
-        f"{os.path.basename(m.workdir)}:{dim}" for m in loaded for dim in DIMENSIONS
-    ]  # the members' output columns, in the design matrix's order
+    names = [  # the members' output columns, in the design matrix's order: "audio0:arousal", ...
+        f"{m.model.config.model.mode}{k}:{dim}" for k, m in enumerate(loaded) for dim in DIMENSIONS
+    ]
     record = {
         "members": [
             {"workdir": m.workdir, "mode": m.model.config.model.mode, "step": m.model.step}

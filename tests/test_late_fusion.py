@@ -90,6 +90,9 @@ def test_command_scores_the_test_split_with_dev_fitted_weights(trained, tmp_path
     assert record["fitted_on"] == ["dev_1"]  # the stack is fitted on dev, never on test
     assert len(record["members"]) == 2 and record["features"] == "gated"
     assert len(record["weights"]["valence"]) == len(record["feature_names"]) == 4 * 3 + 3
+    assert record["feature_names"][:4] == [
+        "fusion0:arousal", "fusion0:valence", "fusion1:arousal", "fusion1:valence",
+    ]  # fmt: skip
     assert "Evaluation of" in capsys.readouterr().out
 
 
