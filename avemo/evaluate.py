@@ -221,6 +221,25 @@ def _metric_row(
     return row
 
 
+def stage_parameters(
+    evaluated: Sequence[PreparedSession],
+    params: Mapping[str, Any] | None,
+    folds: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{stage: {session: post-processing parameters or None}} of the reported stages: "raw";
+    "postprocessed" (each session's fold when `folds` are given -- dev, cross-fitted -- else
+    `params`; absent without `params`); "in_sample" (`params`, only beside folds)."""
+    names = [s.name for s in evaluated]
+    stages: dict[str, dict[str, Any]] = {"raw": dict.fromkeys(names)}
+    if params is not None:
+        stages["postprocessed"] = (
+            {n: folds[n] for n in names} if folds is not None else dict.fromkeys(names, params)
+        )
+        if folds is not None:
+            stages["in_sample"] = dict.fromkeys(names, params)
+    return stages
+
+
 def score(
     protocol: str,
     sessions: Sequence[PreparedSession],
@@ -513,26 +532,13 @@ def evaluate_workdir(
             config.postprocess,
         )
     if split == "test" or params is None:
-        stage_params = {
-            "raw": {s.name: None for s in evaluated},
-            "postprocessed": {s.name: params for s in evaluated},
-        }
+        folds = None
         fit_note = "fitted on all dev sessions" if params is not None else "none fitted"
     elif folds is not None:
-        stage_params = {
-            "raw": {s.name: None for s in evaluated},
-            "postprocessed": {s.name: folds[s.name] for s in evaluated},
-            "in_sample": {s.name: params for s in evaluated},
-        }
         fit_note = "cross-fitted: each dev session with the fit on the other dev sessions"
     else:
-        stage_params = {
-            "raw": {s.name: None for s in evaluated},
-            "postprocessed": {s.name: params for s in evaluated},
-        }
         fit_note = "IN-SAMPLE (fitted and scored on the only dev session; optimistic)"
-    if params is None:
-        stage_params.pop("postprocessed")
+    stage_params = stage_parameters(evaluated, params, folds)
 
     results: dict[str, ProtocolResult] = {}
     shown: dict[str, list[PreparedSession]] = {}

@@ -208,22 +208,14 @@ def run(
     normal = predict("normal", list({s.name: s for s in dev + evaluated}.values()))
     dev_out = {s.name: normal[s.name]["outputs"] for s in dev}
     params = postprocess.fit(dev_out, y_dev, train_labels, config.postprocess)
+    folds = None
+    fit_note = "stack and post-processing fitted on all dev sessions"
     if split == "dev" and len(dev) >= 2:
-        stage_params = {
-            "raw": {s.name: None for s in evaluated},
-            "postprocessed": postprocess.cross_fit(dev_out, y_dev, train_labels,
-                                                   config.postprocess),
-            "in_sample": {s.name: params for s in evaluated},
-        }  # fmt: skip
+        folds = postprocess.cross_fit(dev_out, y_dev, train_labels, config.postprocess)
         fit_note = "stack out of fold, post-processing cross-fitted (leave one dev session out)"
-    else:
-        stage_params = {
-            "raw": {s.name: None for s in evaluated},
-            "postprocessed": {s.name: params for s in evaluated},
-        }
-        fit_note = "stack and post-processing fitted on all dev sessions"
-        if split == "dev":
-            fit_note = "IN-SAMPLE (fitted and scored on the only dev session; optimistic)"
+    elif split == "dev":
+        fit_note = "IN-SAMPLE (fitted and scored on the only dev session; optimistic)"
+    stage_params = evaluate.stage_parameters(evaluated, params, folds)
     results = {}
     for protocol in protocols:
         shown = loaded[0].inputs.protocol(protocol, evaluated)
