@@ -101,10 +101,9 @@ class TrainedModel:
                     result[key][placed] = values[placed]
             if progress is not None:
                 progress(sum(chunk[-1][1:]))
-        if "outputs" in result:  # as `pipeline.stitch` does for a whole plan
-            result["outputs"] = pipeline.onto_label_clock(
-                result["outputs"], config.data.label_delay_steps
-            )
+        for key in pipeline.PREDICTION_KEYS:  # as `pipeline.stitch` does for a whole plan
+            if key in result:
+                result[key] = pipeline.onto_label_clock(result[key], config.data.label_delay_steps)
         return result
 
 

@@ -13,6 +13,10 @@ Why it is here: it is the baseline every fusion model has to beat (the AVEC 2016
 its unimodal systems this way), and it bounds what the single-modality models know between them:
 what a stack of their outputs cannot reach, a fusion of the same models' *outputs* cannot either.
 
+Members: any trained workdirs on the same sessions; with --heads, a fusion member trained with
+per-modality heads also contributes its voice head and its face head, so one fusion model alone
+can be stacked from its own three outputs (no training beyond its own).
+
 Features:
   linear  [outputs of each member, 1]: one weight per member output for the whole session.
   gated   linear + each member output × n_t and × m_t, and n_t, m_t themselves (n: the face flag,
@@ -101,11 +105,17 @@ def fit_folds(
 class _Member:
     """One trained workdir: its model (best by dev), its sessions and degraded inputs."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, heads: bool = False):
         from avemo import inference
 
         self.workdir = os.path.abspath(workdir)
         self.model = inference.load(self.workdir, "best")
+        model_cfg = self.model.config.model
+        # The prediction keys this member contributes: its output, and with `heads` each
+        # stream's own head (a fusion model trained with model.modality_heads).
+        self.keys = ["outputs"]
+        if heads and model_cfg.mode == "fusion" and model_cfg.modality_heads:
+            self.keys += ["audio_outputs", "video_outputs"]
         self.inputs = evaluate.EvalInputs(self.model.config, self.workdir)
         self._cache: dict[tuple[str, str], np.ndarray] = {}
 
@@ -115,14 +125,16 @@ class _Member:
         return [s for s in self.inputs.sessions if s.split == split and s.has_labels]
 
     def outputs(self, protocol: str, sessions: Sequence[PreparedSession]) -> dict[str, np.ndarray]:
-        """{session: [T, 2]} outputs under `protocol` (each computed once)."""
+        """{session: [T, 2 · len(keys)]} outputs under `protocol` (each computed once)."""
         todo = [s for s in sessions if (protocol, s.name) not in self._cache]
         if todo:
             degraded = self.inputs.protocol(protocol, todo)
             if degraded is None:
                 raise LateFusionError(f"{self.workdir}: protocol {protocol} needs recordings")
             for name, result in self.model.predict(degraded).items():
-                self._cache[(protocol, name)] = np.asarray(result["outputs"])
+                self._cache[(protocol, name)] = np.concatenate(
+                    [np.asarray(result[k]) for k in self.keys], axis=-1
+                )
         return {s.name: self._cache[(protocol, s.name)] for s in sessions}
 
 
@@ -148,15 +160,19 @@ def run(
     ridge: float = 1e-3,
     protocols: Sequence[str] = evaluate.PROTOCOLS,
     test_labels: str | None = None,
+    heads: bool = False,
 ) -> dict[str, Any]:
-    """Fits the stack on dev, scores `split`, writes `workdir`'s reports; returns the summary."""
+    """Fits the stack on dev, scores `split`, writes `workdir`'s reports; returns the summary.
+
+    `heads`: a fusion member trained with per-modality heads contributes their outputs too (one
+    member alone then stacks its own fused, voice and face heads: no extra training budget)."""
     if split not in ("dev", "test"):
         raise ValueError(f"split {split!r}: choose 'dev' or 'test'")
     if features not in FEATURES:
         raise ValueError(f"--features must be one of {FEATURES}, got {features!r}")
     if not members:
         raise LateFusionError("late fusion needs at least one member workdir")
-    loaded = [_Member(w) for w in members]
+    loaded = [_Member(w, heads) for w in members]
     config = loaded[0].model.config
     dev_per = [m.sessions("dev", None) for m in loaded]
     if not dev_per[0]:
@@ -225,8 +241,12 @@ def run(
     summary = evaluate._summary(workdir, steps, "best", split, results, params, fit_note)
     summary["members"] = [m.workdir for m in loaded]
     summary["checkpoint"] = "best of each member"
-    names = [  # the members' output columns, in the design matrix's order: "audio0:arousal", ...
-        f"{m.model.config.model.mode}{k}:{dim}" for k, m in enumerate(loaded) for dim in DIMENSIONS
+    names = [  # the members' output columns, in the design matrix's order: "audio0:arousal",
+        # "fusion0.video_outputs:valence", ...
+        f"{m.model.config.model.mode}{k}{'' if key == 'outputs' else '.' + key}:{dim}"
+        for k, m in enumerate(loaded)
+        for key in m.keys
+        for dim in DIMENSIONS
     ]
     record = {
         "members": [
@@ -234,6 +254,7 @@ def run(
             for m in loaded
         ],
         "features": features,
+        "heads": heads,
         "ridge": ridge,
         "feature_names": _feature_names(names, features),
         "weights": {dim: weights[:, d].tolist() for d, dim in enumerate(DIMENSIONS)},
@@ -271,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--protocols", nargs="+", choices=evaluate.PROTOCOLS, default=list(evaluate.PROTOCOLS)
     )
     parser.add_argument("--test-labels", help="as for avemo.evaluate")
+    parser.add_argument(
+        "--heads", action="store_true",
+        help="also stack each fusion member's per-modality heads (model.modality_heads)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from avemo.inference import NoModelError
@@ -281,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(
             args.members, args.workdir, args.split, args.features, args.ridge,
-            tuple(args.protocols), args.test_labels,
+            tuple(args.protocols), args.test_labels, args.heads,
         )  # fmt: skip
     except (NoModelError, ValueError, OSError) as err:
         print(f"avemo.late_fusion: error: {err}", file=sys.stderr)

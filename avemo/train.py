@@ -246,10 +246,8 @@ def eval_step(
             fmap, _ = face_feature_map(model, alex, faces, False, chunk_frames=chunk)
             batch = {**batch, "face_feature_map": fmap}  # `faces` stays: it gives the step count
     outputs = state.apply_fn(variables, batch, train=False)
-    keep = {"outputs": outputs["outputs"]}
-    if "audio_gate" in outputs:
-        keep["audio_gate"] = outputs["audio_gate"]
-    return keep
+    # The fused outputs, the gate and, with modality_heads, each stream's own head.
+    return {k: outputs[k] for k in pipeline.EVAL_KEYS if k in outputs}
 
 
 class Trainer:

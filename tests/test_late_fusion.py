@@ -102,3 +102,32 @@ def test_command_names_a_member_that_is_not_a_workdir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "avemo.late_fusion: error:" in err and "nothing" in err
     assert not (tmp_path / late_fusion.RESULT_FILE).exists()
+
+
+def test_evaluation_keeps_each_streams_head_on_the_labels_clock():
+    """A fusion model with modality_heads: prediction returns the fused output, the gate and
+    both heads; with a label delay the three predictions move onto the labels' clock, the gate
+    stays on the inputs' clock."""
+    from avemo import train
+    from avemo.data import pipeline
+    from configs import tiny
+
+    c = tiny.get_config()
+    c.model.modality_heads = True
+    sessions = train.load_sessions(c, "")
+    trainer = train.Trainer(c, train.example_batch(sessions, c, 4), 10)
+    state = trainer.init_state()
+    dev = [s for s in sessions if s.split == "dev"][:1]
+    result = trainer.predict(state, pipeline.eval_plan(dev, c))[dev[0].name]
+    assert set(result) == {"outputs", "audio_outputs", "video_outputs", "audio_gate"}
+    assert result["video_outputs"].shape == result["outputs"].shape == (dev[0].num_steps, 2)
+    assert not np.allclose(result["video_outputs"], result["audio_outputs"])
+
+    values = np.arange(10.0).reshape(1, 5, 2)
+    plan = pipeline.EvalPlan([None], [("s", 0, 0, 5)], {"s": 5}, label_delay=2)
+    out = pipeline.stitch(plan, [{"outputs": values, "video_outputs": -values,
+                                  "audio_gate": values[..., 0]}])["s"]  # fmt: skip
+    shifted = pipeline.onto_label_clock(values[0], 2)
+    np.testing.assert_array_equal(out["outputs"], shifted)
+    np.testing.assert_array_equal(out["video_outputs"], -shifted)
+    np.testing.assert_array_equal(out["audio_gate"], values[0, :, 0])

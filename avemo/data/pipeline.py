@@ -344,6 +344,13 @@ def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.Config
     )
 
 
+# What evaluation keeps of the model's outputs: the fused (A, V), the gate beta and, with
+# `model.modality_heads`, each stream's own head; the predictions among them (PREDICTION_KEYS)
+# are for the labels' clock.
+PREDICTION_KEYS = ("outputs", "audio_outputs", "video_outputs")
+EVAL_KEYS = (*PREDICTION_KEYS, "audio_gate")
+
+
 def stitch(plan: EvalPlan, outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict]:
     """Per-session arrays [T, ...] from per-batch model outputs [B, L, ...]."""
     flat = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
@@ -358,7 +365,9 @@ def stitch(plan: EvalPlan, outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[
             ]
     if plan.label_delay:  # predictions for t + d, made at t -> the labels' clock
         for session in result.values():
-            session["outputs"] = onto_label_clock(session["outputs"], plan.label_delay)
+            for key in PREDICTION_KEYS:
+                if key in session:
+                    session[key] = onto_label_clock(session[key], plan.label_delay)
     return result
 
 
