@@ -199,13 +199,15 @@ def run(
     x_dev = stacked_inputs("normal", dev_per)
     y_dev = {s.name: np.asarray(s.arrays["labels"], np.float64) for s in dev}
     weights = fit_weights([x_dev[s.name] for s in dev], [y_dev[s.name] for s in dev], ridge)
-    folds = fit_folds(x_dev, y_dev, ridge) if len(dev) >= 2 else None
-    if folds is None:
+    stack_folds = fit_folds(x_dev, y_dev, ridge) if len(dev) >= 2 else None
+    if stack_folds is None:
         log.warning("One dev session: the stack is fitted and (dev) scored in-sample.")
 
     def weights_for(name: str) -> np.ndarray:
         # Dev sessions are stacked out of fold, so nothing downstream sees an in-sample stack.
-        return folds[name] if folds is not None and name in folds else weights
+        if stack_folds is not None and name in stack_folds:
+            return stack_folds[name]
+        return weights
 
     def predict(protocol: str, sessions: Sequence[PreparedSession]) -> dict[str, dict]:
         by_name = {s.name: s for s in sessions}
@@ -224,14 +226,14 @@ def run(
     normal = predict("normal", list({s.name: s for s in dev + evaluated}.values()))
     dev_out = {s.name: normal[s.name]["outputs"] for s in dev}
     params = postprocess.fit(dev_out, y_dev, train_labels, config.postprocess)
-    folds = None
+    post_folds = None
     fit_note = "stack and post-processing fitted on all dev sessions"
     if split == "dev" and len(dev) >= 2:
-        folds = postprocess.cross_fit(dev_out, y_dev, train_labels, config.postprocess)
+        post_folds = postprocess.cross_fit(dev_out, y_dev, train_labels, config.postprocess)
         fit_note = "stack out of fold, post-processing cross-fitted (leave one dev session out)"
     elif split == "dev":
         fit_note = "IN-SAMPLE (fitted and scored on the only dev session; optimistic)"
-    stage_params = evaluate.stage_parameters(evaluated, params, folds)
+    stage_params = evaluate.stage_parameters(evaluated, params, post_folds)
     results = {}
     for protocol in protocols:
         shown = loaded[0].inputs.protocol(protocol, evaluated)

@@ -1,6 +1,7 @@
 """avemo.late_fusion: the stack's closed form, out-of-fold dev weights, the gated features, and
 the command on a trained workdir."""
 
+import csv
 import json
 
 import numpy as np
@@ -131,3 +132,29 @@ def test_evaluation_keeps_each_streams_head_on_the_labels_clock():
     np.testing.assert_array_equal(out["outputs"], shifted)
     np.testing.assert_array_equal(out["video_outputs"], -shifted)
     np.testing.assert_array_equal(out["audio_gate"], values[0, :, 0])
+
+
+def test_dev_split_is_stacked_out_of_fold_under_every_protocol(tmp_path):
+    """Two dev sessions: each is stacked with the other's weights, under normal inputs and under
+    a degraded protocol (after the post-processing's own cross-fit)."""
+    from avemo import train
+    from configs import tiny
+
+    c = tiny.get_config()
+    c.data.memory.dev_sessions = 2
+    c.train.num_steps = 2
+    c.train.eval_every_steps = 2
+    c.train.checkpoint_every_steps = 2
+    c.checkpoint.async_save = False
+    c.eval.report_at_end = False
+    member = tmp_path / "member"
+    train.train_and_evaluate(c, str(member))
+    out = tmp_path / "late"
+    summary = late_fusion.run([str(member)], str(out), "dev", "gated",
+                              protocols=("normal", "face_removed"))  # fmt: skip
+    assert "out of fold" in summary["postprocess_fit"]
+    rows = list(csv.DictReader((out / "reports" / "metrics.csv").open()))
+    assert {r["protocol"] for r in rows} == {"normal", "face_removed"}
+    assert {r["session"] for r in rows} == {"dev_1", "dev_2", "pooled"}
+    record = json.loads((out / late_fusion.RESULT_FILE).read_text())
+    assert record["fitted_on"] == ["dev_1", "dev_2"]
