@@ -10,8 +10,8 @@ Run: python -m avemo.late_fusion --members W_AUDIO W_VIDEO --workdir OUT [--spli
      [--features linear|gated]
 
 Why it is here: it is the baseline every fusion model has to beat (the AVEC 2016 baseline fused
-its unimodal systems this way), and it bounds what the single-modality models know between them:
-what a stack of their outputs cannot reach, a fusion of the same models' *outputs* cannot either.
+its unimodal systems this way), and it measures what the single-modality models know between
+them at the output: how much one modality's predictions add to the other's.
 
 Members: any trained workdirs on the same sessions; with --heads, a fusion member trained with
 per-modality heads also contributes its voice head and its face head, so one fusion model alone
