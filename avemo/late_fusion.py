@@ -209,21 +209,18 @@ def run(
             return stack_folds[name]
         return weights
 
-    def predict(protocol: str, sessions: Sequence[PreparedSession]) -> dict[str, dict]:
-        by_name = {s.name: s for s in sessions}
-        per_member = [
-            [s for s in (dev_per[k] + evaluated_per[k]) if s.name in by_name]
-            for k in range(len(loaded))
-        ]
-        per_member = [list({s.name: s for s in p}.values()) for p in per_member]
-        x = stacked_inputs(protocol, per_member)
-        return {n: {"outputs": (x[n] @ weights_for(n)).astype(np.float32)} for n in by_name}
+    by_member = [{s.name: s for s in dev_per[k] + evaluated_per[k]} for k in range(len(loaded))]
+
+    def predict(protocol: str, names: Sequence[str]) -> dict[str, dict]:
+        """The stacked outputs of the named sessions under `protocol`."""
+        x = stacked_inputs(protocol, [[sessions[n] for n in names] for sessions in by_member])
+        return {n: {"outputs": (x[n] @ weights_for(n)).astype(np.float32)} for n in names}
 
     out_dir = evaluate.report_dir(workdir, split)
     train_labels = [
         s.arrays["labels"] for s in loaded[0].inputs.sessions if s.split == "train" and s.has_labels
     ]
-    normal = predict("normal", list({s.name: s for s in dev + evaluated}.values()))
+    normal = predict("normal", list(by_member[0]))  # the dev and the evaluated sessions
     dev_out = {s.name: normal[s.name]["outputs"] for s in dev}
     params = postprocess.fit(dev_out, y_dev, train_labels, config.postprocess)
     post_folds = None
@@ -236,8 +233,9 @@ def run(
     stage_params = evaluate.stage_parameters(evaluated, params, post_folds)
     results = {}
     for protocol in protocols:
-        shown = loaded[0].inputs.protocol(protocol, evaluated)
-        predictions = normal if protocol == "normal" else predict(protocol, shown)
+        shown = loaded[0].inputs.protocol(protocol, evaluated)  # the labels and this n, m
+        shown_names = [s.name for s in evaluated]
+        predictions = normal if protocol == "normal" else predict(protocol, shown_names)
         results[protocol] = evaluate.score(protocol, shown, predictions, stage_params)
     steps = " + ".join(str(m.model.step) for m in loaded)  # each member's best-by-dev step
     summary = evaluate._summary(workdir, steps, "best", split, results, params, fit_note)
