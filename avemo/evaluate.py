@@ -550,10 +550,10 @@ def evaluate_workdir(
         predictions = normal if protocol == "normal" else predict(protocol, degraded)
         results[protocol] = score(protocol, degraded, predictions, stage_params)
         shown[protocol] = degraded
-    summary = _summary(workdir, step, which, split, results, params, fit_note)
+    summary = build_summary(workdir, step, which, split, results, params, fit_note)
     out = report_dir(workdir, split)
     if jax.process_index() == 0:
-        _write_reports(out, summary, results, params)
+        write_reports(out, summary, results, params)
         if plots and "normal" in results:
             for s in shown["normal"]:
                 _write_plot(
@@ -568,7 +568,7 @@ def report_dir(workdir: str, split: str) -> pathlib.Path:
     return base if split == "dev" else base / split
 
 
-def _summary(
+def build_summary(
     workdir: str,
     step: int | str,
     which: str,
@@ -628,7 +628,7 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 _METRIC_COLUMNS = [f"{m}_{d}" for m in ("ccc", "rmse", "r2") for d in DIMENSIONS] + ["ccc_mean"]
 
 
-def _write_reports(
+def write_reports(
     out: pathlib.Path,
     summary: Mapping[str, Any],
     results: Mapping[str, ProtocolResult],
@@ -705,10 +705,10 @@ def _write_reports(
             "",
         ]
     write_atomically(out / "report.md", "\n".join(text))
-    write_atomically(out / "summary.json", json.dumps(summary, indent=2, default=_json_float))
+    write_atomically(out / "summary.json", json.dumps(summary, indent=2, default=json_float))
 
 
-def _json_float(value: Any) -> Any:
+def json_float(value: Any) -> Any:
     if isinstance(value, np.floating | np.integer):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -238,7 +238,7 @@ def run(
         predictions = normal if protocol == "normal" else predict(protocol, shown_names)
         results[protocol] = evaluate.score(protocol, shown, predictions, stage_params)
     steps = " + ".join(str(m.model.step) for m in loaded)  # each member's best-by-dev step
-    summary = evaluate._summary(workdir, steps, "best", split, results, params, fit_note)
+    summary = evaluate.build_summary(workdir, steps, "best", split, results, params, fit_note)
     summary["members"] = [m.workdir for m in loaded]
     summary["checkpoint"] = "best of each member"
     names = [  # the members' output columns, in the design matrix's order: "audio0:arousal",
@@ -262,10 +262,9 @@ def run(
         "split": split,
         "summary": summary["robustness"].get("normal"),
     }
-    evaluate._write_reports(out_dir, summary, results, params)
-    write_atomically(
-        os.path.join(workdir, RESULT_FILE), json.dumps(record, indent=2, default=_json_float)
-    )
+    evaluate.write_reports(out_dir, summary, results, params)
+    text = json.dumps(record, indent=2, default=evaluate.json_float)
+    write_atomically(os.path.join(workdir, RESULT_FILE), text)
     return summary
 
 
@@ -273,10 +272,6 @@ def _feature_names(outputs: Sequence[str], kind: str) -> list[str]:
     if kind == "linear":
         return [*outputs, "1"]
     return [*outputs, *(f"{o}*n" for o in outputs), *(f"{o}*m" for o in outputs), "n", "m", "1"]
-
-
-def _json_float(value: Any) -> Any:
-    return evaluate._json_float(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
