@@ -185,6 +185,9 @@ def base_config() -> ml_collections.ConfigDict:
     # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
     c.train.prefetch_batches = 4
     c.train.pipeline_threads = 2
+    # Batches put on the device ahead of the step by a background thread (host-to-device copies
+    # overlap the running step; avemo.data.pipeline.DevicePrefetch). 0 = put in the loop.
+    c.train.device_prefetch = 2
 
     c.eval = ml_collections.ConfigDict()
     c.eval.window_steps = 250  # whole sessions are evaluated in windows ...
@@ -390,8 +393,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if not 0 <= flat["eval.context_steps"] < flat["eval.window_steps"]:
         raise ConfigError("config.eval.context_steps must be in [0, config.eval.window_steps)")
-    if flat["train.prefetch_batches"] < 0 or flat["train.pipeline_threads"] < 0:
-        raise ConfigError("config.train.prefetch_batches and .pipeline_threads must be >= 0")
+    if (
+        min(flat[f"train.{k}"] for k in ("prefetch_batches", "pipeline_threads", "device_prefetch"))
+        < 0
+    ):
+        raise ConfigError(
+            "config.train.prefetch_batches, .pipeline_threads and .device_prefetch must be >= 0"
+        )
     if flat["model.video_frame_stride"] < 1:
         raise ConfigError("config.model.video_frame_stride must be >= 1")
     if flat["postprocess.max_delay_steps"] < 0:

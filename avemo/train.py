@@ -517,6 +517,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             far_field=far_field_inputs(config, workdir, sessions),
         )
     )
+    if config.train.device_prefetch:  # batches on the device ahead of the step
+        data_iter = pipeline.DevicePrefetch(
+            data_iter, trainer.to_global, config.train.device_prefetch
+        )
     plans = {split: pipeline.eval_plan(group, config) for split, group in eval_sets.items()}
     writer = MetricWriter(workdir, enabled=is_chief)
     ckpt = (
@@ -570,7 +574,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step = start_step
         try:
             for step in range(start_step + 1, total_steps + 1):
-                batch = trainer.to_global(next(data_iter))
+                batch = next(data_iter)
+                if not config.train.device_prefetch:
+                    batch = trainer.to_global(batch)
                 state, step_metrics = trainer.train_step(state, batch, trainer.base_rng)
                 pending.append((step, step_metrics))
                 last = step == total_steps
@@ -610,6 +616,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     )
                     break
         finally:
+            if isinstance(data_iter, pipeline.DevicePrefetch):
+                data_iter.close()
             writer.flush()
             if ckpt is not None:
                 ckpt.close()

@@ -13,6 +13,8 @@ with any Python that has torch (the benchmark starts it in a subprocess):
     python avemo/bench/torch_reference.py --spec '{"batch": 8, "window": 150, ...}'
 
 It prints one JSON line: {"step_s": [...], "params": N, "threads": T}.
+`--device cuda --bf16` runs it on a GPU the way a PyTorch user would make it fast there:
+channels-last convolutions under bf16 autocast (loss in f32), timed between synchronisations.
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ def loss_fn(outputs, beta, batch, aux_weight: float) -> torch.Tensor:
     return main + aux_weight * aux
 
 
-def run(spec: dict, steps: int, rounds: int) -> dict:
+def run(spec: dict, steps: int, rounds: int, device: str = "cpu", bf16: bool = False) -> dict:
     torch.manual_seed(0)
-    model = TorchBimodal(spec)
+    model = TorchBimodal(spec).to(device)
+    if device != "cpu":
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     b, length = spec["batch"], spec["window"]
     rng = np.random.default_rng(0)
@@ -111,22 +115,31 @@ def run(spec: dict, steps: int, rounds: int) -> dict:
         "speech_energy": torch.ones(b, length),
         "face_present": torch.ones(b, length),
     }
+    batch = {k: v.to(device) for k, v in batch.items()}
     model.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        outputs, beta = model(batch["faces"], batch["audio"])
-        loss = loss_fn(outputs, beta, batch, spec["aux_weight"])
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            outputs, beta = model(batch["faces"], batch["audio"])
+        loss = loss_fn(outputs.float(), beta.float(), batch, spec["aux_weight"])
         loss.backward()
         opt.step()
         return loss
 
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
     step()
+    step()
+    sync()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        sync()
         times.append((time.perf_counter() - start) / steps)
     return {
         "step_s": times,
@@ -142,10 +155,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (accelerators)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(run(json.loads(args.spec), args.steps, args.rounds)), flush=True)
+    if args.device != "cpu":
+        torch.backends.cudnn.benchmark = True  # the fastest convolution algorithm per shape
+    result = run(json.loads(args.spec), args.steps, args.rounds, args.device, args.bf16)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -376,6 +376,92 @@ def batches_to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sh
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+class DevicePrefetch:
+    """Training batches put on the device `size` steps ahead by a background thread.
+
+    `put` (e.g. `Trainer.to_global`) runs in the thread, so a batch's host-to-device copy
+    overlaps the step that runs before it (flax's `prefetch_to_device`, for Grain iterators).
+    Exact resume: `get_state` is the wrapped iterator's state after the last batch handed out,
+    not after the batches read ahead, and `set_state` (before the first batch, as a restore
+    does) sets the wrapped iterator's. The checkpointed state is the same JSON the bare Grain
+    iterator writes, so checkpoints of either kind restore into the other.
+    """
+
+    def __init__(self, iterator, put, size: int):
+        import threading
+
+        if size < 1:
+            raise ValueError(f"DevicePrefetch needs size >= 1 (got {size})")
+        self._iterator, self._put, self._size = iterator, put, size
+        self._state = iterator.get_state()
+        self._queue = None
+        self._thread = None
+        self._stop = threading.Event()
+
+    def __iter__(self):
+        return self
+
+    def _work(self) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                batch = next(self._iterator)
+                item = ("batch", self._put(batch), self._iterator.get_state())
+            except BaseException as err:  # noqa: BLE001 -- raised again in the consumer
+                item = ("error", err, None)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[0] == "error":
+                return
+
+    def __next__(self):
+        import queue
+        import threading
+
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=self._size)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._work, name="device-prefetch", daemon=True)
+            self._thread.start()
+        kind, value, state = self._queue.get()
+        if kind == "error":
+            self.close()
+            raise value
+        self._state = state
+        return value
+
+    def close(self) -> None:
+        """Stops the thread; the batches read ahead are dropped (the state is unaffected)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self._state is not None:  # the wrapped iterator back to the last batch handed out
+            self._iterator.set_state(self._state)
+
+    # Grain's checkpoint handler treats an iterator that is not its own DatasetIterator as a
+    # legacy one: bytes in and out, then start_prefetch() after a restore.
+    def get_state(self) -> bytes:
+        import json
+
+        return json.dumps(self._state, indent=4).encode()
+
+    def set_state(self, state) -> None:
+        import json
+
+        self.close()
+        self._state = json.loads(state) if isinstance(state, bytes | str) else state
+        self._iterator.set_state(self._state)
+
+    def start_prefetch(self) -> None:
+        """Nothing to do: the thread starts at the first batch asked for."""
+
+
 def iterate_global(dataset_iter: Iterator[dict], sharding: jax.sharding.Sharding) -> Iterator[dict]:
     for batch in dataset_iter:
         yield batches_to_global(batch, sharding)

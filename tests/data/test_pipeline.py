@@ -1,6 +1,10 @@
 """Grain pipeline: windows cover sessions, resumed iterators repeat batches, eval stitching."""
 
+import json
+
+import jax
 import numpy as np
+import pytest
 
 from avemo.data import memory, pipeline
 from configs import tiny
@@ -31,6 +35,54 @@ def test_resumed_iterator_gives_identical_batches():
     for want, got in zip(expected, [next(resumed) for _ in range(5)], strict=True):
         for key in want:
             np.testing.assert_array_equal(want[key], got[key])
+
+
+def test_device_prefetch_hands_out_the_same_batches_and_the_consumed_state():
+    config, sessions = _sessions()
+    bare = iter(pipeline.train_dataset(sessions, config))
+    ahead = pipeline.DevicePrefetch(
+        iter(pipeline.train_dataset(sessions, config)), lambda b: b, size=3
+    )
+    for _ in range(4):
+        want, got = next(bare), next(ahead)
+        for key in want:
+            np.testing.assert_array_equal(want[key], np.asarray(got[key]))
+    # The thread has read ahead, but the state is that of the 4 batches handed out.
+    assert json.loads(ahead.get_state()) == bare.get_state()
+    expected = [next(bare) for _ in range(3)]
+    resumed = pipeline.DevicePrefetch(
+        iter(pipeline.train_dataset(sessions, config)), jax.device_put, size=2
+    )
+    resumed.set_state(ahead.get_state())
+    ahead.close()
+    for want, got in zip(expected, [next(resumed) for _ in range(3)], strict=True):
+        for key in want:  # on the device (float64 features become float32 there)
+            assert isinstance(got[key], jax.Array)
+            np.testing.assert_array_equal(want[key].astype(got[key].dtype), np.asarray(got[key]))
+    resumed.close()
+
+
+def test_device_prefetch_raises_the_readers_error_in_the_loop():
+    class Failing:
+        def __init__(self):
+            self.n = 0
+
+        def get_state(self):
+            return {"n": self.n}
+
+        def set_state(self, state):
+            self.n = state["n"]
+
+        def __next__(self):
+            self.n += 1
+            if self.n == 3:
+                raise OSError("disk gone")
+            return {"x": np.full(2, self.n)}
+
+    ahead = pipeline.DevicePrefetch(Failing(), lambda b: b, size=4)
+    assert [int(next(ahead)["x"][0]) for _ in range(2)] == [1, 2]
+    with pytest.raises(OSError, match="disk gone"):
+        next(ahead)
 
 
 def test_process_shards_partition_the_global_batch():
