@@ -40,16 +40,16 @@ part() {  # name limit command...
   echo "rc ${PIPESTATUS[0]}" | tee -a "$out/$name.txt"
 }
 
-part profile 200 "$py" -m avemo.bench profile --models paper --variant bf16 --batch "$shape" \
+part profile 150 "$py" -m avemo.bench profile --models paper --variant bf16 --batch "$shape" \
   --steps 3 --top 30 --out "$out/trace" "${sets[@]}"
 rm -rf "$out/trace/plugins"  # the raw trace: too large to bring back; the HLO text stays
-part train 200 "$py" -m avemo.bench train --models paper --variants bf16 --batch "$shape" \
+part train 180 "$py" -m avemo.bench train --models paper --variants bf16 --batch "$shape" \
   --steps "$steps" --rounds "$rounds" "${sets[@]}"
 if "$py" -c "import torch" 2>/dev/null; then
   spec=$("$py" -c "
 import json, sys; sys.path.insert(0, '.')
 from avemo.bench import train
 print(json.dumps(train.torch_spec(train._variant_config('paper', '$shape'))))" | tail -1)
-  part torch 120 "$py" avemo/bench/torch_reference.py --spec "$spec" --device cuda --bf16 \
+  part torch 90 "$py" avemo/bench/torch_reference.py --spec "$spec" --device cuda --bf16 \
     --steps "$steps" --rounds "$rounds"
 fi
