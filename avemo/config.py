@@ -121,6 +121,11 @@ def model_defaults() -> ml_collections.ConfigDict:
     # Max-pooling: "fast" (reshape + max / shifted maxima; identical outputs, cheap gradient on
     # XLA CPU) | "reduce_window" (the literal nn.max_pool). See avemo/models/layers.py.
     m.pool_impl = "fast"
+    # Convolutions whose input has at most this many channels (the face CNN's first layer on
+    # grey or RGB faces, the audio CNN's first layers) run as patches + one matmul: the same
+    # parameters and sums (avemo/models/layers.py: patch_conv), a shape the matrix units suit.
+    # 0 = every convolution through XLA's convolution.
+    m.patch_conv_channels = 0
     # LSTMs: "fused" (input projection outside the scan, hand-written backward pass; equal
     # outputs and gradients, 1.5-1.8x faster on XLA CPU) | "flax" (the literal
     # nn.RNN(nn.OptimizedLSTMCell)). Same parameters either way. See avemo/models/recurrent.py.
@@ -400,6 +405,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(
             "config.train.prefetch_batches, .pipeline_threads and .device_prefetch must be >= 0"
         )
+    if flat["model.patch_conv_channels"] < 0:
+        raise ConfigError("config.model.patch_conv_channels must be >= 0 (0 = off)")
     if flat["model.video_frame_stride"] < 1:
         raise ConfigError("config.model.video_frame_stride must be >= 1")
     if flat["postprocess.max_delay_steps"] < 0:

@@ -28,8 +28,9 @@ import time
 import jax
 import numpy as np
 
-# `%name = type[shape]{layout} opcode(...)` in HLO text; custom calls name their target.
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(")
+# `%name = type[shape]{layout} opcode(...)` in HLO text (a tuple result in parentheses); custom
+# calls name their target.
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(.*?\)|\S+)\s+([\w\-]+)\(")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _KIND = re.compile(r"kind=(k\w+)")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
@@ -81,6 +82,23 @@ def hlo_instructions(hlo_text: str) -> dict[str, str]:
             opcode = f"fusion({kind.group(1) if kind else '?'}{':' if notable else ''}"
             opcode += ",".join(notable) + ")"
         out[name] = f"{opcode} {shape.split('{')[0]}"
+    return out
+
+
+def hlo_scopes(hlo_text: str, depth: int = 3) -> dict[str, str]:
+    """{instruction name: "fwd|bwd module/path"}: the flax module an instruction (a fusion: its
+    root) comes from, read from its `op_name` metadata -- `transpose(...)` marks the backward
+    pass -- cut to `depth` levels, e.g. "bwd BimodalModel._face_maps/alexnet/conv1" (depth 3)."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.match(line)
+        meta = re.search(r'op_name="([^"]+)"', line)
+        if not m or not meta:
+            continue
+        parts = meta.group(1).split("/")
+        direction = "bwd" if any(p.startswith("transpose(") for p in parts) else "fwd"
+        path = [p for p in parts[1:-1] if "(" not in p and p not in ("while", "body", "cond")]
+        out[m.group(1)] = f"{direction} {'/'.join(path[:depth]) or parts[-1]}"
     return out
 
 
@@ -166,6 +184,7 @@ def main(argv: list[str]) -> None:
     with open(os.path.join(out_dir, "train_step.hlo.txt"), "w") as f:
         f.write(hlo)
     kinds = hlo_instructions(hlo)
+    scopes = hlo_scopes(hlo)
     per_step, source, wall = profile_step(
         compiled, state, batch, trainer.base_rng, args.steps, out_dir
     )
@@ -182,9 +201,18 @@ def main(argv: list[str]) -> None:
     print("| kind | ms/step | share |\n|---|---|---|")
     for kind, ns in sorted(by_kind.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"| {kind} | {ns / 1e6:.3f} | {100 * ns / total:.1f}% |")
-    print("| op | kind and result shape | ms/step | share |\n|---|---|---|---|")
+    by_scope: dict[str, float] = collections.defaultdict(float)
+    for op, ns in per_step.items():
+        by_scope[scopes.get(op, "?")] += ns
+    print("| pass and layer | ms/step | share |\n|---|---|---|")
+    for scope, ns in sorted(by_scope.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"| {scope} | {ns / 1e6:.3f} | {100 * ns / total:.1f}% |")
+    print("| op | kind and result shape | layer | ms/step | share |\n|---|---|---|---|---|")
     for op, ns in sorted(per_step.items(), key=lambda kv: -kv[1])[: args.top]:
-        print(f"| {op} | {kinds.get(op, '?')} | {ns / 1e6:.3f} | {100 * ns / total:.1f}% |")
+        print(
+            f"| {op} | {kinds.get(op, '?')} | {scopes.get(op, '?')} | {ns / 1e6:.3f} | "
+            f"{100 * ns / total:.1f}% |"
+        )
 
 
 if __name__ == "__main__":

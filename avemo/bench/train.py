@@ -202,6 +202,7 @@ class _Runner:
         from avemo.data import augment, frozen, pipeline
 
         self.config, self.name, self.steps, self.overrides = config, name, steps, overrides
+        self.label = name  # as printed (a model variant with --alt overrides names them)
         self.trainer = train.Trainer(config, batch, 10_000)
         self.state = self.trainer.init_state()
         if frozen.enabled(config):
@@ -294,7 +295,7 @@ def _result(runner: _Runner) -> dict:
     step, real = float(np.median(runner.premade)), float(np.median(runner.real))
     flops = runner.flops()
     return {
-        "model": runner.name,
+        "model": runner.label,
         "params": runner.params(),
         "batch": f"{b}x{length}",
         "crop": c.video.crop_size,
@@ -394,6 +395,13 @@ def main(argv: list[str]) -> None:
         metavar="KEY=VALUE",
         help="config override for every model, e.g. train.pipeline_threads=8 (repeatable)",
     )
+    parser.add_argument(
+        "--alt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="also time each model variant with these overrides, in the same rounds (repeatable)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, ".")
     from absl import flags
@@ -415,14 +423,19 @@ def main(argv: list[str]) -> None:
             if variant == "bf16" and not accelerator:
                 continue
             names.append(model if variant == "e2e" else f"{model}:{variant}")
+    alts = [("", {})] + [(alt, _overrides(alt.split(","))) for alt in args.alt]
     runners = []
     for name in names:
-        config = _variant_config(name, args.batch, overrides)
-        batch = _batch(config, np.random.default_rng(0))
-        runners.append(_Runner(config, name, batch, bench_sessions(config), args.steps, overrides))
+        for alt, extra in alts:
+            both = {**overrides, **extra}
+            config = _variant_config(name, args.batch, both)
+            batch = _batch(config, np.random.default_rng(0))
+            runner = _Runner(config, name, batch, bench_sessions(config), args.steps, both)
+            runner.label = f"{name}[{alt}]" if alt else name
+            runners.append(runner)
     python = _torch_python(args.torch)
-    torch_runs = [r for r in runners if ":" not in r.name and r.config.model.mode == "fusion"]
-    torch_times: dict[str, list[float]] = {r.name: [] for r in torch_runs} if python else {}
+    torch_runs = [r for r in runners if ":" not in r.label and r.config.model.mode == "fusion"]
+    torch_times: dict[str, list[float]] = {r.label: [] for r in torch_runs} if python else {}
     torch_info: dict[str, dict] = {}
     peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     for _ in range(args.rounds):
@@ -431,12 +444,12 @@ def main(argv: list[str]) -> None:
             peaks["bfloat16"].append(matmul_peak(dtype=jnp.bfloat16))
         for runner in runners:
             runner.round()
-            if runner.name in torch_times:
+            if runner.label in torch_times:
                 info = _torch_round(
                     python, torch_spec(runner.config), args.steps, args.torch_threads
                 )
-                torch_times[runner.name] += info["step_s"]
-                torch_info[runner.name] = info
+                torch_times[runner.label] += info["step_s"]
+                torch_info[runner.label] = info
     peak = {k: float(np.median(v)) for k, v in peaks.items() if v}
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
     print(
@@ -455,7 +468,7 @@ def main(argv: list[str]) -> None:
     results = {}
     for runner in runners:
         r = _result(runner)
-        results[runner.name] = r
+        results[runner.label] = r
         dtype = runner.config.model.dtype
         print(
             f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['crop']} | "

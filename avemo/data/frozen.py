@@ -101,6 +101,7 @@ def _net_config(config: ml_collections.ConfigDict) -> dict:
         "alexnet": m.alexnet.to_dict(),
         "dtype": m.dtype,
         "pool_impl": m.pool_impl,
+        "patch_conv_channels": m.patch_conv_channels,
         "num_outputs": m.num_outputs,
     }
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avemo.models.layers import pool_max
+from avemo.models.layers import conv_function, pool_max
 
 
 class FullyConnectedAsConv(nn.Module):
@@ -105,6 +105,7 @@ class ConvBlock(nn.Module):
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
     pool_impl: str = "fast"
+    patch_channels: int = 0  # inputs of <= this many channels: patches + matmul (layers.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -114,6 +115,7 @@ class ConvBlock(nn.Module):
             strides=(self.stride, self.stride),
             padding="SAME",
             dtype=self.dtype,
+            conv_general_dilated=conv_function(x.shape[-1], self.patch_channels),
         )(x)
         if self.pool_impl == "fast":
             x = nn.relu(pool_max(x, (2, 2), (2, 2)))
@@ -140,6 +142,7 @@ class ImprovedAlexNet(nn.Module):
     kernel_size: int = 3
     dtype: jnp.dtype = jnp.float32
     pool_impl: str = "fast"
+    patch_channels: int = 0  # see ConvBlock
 
     @nn.compact
     def __call__(
@@ -156,6 +159,7 @@ class ImprovedAlexNet(nn.Module):
                 stride,
                 dtype=self.dtype,
                 pool_impl=self.pool_impl,
+                patch_channels=self.patch_channels,
                 name=f"conv{i + 1}",
             )(x, train)
         feature_map = x

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avemo.models.layers import pool_max
+from avemo.models.layers import conv_function, pool_max
 
 
 class AudioCNN(nn.Module):
@@ -26,12 +26,19 @@ class AudioCNN(nn.Module):
     output_features: int = 64
     dtype: jnp.dtype = jnp.float32
     pool_impl: str = "fast"  # see avemo.models.layers (identical outputs)
+    patch_channels: int = 0  # inputs of <= this many channels: patches + matmul (layers.py)
 
     @nn.compact
     def __call__(self, patches: jax.Array) -> jax.Array:
         x = patches.astype(self.dtype)[..., None]
         for features, kernel in zip(self.features, self.kernel_sizes, strict=True):
-            x = nn.Conv(features, tuple(kernel), padding="SAME", dtype=self.dtype)(x)
+            x = nn.Conv(
+                features,
+                tuple(kernel),
+                padding="SAME",
+                dtype=self.dtype,
+                conv_general_dilated=conv_function(x.shape[-1], self.patch_channels),
+            )(x)
             # ReLU and max-pooling commute (ReLU is monotone): pool first, then ReLU.
             x = pool_max(x, (self.pool_size, self.pool_size), (1, 1), "SAME", self.pool_impl)
             x = nn.relu(x)

@@ -209,6 +209,7 @@ def build_backbone(name: str, cfg: ml_collections.ConfigDict) -> nn.Module:
         return ImprovedAlexNet(
             conv_features=tuple(m.alexnet.conv_features),
             conv_strides=tuple(m.alexnet.conv_strides),
+            patch_channels=m.patch_conv_channels,
             **head,
         )
     if name == "alexnet":

@@ -82,6 +82,7 @@ class BimodalModel(nn.Module):
     num_outputs: int = 2
     dtype: jnp.dtype = jnp.float32
     pool_impl: str = "fast"
+    patch_channels: int = 0  # model.patch_conv_channels
     lstm_impl: str = "fused"  # see avemo.models.recurrent (equal outputs and gradients)
     # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
@@ -114,6 +115,7 @@ class BimodalModel(nn.Module):
             fc_impl=self.fc_impl,
             dtype=self.dtype,
             pool_impl=self.pool_impl,
+            patch_channels=self.patch_channels,
             name="alexnet",
         )
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
@@ -149,6 +151,7 @@ class BimodalModel(nn.Module):
                 self.audio_cnn_output_features,
                 dtype=self.dtype,
                 pool_impl=self.pool_impl,
+                patch_channels=self.patch_channels,
                 name="audio_cnn",
             )
             emb = cnn(spec.reshape((b * length,) + spec.shape[2:]))
@@ -281,6 +284,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         num_outputs=model_cfg.num_outputs,
         dtype=jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32,
         pool_impl=model_cfg.pool_impl,
+        patch_channels=model_cfg.patch_conv_channels,
         lstm_impl=model_cfg.lstm_impl,
         freeze_video=model_cfg.freeze_video,
     )
@@ -300,6 +304,7 @@ def face_cnn(model: BimodalModel) -> ImprovedAlexNet:
         fc_impl=model.fc_impl,
         dtype=model.dtype,
         pool_impl=model.pool_impl,
+        patch_channels=model.patch_channels,
     )
 
 

@@ -86,3 +86,61 @@ def pool_max(
 
         return nn.max_pool(x, tuple(window_shape), strides=strides, padding=padding)
     raise ValueError(f"unknown pool impl {impl!r} (expected one of {POOL_IMPLS})")
+
+
+def patch_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    **unused,
+) -> jax.Array:
+    """`lax.conv_general_dilated` of an NHWC input and an HWIO kernel, as patches + one matmul.
+
+    The k_h * k_w shifted (strided) views of the padded input are stacked along the channels,
+    [N, H', W', k_h * k_w * C], in the order of the kernel reshaped to [k_h * k_w * C, F], and
+    multiplied by it: the same sums as the convolution (summed in another order, so equal to
+    rounding). For convolutions with few input channels (an RGB or grey face, a one-channel
+    spectrogram) cuDNN's and XLA CPU's convolution kernels use the matrix units poorly; the
+    matmul's contraction of k_h * k_w * C is a better shape. A drop-in for flax's
+    `nn.Conv(conv_general_dilated=...)`: the module, its parameters and their names stay.
+    """
+    ndim = lhs.ndim - 2
+    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if ndim != 2 or (dimension_numbers is not None and dimension_numbers != numbers):
+        raise ValueError("patch_conv supports 2-D NHWC inputs with HWIO kernels only")
+    if (
+        feature_group_count != 1
+        or any(d != 1 for d in (lhs_dilation or ()))
+        or any(d != 1 for d in (rhs_dilation or ()))
+    ):
+        raise ValueError("patch_conv supports no grouping and no dilation")
+    kh, kw, c, f = rhs.shape
+    sh, sw = window_strides
+    pads = _pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
+    x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
+    ho = (x.shape[1] - kh) // sh + 1
+    wo = (x.shape[2] - kw) // sw + 1
+    taps = [
+        lax.slice(
+            x,
+            (0, i, j, 0),
+            (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    return jnp.dot(patches, rhs.reshape(kh * kw * c, f), precision=precision)
+
+
+def conv_function(in_channels: int, patch_channels: int):
+    """The convolution `nn.Conv` should use for an input of `in_channels`: `patch_conv` when
+    `in_channels <= patch_channels` (`model.patch_conv_channels`), else flax's default (None)."""
+    return patch_conv if in_channels <= patch_channels else None
