@@ -14,6 +14,7 @@ monotone), so the result equals ReLU -> pool, with the elementwise ReLU on a qua
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -27,6 +28,71 @@ def _pads(shape: Sequence[int], window: Sequence[int], strides: Sequence[int], p
     return [tuple(p) for p in padding]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _block_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """The maximum over `axes` (the window axes of a reshaped, non-overlapping pooling)."""
+    return x.max(axis=axes)
+
+
+def _block_max_fwd(x, axes):
+    y = x.max(axis=axes)
+    return y, (x, y)
+
+
+def _block_max_bwd(axes, residuals, g):
+    # JAX's own rule for a max reduction (the gradient split evenly between the inputs that tie
+    # at the maximum), computed in the backward pass from the input and the maximum: the
+    # forward pass no longer writes a full-size mask of where the maxima are, which the
+    # built-in rule keeps for the backward pass (one full-size write and read fewer per pooling).
+    x, y = residuals
+    mask = x == jnp.expand_dims(y, axes)
+    count = mask.sum(axis=axes, keepdims=True, dtype=x.dtype)
+    return (jnp.where(mask, jnp.expand_dims(g, axes) / count, jnp.zeros((), x.dtype)),)
+
+
+_block_max.defvjp(_block_max_fwd, _block_max_bwd)
+
+
+def _axis_slices(x: jax.Array, k: int, s: int, axis: int) -> list[jax.Array]:
+    out = (x.shape[axis] - k) // s + 1
+    return [lax.slice_in_dim(x, i, i + (out - 1) * s + 1, stride=s, axis=axis) for i in range(k)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _axis_window_max(x: jax.Array, k: int, s: int, axis: int) -> jax.Array:
+    """The maximum of each length-`k`, stride-`s` window along one axis of a padded input."""
+    return functools.reduce(jnp.maximum, _axis_slices(x, k, s, axis))
+
+
+def _axis_window_max_fwd(x, k, s, axis):
+    y = _axis_window_max(x, k, s, axis)
+    return y, (x, y)
+
+
+def _axis_window_max_bwd(k, s, axis, residuals, g):
+    # Each window's gradient goes to the inputs equal to its maximum, split evenly between
+    # ties (as for a max reduction); computed from the input and the maximum in one pass,
+    # instead of the k - 1 full-size masks that a chain of elementwise maxima keeps.
+    x, y = residuals
+    masks = [part == y for part in _axis_slices(x, k, s, axis)]
+    count = functools.reduce(jnp.add, [m.astype(x.dtype) for m in masks])
+    share = g / count
+    zero = jnp.zeros((), x.dtype)
+    size = x.shape[axis]
+    dx = None
+    for i, mask in enumerate(masks):
+        part = jnp.where(mask, share, zero)
+        high = size - (i + (part.shape[axis] - 1) * s + 1)
+        config = [(0, 0, 0)] * x.ndim
+        config[axis] = (i, high, s - 1)  # the transpose of the strided slice
+        part = lax.pad(part, zero, config)
+        dx = part if dx is None else dx + part
+    return (dx,)
+
+
+_axis_window_max.defvjp(_axis_window_max_fwd, _axis_window_max_bwd)
+
+
 def max_pool(
     x: jax.Array,
     window_shape: Sequence[int],
@@ -37,6 +103,8 @@ def max_pool(
 
     Non-overlapping VALID windows (window == stride): crop + reshape + max over the window axes.
     Otherwise: pad with -inf, then per spatial axis the maximum of the `k` strided slices.
+    Both have a hand-written gradient (each window's gradient split evenly between the inputs
+    that tie at its maximum) computed in the backward pass from the input and the output.
     """
     window_shape = tuple(window_shape)
     strides = tuple(strides) if strides is not None else (1,) * len(window_shape)
@@ -51,20 +119,12 @@ def max_pool(
         for o, k in zip(out_sizes, window_shape, strict=True):
             shape += [o, k]
         x = x.reshape(shape + [x.shape[-1]])
-        return x.max(axis=tuple(2 + 2 * i for i in range(len(spatial))))
+        return _block_max(x, tuple(2 + 2 * i for i in range(len(spatial))))
     if any(p != (0, 0) for p in pads):
         neg = jnp.array(-jnp.inf, x.dtype)
         x = jnp.pad(x, [(0, 0)] + list(pads) + [(0, 0)], constant_values=neg)
     for axis, (k, s) in enumerate(zip(window_shape, strides, strict=True), start=1):
-        size = x.shape[axis]
-        out = (size - k) // s + 1
-        parts = [
-            lax.slice_in_dim(x, i, i + (out - 1) * s + 1, stride=s, axis=axis) for i in range(k)
-        ]
-        y = parts[0]
-        for part in parts[1:]:
-            y = jnp.maximum(y, part)
-        x = y
+        x = _axis_window_max(x, k, s, axis)
     return x
 
 
