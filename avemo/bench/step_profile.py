@@ -170,13 +170,12 @@ def main(argv: list[str]) -> None:
     name = args.models if args.variant in ("", "e2e") else f"{args.models}:{args.variant}"
     config = bench_train._variant_config(name, args.batch, overrides)
     batch = bench_train._batch(config, np.random.default_rng(0))
-    from avemo import train
-
-    trainer = train.Trainer(config, batch, 10_000)
-    state = trainer.init_state()
-    if config.model.freeze_video:
-        raise SystemExit("profile: the frozen variant needs the cached maps; use e2e or bf16")
-    batch = trainer.to_global(batch)
+    # the train bench's runner: the step, its state and a pre-made batch (for the frozen
+    # variant, of the frozen CNN's cached feature maps)
+    runner = bench_train._Runner(
+        config, name, batch, bench_train.bench_sessions(config), 1, overrides
+    )
+    trainer, state, batch = runner.trainer, runner.state, runner.batch
     out_dir = args.out or tempfile.mkdtemp(prefix="avemo-profile-")
     os.makedirs(out_dir, exist_ok=True)
     compiled = trainer.train_step.lower(state, batch, trainer.base_rng).compile()

@@ -272,6 +272,8 @@ def _variant_config(name: str, batch_shape: str = "", overrides: dict | None = N
 
         config.model.freeze_video = True
         config.train.face_stage_steps = 0  # a frozen stage-1 CNN instead of a face stage
+        # as the README's stage 1 -> frozen recipe runs it: the face LSTM reads the pooled map
+        config.model.face_lstm_dense_features = 0
         config.data.cache_dir = tempfile.mkdtemp(prefix="avemo-bench-")
     elif variant == "bf16":
         config.model.dtype = "bfloat16"
