@@ -24,13 +24,14 @@ def test_conv_and_dense_paths_give_identical_outputs(size, channels):
     )
     out_conv = conv.apply(variables, images)
     out_dense = dense.apply(variables, images)
+    # The same sums in another order: float32 rounding (up to 7e-5 relative on one CPU).
     for key in ("embedding", "outputs"):
-        np.testing.assert_allclose(out_conv[key], out_dense[key], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out_conv[key], out_dense[key], rtol=2e-4, atol=1e-4)
     # Training mode (dropout, batch statistics) with the same rng agrees too.
     rngs = {"dropout": jax.random.key(2)}
     a, _ = conv.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
     b, _ = dense.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
-    np.testing.assert_allclose(a["outputs"], b["outputs"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a["outputs"], b["outputs"], rtol=2e-4, atol=1e-4)
 
 
 def test_fc_as_conv_has_exactly_the_parameters_of_the_dense_layer():
