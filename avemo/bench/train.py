@@ -436,7 +436,11 @@ def main(argv: list[str]) -> None:
             runner.label = f"{name}[{alt}]" if alt else name
             runners.append(runner)
     python = _torch_python(args.torch)
-    torch_runs = [r for r in runners if ":" not in r.label and r.config.model.mode == "fusion"]
+    torch_runs = [  # end-to-end rows without --alt overrides
+        r
+        for r in runners
+        if r.label == r.name and ":" not in r.name and r.config.model.mode == "fusion"
+    ]
     torch_times: dict[str, list[float]] = {r.label: [] for r in torch_runs} if python else {}
     torch_info: dict[str, dict] = {}
     peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}

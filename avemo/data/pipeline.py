@@ -10,6 +10,9 @@ much history, and stitched back into one prediction per step.
 from __future__ import annotations
 
 import dataclasses
+import json
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -388,8 +391,6 @@ class DevicePrefetch:
     """
 
     def __init__(self, iterator, put, size: int):
-        import threading
-
         if size < 1:
             raise ValueError(f"DevicePrefetch needs size >= 1 (got {size})")
         self._iterator, self._put, self._size = iterator, put, size
@@ -402,8 +403,6 @@ class DevicePrefetch:
         return self
 
     def _work(self) -> None:
-        import queue
-
         while not self._stop.is_set():
             try:
                 batch = next(self._iterator)
@@ -420,9 +419,6 @@ class DevicePrefetch:
                 return
 
     def __next__(self):
-        import queue
-        import threading
-
         if self._thread is None:
             self._queue = queue.Queue(maxsize=self._size)
             self._stop.clear()
@@ -447,13 +443,9 @@ class DevicePrefetch:
     # Grain's checkpoint handler treats an iterator that is not its own DatasetIterator as a
     # legacy one: bytes in and out, then start_prefetch() after a restore.
     def get_state(self) -> bytes:
-        import json
-
         return json.dumps(self._state, indent=4).encode()
 
     def set_state(self, state) -> None:
-        import json
-
         self.close()
         self._state = json.loads(state) if isinstance(state, bytes | str) else state
         self._iterator.set_state(self._state)
