@@ -184,18 +184,8 @@ def patch_conv(
     sh, sw = window_strides
     pads = _pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
     x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
-    ho = (x.shape[1] - kh) // sh + 1
-    wo = (x.shape[2] - kw) // sw + 1
-    taps = [
-        lax.slice(
-            x,
-            (0, i, j, 0),
-            (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-            (1, sh, sw, 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    # the pooling's strided window views, per axis: tap (i, j) in the kernel's row-major order
+    taps = [t for row in _axis_slices(x, kh, sh, 1) for t in _axis_slices(row, kw, sw, 2)]
     patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
     return jnp.dot(patches, rhs.reshape(kh * kw * c, f), precision=precision)
 
