@@ -829,6 +829,12 @@ def _reports(
     inputs: EvalInputs | None,
     plots: PlotWriter | None = None,
 ) -> None:
+    if trained is None and config.eval.report_test:  # one model and one set of inputs for both
+        from avemo import inference
+
+        model = inference.load(workdir, "best")
+        trained = (model.config, model.step, lambda _key, sessions: model.predict(sessions))
+        inputs = inputs or EvalInputs(model.config, workdir)
     try:
         summary = evaluate_workdir(
             workdir, split="dev", trained=trained, inputs=inputs, plot_writer=plots

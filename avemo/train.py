@@ -27,7 +27,7 @@ import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from avemo import checkpointing, objectives, sharding
+from avemo import checkpointing, hostmem, objectives, sharding
 from avemo import config as config_lib
 from avemo import metrics as metrics_lib
 from avemo.data import pipeline
@@ -499,6 +499,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if not warm_start.stage_finished(stage_dir, stage.train.num_steps):
                 log.info("The face stage stopped early (preempted); run again to resume it.")
                 return {}
+            hostmem.release()  # the stage's batches, buffers and programs
+    last_eval, finished = _train(config, workdir, is_chief)
+    if config.eval.report_at_end and finished:  # every process predicts; 0 writes
+        from avemo import evaluate as evaluate_lib
+
+        hostmem.release()  # the trainer's pipeline, state and programs are gone
+        evaluate_lib.report_after_training(config, workdir)
+    return last_eval
+
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: str, is_chief: bool
+) -> tuple[dict[str, float], bool]:
+    """The training loop of `train_and_evaluate`; returns (last dev metrics, whether the run
+    reached its last step). Its own function so that the pipeline, the trainer and the state are
+    released when it returns, before the reports load the chosen checkpoint."""
+    from avemo import warm_start
+
     sessions = load_sessions(config, workdir)
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)
@@ -601,6 +619,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     for split, plan in plans.items():  # metrics named by their split
                         last_eval.update(evaluate(trainer, state, plan, eval_sets[split], split))
                     writer.write_scalars(step, last_eval)
+                if evaluated or step == start_step + 1:  # after the evaluation, the compilation
+                    hostmem.trim()
                 stop = preemption.agreed()
                 if ckpt is not None and (
                     evaluated or stop or last or step % config.train.checkpoint_every_steps == 0
@@ -628,11 +648,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         os.replace(tmp, os.path.join(workdir, "final_metrics.json"))
-    if config.eval.report_at_end and step >= total_steps:  # every process predicts; 0 writes
-        from avemo import evaluate as evaluate_lib
-
-        evaluate_lib.report_after_training(config, workdir)
-    return last_eval
+    return last_eval, step >= total_steps
 
 
 def _flat_items(cfg: Mapping[str, Any], prefix: str = ""):

@@ -138,6 +138,35 @@ def test_training_writes_reports_at_the_end(trained, tmp_path):
     assert [r["protocol"] for r in robustness] == list(evaluate.PROTOCOLS)
 
 
+def test_dev_and_test_reports_share_one_model_and_one_set_of_inputs(
+    trained, tmp_path, monkeypatch
+):
+    """`report_after_training` with the test split: the chosen checkpoint is loaded once and each
+    degraded input made once for both splits (the run's memory held one copy, not two)."""
+    from avemo import inference
+
+    workdir, config = trained
+    copy = tmp_path / "workdir"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("reports", "postprocess.json"))
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.eval.report_at_end = True
+    config.eval.report_test = True
+    loads, made = [], []
+    load, degrade = inference.load, evaluate.protocol_session
+    monkeypatch.setattr(inference, "load", lambda *a, **k: loads.append(a) or load(*a, **k))
+    monkeypatch.setattr(
+        evaluate,
+        "protocol_session",
+        lambda p, s, *a: made.append((p, s.name)) or degrade(p, s, *a),
+    )
+    evaluate.report_after_training(config, str(copy))
+    assert len(loads) == 1
+    assert sorted(made) == sorted(set(made))
+    assert {name for _, name in made} == {"dev_1", "test_1"}
+    for split in ("dev", "test"):
+        assert (evaluate.report_dir(str(copy), split) / "summary.json").is_file()
+
+
 def test_no_reports_when_disabled_or_without_checkpoints(tmp_path):
     config = tiny.get_config()  # report_at_end False
     assert not config.eval.report_at_end
