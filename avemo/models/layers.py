@@ -4,9 +4,10 @@ Max-pooling: `flax.linen.max_pool` lowers to `reduce_window`, whose gradient XLA
 `select_and_scatter`; on XLA CPU that gradient costs more than the convolution before it. The same
 pooling written as a reshape + max (non-overlapping windows) or as an elementwise maximum of
 shifted slices (overlapping windows) has a gradient of plain fused elementwise ops. The forward
-values are identical; the gradient differs only where two inputs of one window tie exactly at the
-maximum (the reduction splits it between them, `select_and_scatter` gives it to the first) -- a
-measure-zero event for float activations (exact zeros after a ReLU get no gradient either way).
+values are identical. The gradient of non-overlapping windows is `select_and_scatter`'s, ties
+included (all of a window's gradient to its first maximum: constant inputs such as the zeroed
+frames of absent faces tie everywhere); that of overlapping windows differs only where two inputs
+of one window tie exactly at the maximum (split between them instead of given to the first).
 
 `conv_relu_pool` applies ReLU after the pooling: max-pooling and ReLU commute (ReLU is
 monotone), so the result equals ReLU -> pool, with the elementwise ReLU on a quarter of the values.
@@ -15,6 +16,7 @@ monotone), so the result equals ReLU -> pool, with the elementwise ReLU on a qua
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -28,26 +30,41 @@ def _pads(shape: Sequence[int], window: Sequence[int], strides: Sequence[int], p
     return [tuple(p) for p in padding]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _block_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """The maximum over `axes` (the window axes of a reshaped, non-overlapping pooling)."""
+def _window_position(shape: Sequence[int], axes: tuple[int, ...]) -> jax.Array:
+    """Each element's position inside its window, row-major over the window `axes`."""
+    k = jnp.zeros((), jnp.int32)
+    for axis in axes:
+        k = k * shape[axis] + lax.broadcasted_iota(jnp.int32, tuple(shape), axis)
+    return k
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _block_max(x: jax.Array, axes: tuple[int, ...], sizes: tuple[int, ...]) -> jax.Array:
+    """The maximum over `axes` (the window axes, of `sizes`, of a reshaped, non-overlapping
+    pooling)."""
     return x.max(axis=axes)
 
 
-def _block_max_fwd(x, axes):
+def _block_max_fwd(x, axes, sizes):
+    # The backward pass needs only where each window's maximum was: the first position (row-major
+    # in the window) holding it, kept as one small integer per output -- not the full-size input,
+    # and no tie count for the backward pass to reduce (on XLA CPU the costliest part of the
+    # pooling's gradient in the profile).
     y = x.max(axis=axes)
-    return y, (x, y)
+    size = math.prod(sizes)
+    k = _window_position(x.shape, axes)
+    first = jnp.where(x == jnp.expand_dims(y, axes), k, size).min(axis=axes)
+    return y, first.astype(jnp.int8 if size < 128 else jnp.int32)
 
 
-def _block_max_bwd(axes, residuals, g):
-    # JAX's own rule for a max reduction (the gradient split evenly between the inputs that tie
-    # at the maximum), computed in the backward pass from the input and the maximum: the
-    # forward pass no longer writes a full-size mask of where the maxima are, which the
-    # built-in rule keeps for the backward pass (one full-size write and read fewer per pooling).
-    x, y = residuals
-    mask = x == jnp.expand_dims(y, axes)
-    count = mask.sum(axis=axes, keepdims=True, dtype=x.dtype)
-    return (jnp.where(mask, jnp.expand_dims(g, axes) / count, jnp.zeros((), x.dtype)),)
+def _block_max_bwd(axes, sizes, first, g):
+    # `select_and_scatter`'s rule, the gradient of `nn.max_pool` (`reduce_window`): each window's
+    # gradient goes, all of it, to the first position holding its maximum.
+    shape = list(g.shape)
+    for axis, size in zip(axes, sizes, strict=True):
+        shape.insert(axis, size)
+    picked = _window_position(shape, axes) == jnp.expand_dims(first, axes).astype(jnp.int32)
+    return (jnp.where(picked, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype)),)
 
 
 _block_max.defvjp(_block_max_fwd, _block_max_bwd)
@@ -103,8 +120,10 @@ def max_pool(
 
     Non-overlapping VALID windows (window == stride): crop + reshape + max over the window axes.
     Otherwise: pad with -inf, then per spatial axis the maximum of the `k` strided slices.
-    Both have a hand-written gradient (each window's gradient split evenly between the inputs
-    that tie at its maximum) computed in the backward pass from the input and the output.
+    Both have a hand-written gradient: non-overlapping windows send each window's gradient to
+    its first maximum (as `nn.max_pool`), from the positions kept by the forward pass;
+    overlapping ones split it evenly between the inputs that tie at the maximum, computed in the
+    backward pass from the input and the output.
     """
     window_shape = tuple(window_shape)
     strides = tuple(strides) if strides is not None else (1,) * len(window_shape)
@@ -119,7 +138,7 @@ def max_pool(
         for o, k in zip(out_sizes, window_shape, strict=True):
             shape += [o, k]
         x = x.reshape(shape + [x.shape[-1]])
-        return _block_max(x, tuple(2 + 2 * i for i in range(len(spatial))))
+        return _block_max(x, tuple(2 + 2 * i for i in range(len(spatial))), window_shape)
     if any(p != (0, 0) for p in pads):
         neg = jnp.array(-jnp.inf, x.dtype)
         x = jnp.pad(x, [(0, 0)] + list(pads) + [(0, 0)], constant_values=neg)

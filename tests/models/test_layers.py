@@ -35,6 +35,20 @@ def test_max_pool_equals_flax_max_pool_values_and_gradients(shape, window, strid
     np.testing.assert_allclose(grad_ours, grad_ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("window", [(2, 2), (3, 3), (1, 4)])
+def test_block_pooling_gradient_equals_flax_on_ties(window):
+    """Non-overlapping windows: each window's gradient goes to its first maximum, as with
+    `nn.max_pool` (select_and_scatter), also where inputs tie: constant frames (absent faces,
+    zeroed) and rounded values with many exact ties."""
+    x = jax.random.normal(jax.random.key(0), (3, 12, 12, 2))
+    x = x.at[0].set(0.0).at[1].set(jnp.round(x[1]))
+    g = jax.random.normal(jax.random.key(1), (3, 12 // window[0], 12 // window[1], 2))
+    grad_ours = jax.grad(lambda v: jnp.sum(max_pool(v, window, window) * g))(x)
+    grad_ref = jax.grad(lambda v: jnp.sum(nn.max_pool(v, window, strides=window) * g))(x)
+    assert int(jnp.sum(grad_ref[0] != 0)) == g[0].size  # one input per window gets it all
+    np.testing.assert_array_equal(grad_ours, grad_ref)
+
+
 def _pair(make, x, grad_rtol=1e-4):
     fast, literal = make("fast"), make("reduce_window")
     variables = literal.init(jax.random.key(1), x)
