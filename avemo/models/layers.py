@@ -52,8 +52,12 @@ def _block_max_fwd(x, axes, sizes):
     # pooling's gradient in the profile).
     y = x.max(axis=axes)
     size = math.prod(sizes)
-    k = _window_position(x.shape, axes)
-    first = jnp.where(x == jnp.expand_dims(y, axes), k, size).min(axis=axes)
+    # The positions as floats of x's type (exact: windows hold far fewer than 2^8 inputs, else
+    # float32): XLA CPU runs a floating-point min reduction faster than an integer one (probe,
+    # the default's three conv blocks, fwd + bwd: 181 -> 171 ms).
+    code = x.dtype if size <= 256 else jnp.float32
+    k = _window_position(x.shape, axes).astype(code)
+    first = jnp.where(x == jnp.expand_dims(y, axes), k, jnp.array(size, code)).min(axis=axes)
     return y, first.astype(jnp.int8 if size < 128 else jnp.int32)
 
 
