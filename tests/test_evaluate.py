@@ -138,9 +138,7 @@ def test_training_writes_reports_at_the_end(trained, tmp_path):
     assert [r["protocol"] for r in robustness] == list(evaluate.PROTOCOLS)
 
 
-def test_dev_and_test_reports_share_one_model_and_one_set_of_inputs(
-    trained, tmp_path, monkeypatch
-):
+def test_dev_and_test_reports_share_one_model_and_one_set_of_inputs(trained, tmp_path, monkeypatch):
     """`report_after_training` with the test split: the chosen checkpoint is loaded once and each
     degraded input made once for both splits (the run's memory held one copy, not two)."""
     from avemo import inference
