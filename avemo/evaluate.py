@@ -829,7 +829,7 @@ def _reports(
     inputs: EvalInputs | None,
     plots: PlotWriter | None = None,
 ) -> None:
-    if trained is None and config.eval.report_test:  # one model and one set of inputs for both
+    if trained is None:  # one loaded model and one set of inputs for the dev and test reports
         from avemo import inference
 
         model = inference.load(workdir, "best")

@@ -29,17 +29,18 @@ def _glibc() -> Any:
 _LIBC = _glibc()
 
 
-def trim() -> bool:
+def trim() -> None:
     """Collects unreachable objects and returns glibc's free heap pages to the system (no-op
-    without glibc). Cheap enough for a training loop's evaluation points, not for every step.
-    Returns whether memory was handed back."""
+    without glibc). Cheap enough for a training loop's evaluation points, not for every step."""
     gc.collect()
-    return bool(_LIBC is not None and _LIBC.malloc_trim(0))
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
-def release() -> bool:
+def release() -> None:
     """`trim`, after dropping JAX's compiled programs and caches: for the end of a phase, when
-    the next phase compiles its own programs."""
+    the next phase compiles its own programs. (Collected before the caches are cleared, so that
+    programs held only by dead objects go too, and again in `trim` for what the caches held.)"""
     gc.collect()
     jax.clear_caches()
-    return trim()
+    trim()

@@ -500,7 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 log.info("The face stage stopped early (preempted); run again to resume it.")
                 return {}
             hostmem.release()  # the stage's batches, buffers and programs
-    last_eval, finished = _train(config, workdir, is_chief)
+    last_eval, finished = _train(config, workdir)
     if config.eval.report_at_end and finished:  # every process predicts; 0 writes
         from avemo import evaluate as evaluate_lib
 
@@ -509,14 +509,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return last_eval
 
 
-def _train(
-    config: ml_collections.ConfigDict, workdir: str, is_chief: bool
-) -> tuple[dict[str, float], bool]:
+def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, float], bool]:
     """The training loop of `train_and_evaluate`; returns (last dev metrics, whether the run
     reached its last step). Its own function so that the pipeline, the trainer and the state are
     released when it returns, before the reports load the chosen checkpoint."""
     from avemo import warm_start
 
+    is_chief = jax.process_index() == 0
     sessions = load_sessions(config, workdir)
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)

@@ -9,8 +9,9 @@ included (all of a window's gradient to its first maximum: constant inputs such 
 frames of absent faces tie everywhere); that of overlapping windows differs only where two inputs
 of one window tie exactly at the maximum (split between them instead of given to the first).
 
-`conv_relu_pool` applies ReLU after the pooling: max-pooling and ReLU commute (ReLU is
-monotone), so the result equals ReLU -> pool, with the elementwise ReLU on a quarter of the values.
+`alexnet.ConvBlock`'s fast path applies ReLU (and the conv bias) after the pooling: max-pooling
+and ReLU commute (ReLU is monotone), so the result equals ReLU -> pool, with the elementwise ReLU
+on a quarter of the values.
 """
 
 from __future__ import annotations
