@@ -126,6 +126,13 @@ def model_defaults() -> ml_collections.ConfigDict:
     # parameters and sums (avemo/models/layers.py: patch_conv), a shape the matrix units suit.
     # 0 = every convolution through XLA's convolution.
     m.patch_conv_channels = 0
+    # A face-CNN block (stride 1, odd kernel, even map) whose input has at most this many
+    # channels computes its convolution and 2x2 pooling as one convolution of the space-to-depth
+    # input that yields the pooling's four phases; its weight gradient is one matmul of patches
+    # (avemo/models/layers.py: phase_conv_pool). Same parameters, outputs equal to rounding.
+    # 1: the first layer on grey faces (CPU default step 0.160, 0.161 -> 0.136, 0.135 s,
+    # alternating processes, docs/performance.md); 0 = off.
+    m.phase_conv_channels = 1
     # LSTMs: "fused" (input projection outside the scan, hand-written backward pass; equal
     # outputs and gradients, 1.5-1.8x faster on XLA CPU) | "flax" (the literal
     # nn.RNN(nn.OptimizedLSTMCell)). Same parameters either way. See avemo/models/recurrent.py.
@@ -407,6 +414,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if flat["model.patch_conv_channels"] < 0:
         raise ConfigError("config.model.patch_conv_channels must be >= 0 (0 = off)")
+    if flat["model.phase_conv_channels"] < 0:
+        raise ConfigError("config.model.phase_conv_channels must be >= 0 (0 = off)")
     if flat["model.video_frame_stride"] < 1:
         raise ConfigError("config.model.video_frame_stride must be >= 1")
     if flat["postprocess.max_delay_steps"] < 0:

@@ -102,6 +102,7 @@ def _net_config(config: ml_collections.ConfigDict) -> dict:
         "dtype": m.dtype,
         "pool_impl": m.pool_impl,
         "patch_conv_channels": m.patch_conv_channels,
+        "phase_conv_channels": m.phase_conv_channels,
         "num_outputs": m.num_outputs,
     }
 

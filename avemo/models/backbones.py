@@ -210,6 +210,7 @@ def build_backbone(name: str, cfg: ml_collections.ConfigDict) -> nn.Module:
             conv_features=tuple(m.alexnet.conv_features),
             conv_strides=tuple(m.alexnet.conv_strides),
             patch_channels=m.patch_conv_channels,
+            phase_channels=m.phase_conv_channels,
             **head,
         )
     if name == "alexnet":

@@ -83,6 +83,7 @@ class BimodalModel(nn.Module):
     dtype: jnp.dtype = jnp.float32
     pool_impl: str = "fast"
     patch_channels: int = 0  # model.patch_conv_channels
+    phase_channels: int = 0  # model.phase_conv_channels
     lstm_impl: str = "fused"  # see avemo.models.recurrent (equal outputs and gradients)
     # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
@@ -116,6 +117,7 @@ class BimodalModel(nn.Module):
             dtype=self.dtype,
             pool_impl=self.pool_impl,
             patch_channels=self.patch_channels,
+            phase_channels=self.phase_channels,
             name="alexnet",
         )
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
@@ -285,6 +287,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         dtype=jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32,
         pool_impl=model_cfg.pool_impl,
         patch_channels=model_cfg.patch_conv_channels,
+        phase_channels=model_cfg.phase_conv_channels,
         lstm_impl=model_cfg.lstm_impl,
         freeze_video=model_cfg.freeze_video,
     )
@@ -305,6 +308,7 @@ def face_cnn(model: BimodalModel) -> ImprovedAlexNet:
         dtype=model.dtype,
         pool_impl=model.pool_impl,
         patch_channels=model.patch_channels,
+        phase_channels=model.phase_channels,
     )
 
 

@@ -255,3 +255,81 @@ def conv_function(in_channels: int, patch_channels: int):
     """The convolution `nn.Conv` should use for an input of `in_channels`: `patch_conv` when
     `in_channels <= patch_channels` (`model.patch_conv_channels`), else flax's default (None)."""
     return patch_conv if in_channels <= patch_channels else None
+
+
+# ------------------------------------------- convolution + 2x2 pooling as the pooling's phases
+
+
+def phase_conv_applies(x_shape: Sequence[int], kernel_size: int, stride: int) -> bool:
+    """Whether `phase_conv_pool` computes this block: stride 1, an odd square kernel (SAME
+    padding), even spatial sizes (the 2x2/2 pooling then sees every output)."""
+    return stride == 1 and kernel_size % 2 == 1 and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0
+
+
+def phase_conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """max_pool_2x2/2(conv(x, kernel, stride 1, SAME)) for NHWC `x` and an odd k x k HWIO kernel.
+
+    The convolution's output at the four positions of each pooling window -- its four *phases*
+    -- is one convolution of the space-to-depth input (2 x 2 blocks of the padded input stacked
+    along the channels, [N, (H+k-1)/2, (W+k-1)/2, 4C]) with a (k+1)/2 x (k+1)/2 kernel of
+    [4C, 4F]: phase (i, j)'s k x k kernel sits at offset (i, j) of a (k+1) x (k+1) window, zeros
+    elsewhere. The pooling is then the elementwise maximum of four contiguous groups of F
+    channels, and the weight gradient is one matmul of the input's patches and the output
+    gradient as they lie in memory. (The convolution's own weight gradient on XLA CPU transposes
+    its full-size output gradient to [H, W, N, F] and its input to [C, H, W, N]: for the
+    default's first layer -- 304 grey 64 x 64 frames, 8 channels -- the two transposes and the
+    strided pooling took more time than the convolution itself; docs/performance.md.) Same
+    parameters, the same sums in another order (outputs equal to rounding; ties in the pooling
+    go to the first position of the window, row-major, as `nn.max_pool`'s gradient does).
+    """
+    n, h, w, c = x.shape
+    k, k2, c_in, f = kernel.shape
+    if k != k2 or c_in != c or not phase_conv_applies(x.shape, k, 1):
+        raise ValueError(f"phase_conv_pool: input {x.shape} and kernel {kernel.shape} do not fit")
+    p, q = (k - 1) // 2, (k + 1) // 2
+    xp = jnp.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
+    hp, wp = (h + k - 1) // 2, (w + k - 1) // 2
+    s2d = xp.reshape(n, hp, 2, wp, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp, wp, 4 * c)
+    phases = [
+        jnp.pad(kernel, [(i, 1 - i), (j, 1 - j), (0, 0), (0, 0)]) for i in (0, 1) for j in (0, 1)
+    ]
+    # [k+1, k+1, C, 4, F] -> rows (2 di + i', 2 dj + j') -> [q, q, (i', j', C), (phase, F)]
+    big = jnp.stack(phases, axis=3).reshape(q, 2, q, 2, c, 4, f)
+    big = big.transpose(0, 2, 1, 3, 4, 5, 6).reshape(q, q, 4 * c, 4 * f)
+    y = _s2d_conv(s2d, big)
+    # The maximum over the phases by reductions (`_block_max`): computed elementwise, XLA fused
+    # it into its consumers -- the next layer's transposed weight-gradient input among them --
+    # and recomputed it there from the four phases, in transposed order.
+    return _block_max(y.reshape(n, h // 2, w // 2, 4, f), (3,), (4,))
+
+
+def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@jax.custom_vjp
+def _s2d_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A VALID stride-1 convolution whose weight gradient is one matmul of patches."""
+    return _conv_valid(x, kernel)
+
+
+def _s2d_conv_fwd(x, kernel):
+    return _conv_valid(x, kernel), (x, kernel)
+
+
+def _s2d_conv_bwd(residuals, g):
+    x, kernel = residuals
+    kh, kw, c, f = kernel.shape
+    _, h, w, _ = g.shape
+    # dK[a, b, c, f] = sum_{n,i,j} x[n, i+a, j+b, c] g[n, i, j, f]: the patches [NHW, kh kw C]
+    # (in the kernel's row order) times g [NHW, F], contracted over the rows as both lie.
+    taps = [x[:, a : a + h, b : b + w, :] for a in range(kh) for b in range(kw)]
+    patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * c)
+    d_kernel = jnp.dot(patches.T, g.reshape(-1, f)).reshape(kernel.shape)
+    _, input_vjp = jax.vjp(lambda v: _conv_valid(v, kernel), x)  # unused (DCE'd) for an image
+    return input_vjp(g)[0], d_kernel.astype(kernel.dtype)
+
+
+_s2d_conv.defvjp(_s2d_conv_fwd, _s2d_conv_bwd)

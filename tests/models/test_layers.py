@@ -9,7 +9,7 @@ import pytest
 from avemo.models.alexnet import ImprovedAlexNet
 from avemo.models.audio_cnn import AudioCNN
 from avemo.models.backbones import InceptionNet, TraditionalAlexNet, VGGNet
-from avemo.models.layers import max_pool, patch_conv
+from avemo.models.layers import max_pool, patch_conv, phase_conv_applies, phase_conv_pool
 
 
 @pytest.mark.parametrize(
@@ -86,13 +86,17 @@ def _pair(make, x, grad_rtol=1e-4):
     "make",
     [
         lambda impl: ImprovedAlexNet((4, 8, 8), fc_features=(16, 16), pool_impl=impl),
+        # the first two blocks as the pooling's phases (model.phase_conv_channels)
+        lambda impl: ImprovedAlexNet(
+            (4, 8, 8), fc_features=(16, 16), pool_impl=impl, phase_channels=4
+        ),
         lambda impl: TraditionalAlexNet((4, 8, 8, 8, 4), fc_features=(16,), pool_impl=impl),
         lambda impl: VGGNet((4, 8), fc_features=(16,), pool_impl=impl),
         lambda impl: InceptionNet(
             4, ((2, 2, 4, 2, 2, 2),), (0,), fc_features=(16,), pool_impl=impl
         ),
     ],
-    ids=["improved_alexnet", "alexnet", "vgg", "inception"],
+    ids=["improved_alexnet", "improved_alexnet_phases", "alexnet", "vgg", "inception"],
 )
 def test_fast_pooling_networks_equal_literal_networks(make):
     x = jax.random.uniform(jax.random.key(0), (3, 24, 24, 1)) * 255
@@ -164,3 +168,36 @@ def test_patch_conv_networks_equal_the_literal_networks():
     ]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels,kernel_size", [(1, 3), (3, 5)])
+def test_phase_conv_pool_equals_conv_then_pool(channels, kernel_size):
+    """The pooling's four phases as one convolution of the space-to-depth input: the same values
+    and gradients as SAME convolution -> 2x2/2 `nn.max_pool`; constant frames (absent faces) tie
+    in every window and send each window's gradient to its first position, as nn.max_pool."""
+    x = jax.random.normal(jax.random.key(0), (3, 12, 8, channels))
+    x = x.at[0].set(0.0)
+    kernel = 0.3 * jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, channels, 4))
+    g = jax.random.normal(jax.random.key(2), (3, 6, 4, 4))
+
+    def literal(x, kernel):
+        y = jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return nn.max_pool(y, (2, 2), strides=(2, 2))
+
+    np.testing.assert_allclose(phase_conv_pool(x, kernel), literal(x, kernel), rtol=1e-5, atol=1e-5)
+    grads = [
+        jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * g), argnums=(0, 1))(x, kernel)
+        for f in (phase_conv_pool, literal)
+    ]
+    for ours, ref in zip(*grads, strict=True):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_phase_conv_pool_refuses_blocks_it_does_not_compute():
+    assert not phase_conv_applies((1, 12, 12, 1), 3, 2)  # stride 2
+    assert not phase_conv_applies((1, 12, 12, 1), 4, 1)  # even kernel
+    assert not phase_conv_applies((1, 11, 12, 1), 3, 1)  # odd map
+    with pytest.raises(ValueError, match="do not fit"):
+        phase_conv_pool(jnp.zeros((1, 11, 12, 1)), jnp.zeros((3, 3, 1, 2)))
