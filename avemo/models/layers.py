@@ -273,8 +273,9 @@ def phase_conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
     -- is one convolution of the space-to-depth input (2 x 2 blocks of the padded input stacked
     along the channels, [N, (H+k-1)/2, (W+k-1)/2, 4C]) with a (k+1)/2 x (k+1)/2 kernel of
     [4C, 4F]: phase (i, j)'s k x k kernel sits at offset (i, j) of a (k+1) x (k+1) window, zeros
-    elsewhere. The pooling is then a maximum over four contiguous groups of F channels, and the weight gradient is one matmul of the input's patches and the output
-    gradient as they lie in memory. (The convolution's own weight gradient on XLA CPU transposes
+    elsewhere. The pooling is then a maximum over four contiguous groups of F channels, and
+    the weight gradient is one matmul of the input's patches and the output gradient as they
+    lie in memory. (The convolution's own weight gradient on XLA CPU transposes
     its full-size output gradient to [H, W, N, F] and its input to [C, H, W, N]: for the
     default's first layer -- 304 grey 64 x 64 frames, 8 channels -- the two transposes and the
     strided pooling took more time than the convolution itself; docs/performance.md.) Same
