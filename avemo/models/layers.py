@@ -2,8 +2,9 @@
 
 Max-pooling: `flax.linen.max_pool` lowers to `reduce_window`, whose gradient XLA turns into a
 `select_and_scatter`; on XLA CPU that gradient costs more than the convolution before it. The same
-pooling written as a reshape + max (non-overlapping windows) or as an elementwise maximum of
-shifted slices (overlapping windows) has a gradient of plain fused elementwise ops. The forward
+pooling written as a reshape, elementwise maxima over the inner window axis and a max reduction
+over the outer one (non-overlapping windows), or as an elementwise maximum of shifted slices
+(overlapping windows), has a gradient of plain fused elementwise ops. The forward
 values are identical. The gradient of non-overlapping windows is `select_and_scatter`'s, ties
 included (all of a window's gradient to its first maximum: constant inputs such as the zeroed
 frames of absent faces tie everywhere); that of overlapping windows differs only where two inputs
@@ -41,7 +42,8 @@ def _window_position(shape: Sequence[int], axes: tuple[int, ...]) -> jax.Array:
 
 def _inner_window_max(x: jax.Array, axes: tuple[int, ...], want_first: bool = True):
     """The maximum over the window `axes` but the first (outermost), and the first row-major
-    position inside those axes holding it (None if not `want_first`).
+    position inside those axes holding it (0 without inner axes; not meaningful unless
+    `want_first`), and the number of those positions.
 
     One window axis at a time, innermost first, as elementwise maxima of the axis' slices: the
     innermost window axis sits next to the channels, so each slice is a run of contiguous values
@@ -49,25 +51,24 @@ def _inner_window_max(x: jax.Array, axes: tuple[int, ...], want_first: bool = Tr
     a time). Ties: a later slice replaces the running maximum only when strictly greater, so the
     first position wins, within a row and between rows (`select_and_scatter`'s rule).
     """
-    y, first = x, None
-    inner = 1  # window positions per step of the current axis (the axes done so far)
+    y, first, inner = x, None, 1  # inner: window positions per step of the current axis
     for axis in sorted(axes[1:], reverse=True):
         size = y.shape[axis]
-        ys = [lax.index_in_dim(y, i, axis, keepdims=False) for i in range(size)]
+        ys = [lax.index_in_dim(y, i, axis, False) for i in range(size)]
+        # each slice's position in the window axes done so far (this one and those inside it)
         ps = [
-            None if first is None else lax.index_in_dim(first, i, axis, False) for i in range(size)
+            i * inner + (0 if first is None else lax.index_in_dim(first, i, axis, False))
+            for i in range(size)
         ]
         m, p = ys[0], ps[0]
-        if want_first and p is None:
-            p = jnp.zeros(m.shape, jnp.int32)
         for i in range(1, size):
             later = ys[i] > m
             m = jnp.where(later, ys[i], m)
-            if want_first:
-                p = jnp.where(later, i * inner + (0 if ps[i] is None else ps[i]), p)
-        y, first = m, p
+            p = jnp.where(later, ps[i], p) if want_first else None
+        y = m
+        first = jnp.broadcast_to(jnp.asarray(p, jnp.int32), m.shape) if want_first else None
         inner *= size
-    return y, first, inner
+    return y, (0 if first is None else first), inner
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -91,9 +92,7 @@ def _block_max_fwd(x, axes, sizes):
     m, p, inner = _inner_window_max(x, axes)
     outer = axes[0]
     y = m.max(axis=outer)
-    k = lax.broadcasted_iota(jnp.int32, m.shape, outer) * inner
-    if p is not None:
-        k = k + p
+    k = lax.broadcasted_iota(jnp.int32, m.shape, outer) * inner + p
     size = math.prod(sizes)
     first = jnp.where(m == jnp.expand_dims(y, outer), k, size).min(axis=outer)
     return y, first.astype(jnp.int8 if size < 128 else jnp.int32)
