@@ -5,7 +5,13 @@ gate (conv 3x3 -> ReLU -> 2x2 max-pool -> BN blocks; the face CNN on every s-th 
 for s steps; audio dropout -> Dense -> ReLU -> LSTM; attention of Eq. 28-29 with the W_v
 projection; gate of Eq. 30; output LSTM; dropout; linear head), RMSE (Eq. 37) + lambda * aux
 (Eq. 31), Adam. The face CNN's FC head exists (same parameter count) but, as in avemo's fusion
-model, is not on the path to the loss.
+model, is not on the path to the loss. With the spec's face-tower keys (those of
+`configs/default.py` since issue 9) it is the default's model: a face LSTM over the spatial mean
+of each map (through a dense layer + ReLU when `face_lstm_dense` > 0), the attention queried by
+its state (`attention_query`), its projection added to c_t (`face_memory`), an LSTM over c_t
+(`face_context_lstm`), a gate that also reads m and n (`gate_availability`), and per-modality
+heads whose losses join the loss (`modality_heads`, `head_weight`; the face head's on steps with a
+face). Without those keys (or with them off) it is the model before the tower.
 
 It depends on torch and numpy only -- torch is NOT a dependency of avemo -- and runs as a script
 with any Python that has torch (the benchmark starts it in a subprocess):
@@ -56,18 +62,31 @@ class TorchBimodal(nn.Module):
         self.audio_dropout = nn.Dropout(s["audio_input_dropout"])
         self.audio_dense = nn.Linear(s["feature_dim"], d)
         self.audio_lstm = nn.LSTM(d, h, batch_first=True)
+        # The face tower (issue 9; absent keys: the model before it).
+        v = s.get("video_lstm", 0)
+        dense = s.get("face_lstm_dense", 0)
+        self.face_dense = nn.Linear(ch, dense) if v and dense else None
+        self.face_lstm = nn.LSTM(dense or ch, v, batch_first=True) if v else None
+        self.face_memory = nn.Linear(v, h) if v else None
+        self.query = s.get("attention_query", "audio")
+        query_dim = {"audio": h, "face": v, "audio+face": h + v}[self.query]
+        self.face_context = nn.LSTM(h, h, batch_first=True) if s.get("face_context_lstm") else None
+        self.availability = bool(s.get("gate_availability"))
+        self.heads = bool(s.get("modality_heads"))
+        self.audio_head = nn.Linear(h, 2) if self.heads else None
+        self.video_head = nn.Linear(h, 2) if self.heads else None
         a = s["attention"]
         self.W = nn.Linear(ch, a)
-        self.W_g = nn.Linear(h, a, bias=False)
+        self.W_g = nn.Linear(query_dim, a, bias=False)
         self.w_h = nn.Linear(a, 1, bias=False)
         self.W_v = nn.Linear(ch, h)
-        self.gate = nn.Linear(2 * h, 1)
+        self.gate = nn.Linear(2 * h + (2 if self.availability else 0), 1)
         self.out_lstm = nn.LSTM(h, s["output_lstm"], batch_first=True)
         self.head_dropout = nn.Dropout(s["head_dropout"])
         self.head = nn.Linear(s["output_lstm"], 2)
         self.stride = s["frame_stride"]
 
-    def forward(self, faces: torch.Tensor, audio: torch.Tensor):
+    def forward(self, faces: torch.Tensor, audio: torch.Tensor, availability: torch.Tensor):
         b, length = audio.shape[:2]
         f = faces[:, :: self.stride]
         lf = f.shape[1]
@@ -77,23 +96,52 @@ class TorchBimodal(nn.Module):
         if self.stride > 1:
             fmap = fmap.repeat_interleave(self.stride, dim=1)[:, :length]
         h, _ = self.audio_lstm(torch.relu(self.audio_dense(self.audio_dropout(audio))))
-        scores = self.w_h(torch.tanh(self.W(fmap) + self.W_g(h)[:, :, None])).squeeze(-1)
+        face_state = None
+        if self.face_lstm is not None:  # the face stream over each step's mean face features
+            pooled = fmap.mean(dim=2)
+            if self.face_dense is not None:
+                pooled = torch.relu(self.face_dense(pooled))
+            face_state, _ = self.face_lstm(pooled)
+        query = {"audio": lambda: h, "face": lambda: face_state}.get(
+            self.query, lambda: torch.cat([h, face_state], dim=-1)
+        )()
+        scores = self.w_h(torch.tanh(self.W(fmap) + self.W_g(query)[:, :, None])).squeeze(-1)
         weights = torch.softmax(scores, dim=-1)
         context = torch.einsum("blk,blkd->bld", weights, self.W_v(fmap))
-        beta = torch.sigmoid(self.gate(torch.cat([h, context], dim=-1))).squeeze(-1)
+        if face_state is not None:
+            context = context + self.face_memory(face_state)
+        if self.face_context is not None:
+            context, _ = self.face_context(context)
+        gate_in = [h, context] + ([availability] if self.availability else [])
+        beta = torch.sigmoid(self.gate(torch.cat(gate_in, dim=-1))).squeeze(-1)
         fused = beta[..., None] * h + (1 - beta[..., None]) * context
         fused, _ = self.out_lstm(fused)
-        return self.head(self.head_dropout(fused)), beta
+        outputs = {"outputs": self.head(self.head_dropout(fused)), "beta": beta}
+        if self.heads:
+            outputs["audio_outputs"] = self.audio_head(h)
+            outputs["video_outputs"] = self.video_head(context)
+        return outputs
 
 
-def loss_fn(outputs, beta, batch, aux_weight: float) -> torch.Tensor:
-    mask = batch["mask"]
+def rmse(outputs, labels, mask) -> torch.Tensor:
     n = mask.sum().clamp(min=1.0)
-    per_dim = ((outputs - batch["labels"]) ** 2 * mask[..., None]).sum(dim=(0, 1)) / n
-    main = torch.sqrt(per_dim + 1e-12).mean()
+    per_dim = ((outputs - labels) ** 2 * mask[..., None]).sum(dim=(0, 1)) / n
+    return torch.sqrt(per_dim + 1e-12).mean()
+
+
+def loss_fn(out: dict, batch, aux_weight: float, head_weight: float = 0.0) -> torch.Tensor:
+    mask, beta = batch["mask"], out["beta"].float()
+    n = mask.sum().clamp(min=1.0)
+    main = rmse(out["outputs"].float(), batch["labels"], mask)
     m, p = batch["speech_energy"], batch["face_present"]
     aux = (0.5 * ((m - beta) ** 2 + (p - (1 - beta)) ** 2) * mask).sum() / n
-    return main + aux_weight * aux
+    loss = main + aux_weight * aux
+    if "audio_outputs" in out:  # the per-modality heads; the face head's on steps with a face
+        heads = rmse(out["audio_outputs"].float(), batch["labels"], mask) + rmse(
+            out["video_outputs"].float(), batch["labels"], mask * p
+        )
+        loss = loss + head_weight * heads
+    return loss
 
 
 def run(spec: dict, steps: int, rounds: int, device: str = "cpu", bf16: bool = False) -> dict:
@@ -120,9 +168,10 @@ def run(spec: dict, steps: int, rounds: int, device: str = "cpu", bf16: bool = F
 
     def step():
         opt.zero_grad(set_to_none=True)
+        availability = torch.stack([batch["speech_energy"], batch["face_present"]], dim=-1)
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-            outputs, beta = model(batch["faces"], batch["audio"])
-        loss = loss_fn(outputs.float(), beta.float(), batch, spec["aux_weight"])
+            out = model(batch["faces"], batch["audio"], availability)
+        loss = loss_fn(out, batch, spec["aux_weight"], spec.get("head_weight", 0.0))
         loss.backward()
         opt.step()
         return loss
