@@ -104,6 +104,12 @@ def model_defaults() -> ml_collections.ConfigDict:
     # learns from its loss, instead of from a mix in which the voice explains most of the main
     # loss; needs modality_heads. False = the paper (one loss trains everything).
     m.detach_face_stream = False
+    # The fused output as a correction of the face head's: outputs = head(fused) + the face
+    # head's outputs, the main head starting at zero. With the face stage (face_init) the fusion
+    # then starts from the video-only model's predictions and the voice only has to add what the
+    # face lacks, instead of a fresh head relearning the face's valence; needs modality_heads.
+    # False = the paper's single head.
+    m.output_residual = False
     # A recurrent layer over the fused features before the regression head (temporal context for
     # the video stream and for the raters' reaction delay); 0 disables it.
     m.output_lstm_features = 64
@@ -327,6 +333,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(
             "config.model.detach_face_stream=True needs config.model.modality_heads=True (the "
             "face head's loss is then all that trains the face stream)"
+        )
+    if flat["model.output_residual"] and not (
+        flat["model.modality_heads"] and flat["model.mode"] == "fusion"
+    ):
+        raise ConfigError(
+            "config.model.output_residual=True needs config.model.mode='fusion' and "
+            "config.model.modality_heads=True (the outputs correct the face head's)"
         )
     _check_choice(flat, "model.attention_query", ("audio", "face", "audio+face"))
     if (

@@ -18,7 +18,9 @@ Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
   modality_heads: per-modality regression heads on h_t and on the face vector, trained by
     `loss.modality_head_weight`, so each stream must carry the labels on its own;
   fusion_combine "concat": [beta h; (1-beta) c] instead of Eq. (30)'s sum, the gated streams
-    side by side for the layers after the gate.
+    side by side for the layers after the gate;
+  output_residual: outputs = head(fused) + the face head's outputs, the head starting at zero,
+    so the fusion corrects the face stream's prediction instead of relearning it.
 
 Modes for ablations: "fusion" (the paper's model), "audio" (h_t only) and "video" (the attention
 query comes from an LSTM over the pooled face features; the fused vector is c_t).
@@ -77,6 +79,7 @@ class BimodalModel(nn.Module):
     modality_heads: bool = False
     face_context_lstm: bool = False
     detach_face_stream: bool = False
+    output_residual: bool = False
     output_lstm_features: int = 64
     head_dropout: float = 0.1
     num_outputs: int = 2
@@ -246,9 +249,17 @@ class BimodalModel(nn.Module):
         if self.output_lstm_features:
             fused = self._lstm(self.output_lstm_features, "output_lstm")(fused)
         fused = Dropout(self.head_dropout, deterministic=not train)(fused)
-        out["outputs"] = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(fused).astype(
-            jnp.float32
+        residual = self.output_residual and "video_outputs" in out
+        head = nn.Dense(
+            self.num_outputs,
+            dtype=self.dtype,
+            # a correction of the face head's outputs starts at none
+            kernel_init=nn.initializers.zeros if residual else nn.linear.default_kernel_init,
+            name="head",
         )
+        out["outputs"] = head(fused).astype(jnp.float32)
+        if residual:
+            out["outputs"] = out["outputs"] + out["video_outputs"]
         return out
 
 
@@ -281,6 +292,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         modality_heads=model_cfg.modality_heads,
         face_context_lstm=model_cfg.face_context_lstm,
         detach_face_stream=model_cfg.detach_face_stream,
+        output_residual=model_cfg.output_residual,
         output_lstm_features=model_cfg.output_lstm_features,
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,
