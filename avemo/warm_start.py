@@ -86,6 +86,7 @@ def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c = copy.deepcopy(config)
     c.model.mode = "video"
     c.model.modality_heads = False
+    c.model.output_residual = False
     c.model.gate_inputs = "states"
     c.model.video_lstm_features = 0
     c.model.face_lstm_dense_features = 0

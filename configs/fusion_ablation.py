@@ -94,6 +94,7 @@ def _row(row):
         c.model.mode = row
         c.train.modality_dropout = 0.0  # one stream: nothing to drop
         c.model.modality_heads = False
+        c.model.output_residual = False
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
         c.model.face_context_lstm = False
@@ -120,6 +121,7 @@ def _row(row):
         c.loss.aux_weight = 0.1
     if keep < ROWS.index("heads"):
         c.model.modality_heads = False
+        c.model.output_residual = False
     if keep < ROWS.index("face_lstm"):
         c.model.video_lstm_features = 0
     if keep < ROWS.index("gate_mn"):
