@@ -186,6 +186,7 @@ def test_modality_heads_and_their_loss():
         ("model.attention_query", "face"),  # tiny has no face stream (video_lstm_features 0)
         ("loss.modality_head_weight", -0.1),
         ("model.detach_face_stream", True),  # tiny has no modality heads
+        ("model.output_residual", True),  # nor here
         ("train.modality_dropout", 1.0),
         ("data.synthetic.voice_valence", 1.5),
         ("data.synthetic.test_seconds", -1.0),
@@ -213,3 +214,30 @@ def test_face_lstm_dense_layer_feeds_the_face_lstm():
     assert "input_dense" not in p_plain
     assert p_dense["input_dense"]["kernel"].shape == (8, 5)  # pooled map (C = 8) -> 5
     assert p_dense["cell"]["ii"]["kernel"].shape == (5, 8)
+
+
+def test_output_residual_corrects_the_face_heads_outputs():
+    """output_residual: outputs = head(fused) + the face head's outputs, the head at zero first
+    (the fusion starts from the face stream's prediction), and both paths train."""
+    batch = _batch()
+    model = _model(video_lstm_features=8, modality_heads=True, output_residual=True)
+    variables = model.init(jax.random.key(0), batch)
+    out = model.apply(variables, batch)
+    np.testing.assert_array_equal(out["outputs"], out["video_outputs"])
+    assert not np.allclose(out["outputs"], out["audio_outputs"])
+
+    def loss(params):
+        o = model.apply({**variables, "params": params}, batch)
+        return objectives.rmse(o["outputs"], batch["labels"], batch["mask"])
+
+    grads = jax.grad(loss)(variables["params"])
+    assert np.abs(grads["head"]["kernel"]).sum() > 0  # the correction learns
+    assert np.abs(grads["video_head"]["kernel"]).sum() > 0  # so does the face head, through it
+    moved = jax.tree.map(lambda p, g: p - 0.1 * g, variables["params"], grads)
+    out2 = model.apply({**variables, "params": moved}, batch)
+    assert not np.allclose(out2["outputs"], out2["video_outputs"])
+    plain = _model(video_lstm_features=8, modality_heads=True)
+    pv = plain.init(jax.random.key(0), batch)
+    assert not np.allclose(
+        plain.apply(pv, batch)["outputs"], plain.apply(pv, batch)["video_outputs"]
+    )
