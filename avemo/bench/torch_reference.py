@@ -102,9 +102,12 @@ class TorchBimodal(nn.Module):
             if self.face_dense is not None:
                 pooled = torch.relu(self.face_dense(pooled))
             face_state, _ = self.face_lstm(pooled)
-        query = {"audio": lambda: h, "face": lambda: face_state}.get(
-            self.query, lambda: torch.cat([h, face_state], dim=-1)
-        )()
+        if self.query == "audio":
+            query = h
+        elif self.query == "face":
+            query = face_state
+        else:  # "audio+face"
+            query = torch.cat([h, face_state], dim=-1)
         scores = self.w_h(torch.tanh(self.W(fmap) + self.W_g(query)[:, :, None])).squeeze(-1)
         weights = torch.softmax(scores, dim=-1)
         context = torch.einsum("blk,blkd->bld", weights, self.W_v(fmap))
