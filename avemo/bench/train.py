@@ -172,7 +172,7 @@ def bench_sessions(config, num_sessions: int = 0, feature_dim: int = 93) -> list
     costs ~22 ms / n per index for n windows, so a small set overstates the real pipeline's
     cost -- 57 windows: ~3 ms a batch of 8; the default corpus's 330: ~0.5 ms) when its faces
     fit `CORPUS_SHAPED_FACES_BYTES`; otherwise (the paper's 224 x 224 RGB faces) 3 sessions of
-    4 windows' length.
+    max(4 windows, 200) steps.
     """
     from avemo.data.pipeline import PreparedSession
 
