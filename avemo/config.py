@@ -198,6 +198,11 @@ def base_config() -> ml_collections.ConfigDict:
     # stream (CNN, LSTM, attention, LSTM, head) the fusion then starts from (avemo/warm_start.py;
     # model.face_init names such a run explicitly). 0 = one stage, end to end (the paper).
     c.train.face_stage_steps = 0
+    # The learning rate of the warm-started face tower (the layers model.face_init / the face stage
+    # load: alexnet, face_lstm, attention, face_context_lstm, video_head) relative to the rest:
+    # the fusion's schedule starts again at its peak, which a tower already trained for the face
+    # stage's steps may not need. 1.0 = one rate for all (only with a warm start).
+    c.train.face_init_lr_scale = 1.0
     # --- input pipeline (issue 10) --- batches Grain prepares ahead of the step in background
     # threads. Grain's own default (500 elements, 16 threads) held ~2.5 GB of default batches
     # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
@@ -350,6 +355,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"config.model.attention_query={flat['model.attention_query']!r} needs the face "
             "stream's state: set config.model.video_lstm_features > 0"
+        )
+    if flat["train.face_init_lr_scale"] <= 0:
+        raise ConfigError("config.train.face_init_lr_scale must be > 0")
+    if flat["train.face_init_lr_scale"] != 1.0 and not (
+        flat["model.face_init"] or flat["train.face_stage_steps"]
+    ):
+        raise ConfigError(
+            "config.train.face_init_lr_scale needs a warm-started face tower "
+            "(config.model.face_init or config.train.face_stage_steps)"
         )
     if flat["train.face_stage_steps"] < 0:
         raise ConfigError("config.train.face_stage_steps must be >= 0 (0 = no video-only stage)")

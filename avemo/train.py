@@ -33,6 +33,7 @@ from avemo import metrics as metrics_lib
 from avemo.data import pipeline
 from avemo.models.bimodal import BimodalModel, build_model, face_chunk_frames, face_feature_map
 from avemo.reporting.writers import MetricWriter
+from avemo.warm_start import FACE_STREAM_MAP
 
 log = logging.getLogger("avemo")
 
@@ -100,37 +101,63 @@ def make_optimizer(
     they are 308 M of its 327 M parameters, whose Adam moments would cost 2.5 GB and a pass over
     3.7 GB per step). A frozen face branch (`model.freeze_video`) gets zero updates throughout."""
     t = config.train
-    if t.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, t.learning_rate, t.warmup_steps, max(total_steps, t.warmup_steps + 1)
-        )
-    elif t.warmup_steps:
-        lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
-    else:
-        lr = t.learning_rate
-    if t.optimizer == "adam":
-        opt = optax.adamw(lr, weight_decay=t.weight_decay) if t.weight_decay else optax.adam(lr)
-    else:
-        opt = optax.chain(
-            optax.add_decayed_weights(t.weight_decay) if t.weight_decay else optax.identity(),
-            optax.sgd(lr, momentum=t.momentum),
-        )
-    if t.grad_clip_norm > 0:
-        opt = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), opt)
+
+    def optimizer(scale: float, clip: bool) -> optax.GradientTransformation:
+        peak = t.learning_rate * scale
+        if t.schedule == "cosine":
+            lr = optax.warmup_cosine_decay_schedule(
+                0.0, peak, t.warmup_steps, max(total_steps, t.warmup_steps + 1)
+            )
+        elif t.warmup_steps:
+            lr = optax.linear_schedule(0.0, peak, t.warmup_steps)
+        else:
+            lr = peak
+        if t.optimizer == "adam":
+            opt = optax.adamw(lr, weight_decay=t.weight_decay) if t.weight_decay else optax.adam(lr)
+        else:
+            opt = optax.chain(
+                optax.add_decayed_weights(t.weight_decay) if t.weight_decay else optax.identity(),
+                optax.sgd(lr, momentum=t.momentum),
+            )
+        if clip and t.grad_clip_norm > 0:
+            opt = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), opt)
+        return opt
+
     freeze_branch = config.model.freeze_video  # stage-1 video branch kept fixed
     unused_head = bimodal and config.model.mode in ("fusion", "video")
+    # The warm-started face tower at its own rate (train.face_init_lr_scale).
+    face_scale = t.face_init_lr_scale if bimodal else 1.0
+    face_tower = {fusion for _, fusion in FACE_STREAM_MAP} if face_scale != 1.0 else set()
 
     def alexnet_labels(branch):
         if freeze_branch:
             return "frozen"
         # The convolutions feed the attention; the FC layers and output do not.
-        return {n: "train" if n.startswith("conv") else "frozen" for n in branch}
+        conv = "face" if "alexnet" in face_tower else "train"
+        return {n: conv if n.startswith("conv") else "frozen" for n in branch}
 
     def labels(params):
-        return {k: alexnet_labels(v) if k == "alexnet" else "train" for k, v in params.items()}
+        return {
+            k: alexnet_labels(v) if k == "alexnet" else "face" if k in face_tower else "train"
+            for k, v in params.items()
+        }
 
-    if freeze_branch or unused_head:
-        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+    if not face_tower:
+        opt = optimizer(1.0, clip=True)
+        if freeze_branch or unused_head:
+            opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+        return opt
+    # Two rates: one clip over all gradients first, then each group its own schedule.
+    opt = optax.multi_transform(
+        {
+            "train": optimizer(1.0, clip=False),
+            "face": optimizer(face_scale, clip=False),
+            "frozen": optax.set_to_zero(),
+        },
+        labels,
+    )
+    if t.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), opt)
     return opt
 
 

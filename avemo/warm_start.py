@@ -97,6 +97,7 @@ def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.train.far_field_augment = 0.0
     c.train.num_steps = config.train.face_stage_steps
     c.train.face_stage_steps = 0
+    c.train.face_init_lr_scale = 1.0  # the stage is the face tower's own training
     c.eval.report_at_end = False  # python -m avemo.evaluate --workdir W/face_stage: its report
     return config_lib.validate(c)
 

@@ -90,6 +90,7 @@ def _row(row):
         # The same budget as the default: its face stage and its fusion steps together.
         c.train.num_steps = c.train.num_steps + c.train.face_stage_steps
         c.train.face_stage_steps = 0
+        c.train.face_init_lr_scale = 1.0
         c.model.face_lstm_dense_features = 0
         c.model.mode = row
         c.train.modality_dropout = 0.0  # one stream: nothing to drop
@@ -107,6 +108,7 @@ def _row(row):
     keep = ROWS.index(row)
     if keep < ROWS.index("face_stage"):
         c.train.face_stage_steps = 0
+        c.train.face_init_lr_scale = 1.0
         c.model.face_lstm_dense_features = 0
     if keep < ROWS.index("face_tower"):
         c.model.face_context_lstm = False
