@@ -77,3 +77,35 @@ def test_bimodal_step_leaves_the_stage1_head_unchanged_and_trains_the_convolutio
             for x, y in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]))
         )
         assert same is (not name.startswith("conv")), name
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_face_init_lr_scale_scales_the_warm_started_face_tower_only(scale):
+    """train.face_init_lr_scale: the layers a face warm start loads (alexnet's convolutions,
+    face_lstm, attention, face_context_lstm, video_head) step at `scale` times the rest's rate;
+    the stage-1 head still gets nothing; Adam's first steps move each value by its rate."""
+    config = tiny.get_config()
+    config.train.face_stage_steps = 10  # a warm start
+    config.train.face_init_lr_scale = scale
+    config.train.grad_clip_norm = 0.0
+    ones = lambda *s: jnp.ones(s, jnp.float32)  # noqa: E731
+    params = {
+        **_params(),
+        "face_lstm": {"cell": {"kernel": ones(4, 8)}},
+        "video_head": {"kernel": ones(4, 2)},
+        "face_memory": {"kernel": ones(4, 4)},
+        "audio_lstm": {"cell": {"kernel": ones(4, 8)}},
+    }
+    tx = train.make_optimizer(config, 100)
+    state = tx.init(params)
+    for _ in range(config.train.warmup_steps + 1):
+        updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    step = lambda tree: float(jnp.abs(jax.tree.leaves(tree)[0]).max())  # noqa: E731
+    base = step(updates["head"])
+    assert base > 0
+    for name in ("face_lstm", "video_head"):
+        np.testing.assert_allclose(step(updates[name]), scale * base, rtol=1e-5)
+    np.testing.assert_allclose(step(updates["alexnet"]["conv1"]), scale * base, rtol=1e-5)
+    for name in ("face_memory", "audio_lstm"):  # fusion-only layers: the full rate
+        np.testing.assert_allclose(step(updates[name]), base, rtol=1e-5)
+    assert step(updates["alexnet"]["fc1"]) == 0.0

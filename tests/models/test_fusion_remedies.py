@@ -187,6 +187,8 @@ def test_modality_heads_and_their_loss():
         ("loss.modality_head_weight", -0.1),
         ("model.detach_face_stream", True),  # tiny has no modality heads
         ("model.output_residual", True),  # nor here
+        ("train.face_init_lr_scale", 0.5),  # tiny has no warm-started face tower
+        ("train.face_init_lr_scale", 0.0),
         ("train.modality_dropout", 1.0),
         ("data.synthetic.voice_valence", 1.5),
         ("data.synthetic.test_seconds", -1.0),
