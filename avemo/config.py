@@ -378,12 +378,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             and flat["model.video_lstm_features"]
             and flat["model.face_context_lstm"]
             and flat["model.modality_heads"]
-            and flat["model.attention_query"] == "face"
+            and flat["model.attention_query"] in ("face", "audio+face")
         ):
             raise ConfigError(
                 "config.model.face_init / train.face_stage_steps need the face tower that "
                 "mirrors the video-only model: model.mode='fusion', video_lstm_features > 0, "
-                "face_context_lstm=True, modality_heads=True and attention_query='face'"
+                "face_context_lstm=True, modality_heads=True and attention_query='face' (or "
+                "'audio+face', whose voice part of W_g then starts at zero)"
             )
         if flat["model.video_init"] or flat["model.freeze_video"]:
             raise ConfigError(

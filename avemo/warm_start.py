@@ -17,7 +17,8 @@ layers are, one for one, the face tower of the fusion:
   head                              ->   video_head  (the face head of modality_heads)
 
 and `face_memory` (the fusion's projection of the face state into c_t, which the video-only
-model does not have) starts at zero. At initialisation the fusion's face head therefore computes
+model does not have) starts at zero. With `attention_query = "audio+face"` (the query [h_t; v_t])
+the voice's rows of the attention's W_g start at zero too (`_widen_query`). At initialisation the fusion's face head therefore computes
 exactly the video-only model's output (tested); training then goes on end to end, every layer
 trainable. The audio stream, the gate, the fusion's output LSTM and head keep their seeded
 initialisation.
@@ -144,6 +145,27 @@ def _restore_video_run(workdir: str) -> tuple[dict, dict, int]:
     return dict(saved["params"]), dict(saved.get("batch_stats") or {}), step
 
 
+def _widen_query(src_attention: Mapping[str, Any], dst_attention: Mapping[str, Any]) -> dict:
+    """The video-only attention's parameters for a fusion attention queried by [h_t; v_t].
+
+    With `model.attention_query = "audio+face"` the fusion's W_g reads [h_t; v_t] (the voice's
+    state first), the video-only model's reads its video LSTM's state only. The face rows of the
+    fusion's W_g take the video-only W_g and the voice rows start at zero, so at initialisation
+    the query -- and the face context c_t -- is the video-only model's; the voice can then learn
+    to steer which face regions are pooled. Any other shape is left as it is (and a mismatch is
+    then reported by the caller).
+    """
+    src, dst = dict(src_attention), dict(dst_attention)
+    if "W_g" not in src or "W_g" not in dst:
+        return src
+    kernel, want = np.asarray(src["W_g"]["kernel"]), dst["W_g"]["kernel"].shape
+    extra = want[0] - kernel.shape[0]
+    if extra > 0 and kernel.shape[1:] == tuple(want[1:]):
+        voice = np.zeros((extra,) + kernel.shape[1:], kernel.dtype)
+        src["W_g"] = {**src["W_g"], "kernel": np.concatenate([voice, kernel], 0)}
+    return src
+
+
 def load_face_stream(
     params: Mapping[str, Any], batch_stats: Mapping[str, Any], workdir: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -175,7 +197,10 @@ def load_face_stream(
         ):
             if dst not in target and src not in source:
                 continue
-            want, have = tree_shapes(target.get(dst, {})), tree_shapes(source.get(src, {}))
+            src_tree = source.get(src, {})
+            if kind == "params" and dst == "attention":
+                src_tree = _widen_query(src_tree, target.get(dst, {}))
+            want, have = tree_shapes(target.get(dst, {})), tree_shapes(src_tree)
             if want != have:
                 key = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[0]
                 raise config_lib.ConfigError(
@@ -187,7 +212,7 @@ def load_face_stream(
                 )
             target[dst] = jax.tree.map(
                 lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
-                source[src],
+                src_tree,
                 target[dst],
             )
     for name in ZEROED:

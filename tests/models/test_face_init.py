@@ -87,6 +87,46 @@ def test_fusion_face_head_equals_the_video_only_model_at_initialisation(video_ru
     assert not np.allclose(fresh["video_outputs"], want, atol=1e-3)
 
 
+def test_an_audio_and_face_query_starts_as_the_video_only_query(video_run):
+    """attention_query="audio+face": W_g's face rows are the video-only W_g, its voice rows zero,
+    so the face head is the video-only model's at initialisation -- whatever the voice says --
+    and the voice rows then train."""
+    fusion_cfg = _fusion_config(str(video_run / "seed={seed}"))
+    fusion_cfg.model.attention_query = "audio+face"
+    fusion_cfg = config_lib.validate(fusion_cfg)
+    trainer, batch = _trainer(fusion_cfg)
+    state = trainer.init_state()
+    params, stats = warm_start.load_face_stream(
+        state.params, state.batch_stats, str(video_run / "seed=1")
+    )
+    from avemo import inference
+
+    video = inference.load(str(video_run / "seed=1"))
+    want = video.trainer.model.apply(
+        {"params": video.state.params, "batch_stats": video.state.batch_stats}, batch, train=False
+    )["outputs"]
+    kernel = np.asarray(params["attention"]["W_g"]["kernel"])
+    voice_rows = fusion_cfg.model.lstm_features
+    assert kernel.shape[0] == voice_rows + fusion_cfg.model.video_lstm_features
+    assert not np.any(kernel[:voice_rows])
+    np.testing.assert_array_equal(
+        kernel[voice_rows:], np.asarray(video.state.params["attention"]["W_g"]["kernel"])
+    )
+    variables = {"params": params, "batch_stats": stats}
+    got = trainer.model.apply(variables, batch, train=False)
+    np.testing.assert_allclose(got["video_outputs"], want, atol=1e-5)
+    loud = dict(batch, audio_features=batch["audio_features"] * 3.0 + 1.0)
+    got_loud = trainer.model.apply(variables, loud, train=False)
+    np.testing.assert_allclose(got_loud["video_outputs"], want, atol=1e-5)
+    # The voice rows get a gradient: the voice can learn to steer the face attention.
+    grad = jax.grad(
+        lambda p: trainer.model.apply({"params": p, "batch_stats": stats}, loud, train=False)[
+            "video_outputs"
+        ].sum()
+    )(params)
+    assert np.any(np.asarray(grad["attention"]["W_g"]["kernel"])[:voice_rows])
+
+
 def test_face_init_refuses_a_narrower_face_tower_naming_the_layer(video_run):
     cfg = _fusion_config()
     cfg.model.face_lstm_dense_features = 8  # the video run's video_lstm has a 16-wide dense
@@ -118,6 +158,12 @@ def test_face_init_key_is_validated():
     cfg.model.face_context_lstm = False
     with pytest.raises(config_lib.ConfigError, match="face_stage_steps need the face tower"):
         config_lib.validate(cfg)
+    cfg = _fusion_config("runs/video/seed={seed}")
+    cfg.model.attention_query = "audio"  # the voice alone cannot query a warm-started tower
+    with pytest.raises(config_lib.ConfigError, match="attention_query='face'"):
+        config_lib.validate(cfg)
+    cfg.model.attention_query = "audio+face"
+    config_lib.validate(cfg)
     cfg = _fusion_config("runs/video")
     cfg.model.freeze_video = True
     with pytest.raises(config_lib.ConfigError, match="without model.video_init"):
