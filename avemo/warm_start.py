@@ -17,11 +17,11 @@ layers are, one for one, the face tower of the fusion:
   head                              ->   video_head  (the face head of modality_heads)
 
 and `face_memory` (the fusion's projection of the face state into c_t, which the video-only
-model does not have) starts at zero. With `attention_query = "audio+face"` (the query [h_t; v_t])
-the voice's rows of the attention's W_g start at zero too (`_widen_query`). At initialisation the fusion's face head therefore computes
-exactly the video-only model's output (tested); training then goes on end to end, every layer
-trainable. The audio stream, the gate, the fusion's output LSTM and head keep their seeded
-initialisation.
+model does not have) starts at zero. With `attention_query = "audio+face"` (the query
+[h_t; v_t]) the voice's rows of the attention's W_g start at zero too (`_widen_query`). At
+initialisation the fusion's face head therefore computes exactly the video-only model's output
+(tested); training then goes on end to end, every layer trainable. The audio stream, the gate,
+the fusion's output LSTM and head keep their seeded initialisation.
 
 `face_init` is a workdir of a video-only run (its best-by-dev checkpoint is loaded); `{seed}` in
 it is replaced by the run's `seed`, so each seed of a sweep starts from the video-only run of the
