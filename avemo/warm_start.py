@@ -155,10 +155,10 @@ def _widen_query(src_attention: Mapping[str, Any], dst_attention: Mapping[str, A
     to steer which face regions are pooled. Any other shape is left as it is (and a mismatch is
     then reported by the caller).
     """
-    src, dst = dict(src_attention), dict(dst_attention)
-    if "W_g" not in src or "W_g" not in dst:
+    src = dict(src_attention)
+    if "W_g" not in src or "W_g" not in dst_attention:
         return src
-    kernel, want = np.asarray(src["W_g"]["kernel"]), dst["W_g"]["kernel"].shape
+    kernel, want = np.asarray(src["W_g"]["kernel"]), dst_attention["W_g"]["kernel"].shape
     extra = want[0] - kernel.shape[0]
     if extra > 0 and kernel.shape[1:] == tuple(want[1:]):
         voice = np.zeros((extra,) + kernel.shape[1:], kernel.dtype)
