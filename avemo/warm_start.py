@@ -148,8 +148,9 @@ def _restore_video_run(workdir: str) -> tuple[dict, dict, int]:
 def _widen_query(src_attention: Mapping[str, Any], dst_attention: Mapping[str, Any]) -> dict:
     """The video-only attention's parameters for a fusion attention queried by [h_t; v_t].
 
-    With `model.attention_query = "audio+face"` the fusion's W_g reads [h_t; v_t] (the voice's
-    state first), the video-only model's reads its video LSTM's state only. The face rows of the
+    With `model.attention_query = "audio+face"` the fusion's W_g (the query projection of
+    Eq. 28) reads [h_t; v_t] (the voice's state first, as `BimodalModel._attention_query` joins
+    them), the video-only model's reads its video LSTM's state only. The face rows of the
     fusion's W_g take the video-only W_g and the voice rows start at zero, so at initialisation
     the query -- and the face context c_t -- is the video-only model's; the voice can then learn
     to steer which face regions are pooled. Any other shape is left as it is (and a mismatch is
