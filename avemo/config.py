@@ -139,10 +139,12 @@ def model_defaults() -> ml_collections.ConfigDict:
     # 1: the first layer on grey faces (CPU default step 0.160, 0.161 -> 0.136, 0.135 s,
     # alternating processes, docs/performance.md); 0 = off.
     m.phase_conv_channels = 1
-    # LSTMs: "fused" (input projection outside the scan, hand-written backward pass; equal
-    # outputs and gradients, 1.5-1.8x faster on XLA CPU) | "flax" (the literal
-    # nn.RNN(nn.OptimizedLSTMCell)). Same parameters either way. See avemo/models/recurrent.py.
-    m.lstm_impl = "fused"
+    # LSTMs: "native" ("fused" with its two loops over time as C++ calls on the CPU, compiled on
+    # first use; "fused" on accelerators, in bfloat16 and without a C++ compiler) | "fused" (input
+    # projection outside the scan, hand-written backward pass; 1.5-1.8x faster on XLA CPU than
+    # flax) | "flax" (the literal nn.RNN(nn.OptimizedLSTMCell)). Same parameters, and outputs and
+    # gradients equal to float rounding, either way. See avemo/models/recurrent.py.
+    m.lstm_impl = "native"
     # With freeze_video: compute the frozen face CNN's feature maps once per (stage-1 weights,
     # front-end config, session), cache them (avemo/data/frozen.py) and train the fusion on them
     # instead of running the CNN every step. Outputs equal the live frozen CNN's.
@@ -326,7 +328,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.dtype", ("float32", "bfloat16"))
     _check_choice(flat, "model.alexnet.fc_impl", ("conv", "dense"))
     _check_choice(flat, "model.pool_impl", ("fast", "reduce_window"))
-    _check_choice(flat, "model.lstm_impl", ("fused", "flax"))
+    _check_choice(flat, "model.lstm_impl", ("native", "fused", "flax"))
     _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
     _check_choice(flat, "model.fusion_combine", ("sum", "concat"))

@@ -207,7 +207,7 @@ class PopulationTrainer:
 
         self.hparams = member_hparams(configs)
         # Structure: per-member values enter the model as arrays only where they differ.
-        model = build_model(config.model)
+        model = build_model(config.model, mesh_devices=self.mesh.size)
         self.model = model
         self._array_dropouts = {
             name: not _uniform(self.hparams[name])

@@ -295,7 +295,7 @@ class Trainer:
                 )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
-        self.model = build_model(config.model)
+        self.model = build_model(config.model, mesh_devices=self.mesh.size)
         self.tx = make_optimizer(config, total_steps)
         self.base_rng = jax.random.key(config.seed)
         example = {k: jnp.asarray(v[:1]) for k, v in example.items()}

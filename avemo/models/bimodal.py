@@ -87,7 +87,7 @@ class BimodalModel(nn.Module):
     pool_impl: str = "fast"
     patch_channels: int = 0  # model.patch_conv_channels
     phase_channels: int = 0  # model.phase_conv_channels
-    lstm_impl: str = "fused"  # see avemo.models.recurrent (equal outputs and gradients)
+    lstm_impl: str = "native"  # see avemo.models.recurrent (equal outputs and gradients)
     # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
     freeze_video: bool = False
@@ -263,8 +263,16 @@ class BimodalModel(nn.Module):
         return out
 
 
-def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
-    """Builds the model from `config.model` (see `avemo.config.model_defaults`)."""
+def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> BimodalModel:
+    """Builds the model from `config.model` (see `avemo.config.model_defaults`).
+
+    `mesh_devices` > 1 (a sharded train step): `lstm_impl="native"` becomes "fused". The native
+    loops are custom calls that XLA's partitioner cannot split, so on a mesh every device would
+    gather the whole batch and run every LSTM on it (correct, but redundant); the scan
+    partitions with the batch."""
+    lstm_impl = model_cfg.lstm_impl
+    if lstm_impl == "native" and mesh_devices > 1:
+        lstm_impl = "fused"
     return BimodalModel(
         mode=model_cfg.mode,
         conv_features=tuple(model_cfg.alexnet.conv_features),
@@ -300,7 +308,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> BimodalModel:
         pool_impl=model_cfg.pool_impl,
         patch_channels=model_cfg.patch_conv_channels,
         phase_channels=model_cfg.phase_conv_channels,
-        lstm_impl=model_cfg.lstm_impl,
+        lstm_impl=lstm_impl,
         freeze_video=model_cfg.freeze_video,
     )
 

@@ -12,6 +12,10 @@ initialisers: those of `flax.linen.OptimizedLSTMCell`, so checkpoints load eithe
   what counts is the number of kernels per step: the fused LSTM trains 1.5-1.8x faster (measured
   in docs/performance.md). Outputs and gradients equal the literal ones to float rounding
   (tests/models/test_recurrent.py).
+- "native": "fused" with both loops over time (forward, and the backward's dz recurrence) as one
+  C++ call each on the CPU (`avemo/models/native/lstm_cpu.cc`, an XLA FFI handler compiled on
+  first use): one kernel per loop instead of ~8 per step. On other platforms, in bfloat16, and
+  where no C++ compiler is found it is "fused" (same parameters, same results to float rounding).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax.linen.recurrent import DenseParams  # the parameter holder OptimizedLSTMCell uses
 
-IMPLS = ("fused", "flax")
+from avemo.models import native
+
+IMPLS = ("native", "fused", "flax")
 
 
 class SequenceLSTM(nn.Module):
@@ -33,7 +39,7 @@ class SequenceLSTM(nn.Module):
     features: int
     dense_features: int = 0
     dtype: jnp.dtype = jnp.float32
-    impl: str = "fused"
+    impl: str = "native"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -43,10 +49,12 @@ class SequenceLSTM(nn.Module):
         if self.impl == "flax":
             cell = nn.OptimizedLSTMCell(self.features, dtype=self.dtype, name="cell")
             return nn.RNN(cell, name="rnn")(x)
-        if self.impl != "fused":
+        if self.impl not in ("fused", "native"):
             raise ValueError(f"SequenceLSTM impl must be one of {IMPLS}, got {self.impl!r}")
         w_i, w_h, b = _LSTMParams(self.features, name="cell")(x.shape[-1])
         w_i, w_h, b = (a.astype(self.dtype) for a in (w_i, w_h, b))
+        if self.impl == "native" and _native_usable(x):  # batch-major; the kernel adds b
+            return lstm_scan_native(jnp.einsum("bld,dk->blk", x, w_i), w_h, b)
         xw = jnp.einsum("bld,dk->lbk", x, w_i) + b  # every step's input projection, one matmul
         return jnp.swapaxes(lstm_scan(xw, w_h), 0, 1)
 
@@ -124,16 +132,28 @@ def _lstm_scan_fwd(xw, w_h):
 
 
 def _lstm_scan_bwd(residuals, d_hs):
-    """Backpropagation through time. With z_t the pre-activations and a_t = act(z_t):
+    hs, gates, cells, w_h = residuals
+    dz = _backward_dz(d_hs.astype(gates.dtype), gates, cells, w_h)
+    return _weight_grad(dz, hs, d_hs, w_h)
+
+
+def _weight_grad(dz, hs, d_hs, w_h):
+    """(dL/dxw, dL/dW_h) from dz; dW_h = sum_t h_{t-1}^T dz_t as one matmul for all steps."""
+    h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], 0)
+    d_w_h = jnp.einsum("lbh,lbk->hk", h_prev, dz)
+    return dz.astype(d_hs.dtype), d_w_h.astype(w_h.dtype)
+
+
+def _backward_dz(d_hs, gates, cells, w_h):
+    """Backpropagation through time: dz [L, B, 4H], the gradient of the pre-activations. With
+    z_t the pre-activations and a_t = act(z_t):
     dh_t = dL/dh_t + dz_{t+1} W_h^T, dc_t = dc_{t+1} f_{t+1} + dh_t o_t (1 - tanh² c_t),
     dz_t = [dc_t g_t σ'(i), dc_t c_{t-1} σ'(f), dc_t i_t (1 - g_t²), dh_t tanh(c_t) σ'(o)].
     Everything but the recurrence is computed for all steps at once, outside the scan."""
-    hs, gates, cells, w_h = residuals
     hidden = w_h.shape[0]
     i, f, g, o = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
     zero = jnp.zeros_like(cells[:1])
     c_prev = jnp.concatenate([zero, cells[:-1]], 0)
-    h_prev = jnp.concatenate([zero, hs[:-1]], 0)
     f_next = jnp.concatenate([f[1:], zero], 0)
     tanh_c = jnp.tanh(cells)
     coef = jnp.concatenate(
@@ -158,9 +178,90 @@ def _lstm_scan_bwd(residuals, d_hs):
         return (dz, dc), dz
 
     init = (jnp.zeros(gates.shape[1:], gates.dtype), jnp.zeros_like(cells[0]))
-    _, dz = jax.lax.scan(step, init, (d_hs.astype(gates.dtype), coef), reverse=True)
-    d_w_h = jnp.einsum("lbh,lbk->hk", h_prev, dz)  # one matmul for all steps
-    return dz.astype(d_hs.dtype), d_w_h.astype(w_h.dtype)
+    _, dz = jax.lax.scan(step, init, (d_hs, coef), reverse=True)
+    return dz
 
 
 lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+
+
+# ------------------------------------------------------- the same loops as native CPU kernels
+
+
+def _native_usable(x: jax.Array) -> bool:
+    """The C++ loops serve float32 (the kernels' type) on a CPU backend where the library builds
+    (on accelerators nothing is compiled: `platform_dependent` would pick the scan anyway)."""
+    return (
+        x.dtype == jnp.float32
+        and jax.default_backend() == "cpu"
+        and native.library("lstm_cpu") is not None
+    )
+
+
+# The native path is batch-major ([B, L, ...], as the model holds sequences): the kernels read
+# and write that layout, so no transposes surround them (the scan's time-major arrays cost
+# ~0.2-0.4 ms of transposes per LSTM and pass in the frozen step's profile).
+
+
+def _ffi_forward(xw, w_h, b):
+    """(hs [B, L, H], gates [B, L, 4H], cells [B, L, H]) from xw [B, L, 4H] (x W_i, without the
+    bias b, which the kernel adds): `_forward`'s loop over time in C++ (lstm_cpu.cc)."""
+    batch, length, g = xw.shape[-3:]
+    like = lambda *s: jax.ShapeDtypeStruct(xw.shape[:-3] + s, jnp.float32)  # noqa: E731
+    return jax.ffi.ffi_call(
+        "avemo_lstm_fwd",
+        (like(batch, length, g // 4), like(batch, length, g), like(batch, length, g // 4)),
+        vmap_method="broadcast_all",  # vmapped LSTMs (population members): one loop each
+    )(xw, w_h, b)
+
+
+def _ffi_backward_dz(d_hs, gates, cells, w_h):
+    """`_backward_dz` on batch-major arrays, the loop over time in C++ (lstm_cpu.cc)."""
+    return jax.ffi.ffi_call(
+        "avemo_lstm_bwd",
+        jax.ShapeDtypeStruct(gates.shape, jnp.float32),
+        vmap_method="broadcast_all",
+    )(d_hs, gates, cells, w_h)
+
+
+def _time_major(*arrays):
+    return tuple(jnp.swapaxes(a, -3, -2) for a in arrays)
+
+
+def _scan_forward(xw, w_h, b):  # the same on other platforms (batch-major in and out)
+    hs, (gates, cells) = _forward(*_time_major(xw + b), w_h)
+    return _time_major(hs, gates, cells)
+
+
+def _scan_backward_dz(d_hs, gates, cells, w_h):
+    return _time_major(_backward_dz(*_time_major(d_hs, gates, cells), w_h))[0]
+
+
+@jax.custom_vjp
+def lstm_scan_native(xw: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
+    """`lstm_scan` of xw + b, batch-major (xw [B, L, 4H] -> hs [B, L, H]), with its two loops as
+    native calls on the CPU (float32, where the library builds; else, and when the program is
+    lowered for another platform, the scan). The bias joins inside the loop (one pass over
+    [B, L, 4H] less)."""
+    return _lstm_scan_native_fwd(xw, w_h, b)[0]
+
+
+def _lstm_scan_native_fwd(xw, w_h, b):
+    cpu = _ffi_forward if _native_usable(xw) else _scan_forward
+    hs, gates, cells = jax.lax.platform_dependent(xw, w_h, b, cpu=cpu, default=_scan_forward)
+    return hs, (hs, gates, cells, w_h, b)
+
+
+def _lstm_scan_native_bwd(residuals, d_hs):
+    hs, gates, cells, w_h, b = residuals
+    cpu = _ffi_backward_dz if _native_usable(gates) else _scan_backward_dz
+    dz = jax.lax.platform_dependent(
+        d_hs.astype(gates.dtype), gates, cells, w_h, cpu=cpu, default=_scan_backward_dz
+    )
+    h_prev = jnp.pad(hs[:, :-1], ((0, 0), (1, 0), (0, 0)))  # h_{t-1}, h_{-1} = 0
+    d_w_h = jnp.einsum("blh,blk->hk", h_prev, dz)  # one matmul for all steps
+    d_b = dz.sum(axis=(0, 1))
+    return dz.astype(d_hs.dtype), d_w_h.astype(w_h.dtype), d_b.astype(b.dtype)
+
+
+lstm_scan_native.defvjp(_lstm_scan_native_fwd, _lstm_scan_native_bwd)
