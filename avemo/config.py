@@ -145,6 +145,10 @@ def model_defaults() -> ml_collections.ConfigDict:
     # flax) | "flax" (the literal nn.RNN(nn.OptimizedLSTMCell)). Same parameters, and outputs and
     # gradients equal to float rounding, either way. See avemo/models/recurrent.py.
     m.lstm_impl = "native"
+    # Eq. (28)'s attention scores: "native" (one C++ call per pass on the CPU, float32; "xla" on
+    # accelerators, in bfloat16, without a C++ compiler) | "xla". Same parameters, values equal
+    # to float rounding. See avemo/models/attention.py.
+    m.attention_impl = "native"
     # With freeze_video: compute the frozen face CNN's feature maps once per (stage-1 weights,
     # front-end config, session), cache them (avemo/data/frozen.py) and train the fusion on them
     # instead of running the CNN every step. Outputs equal the live frozen CNN's.
@@ -329,6 +333,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.alexnet.fc_impl", ("conv", "dense"))
     _check_choice(flat, "model.pool_impl", ("fast", "reduce_window"))
     _check_choice(flat, "model.lstm_impl", ("native", "fused", "flax"))
+    _check_choice(flat, "model.attention_impl", ("native", "xla"))
     _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
     _check_choice(flat, "model.fusion_combine", ("sum", "concat"))

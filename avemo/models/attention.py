@@ -6,6 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avemo.models import native
+
+ATTENTION_IMPLS = ("native", "xla")
+
 
 class SpatialAttention(nn.Module):
     """Attention over the positions of a face feature map, conditioned on h_t.
@@ -26,6 +30,11 @@ class SpatialAttention(nn.Module):
     attention_features: int
     context_features: int
     dtype: jnp.dtype = jnp.float32
+    # "native": Eq. (28)'s scores w_h^T tanh(W F + W_g h) as one C++ call per pass on the CPU
+    # (avemo/models/native/attention_cpu.cc; float32); "xla": as written below. Same parameters,
+    # values equal to float rounding; "native" is "xla" on accelerators, in bfloat16 and where no
+    # C++ compiler is found.
+    impl: str = "native"
 
     @nn.compact
     def __call__(
@@ -39,15 +48,92 @@ class SpatialAttention(nn.Module):
         q = nn.Dense(self.attention_features, use_bias=False, dtype=self.dtype, name="W_g")(query)
         q = jnp.pad(q, ((0, 0), (0, maps * s - length), (0, 0)))
         q = q.reshape(b, maps, s, self.attention_features)  # step t = j * s + r
-        scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="w_h")(
-            jnp.tanh(keys[:, :, None] + q[:, :, :, None, :])
-        )[..., 0]  # [B, L', s, k]
+        if self.impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
+        if self.impl == "native" and _native_usable(keys):
+            w_h = _ColumnKernel(name="w_h")(self.attention_features)  # nn.Dense(1)'s kernel
+            scores = attention_scores(keys, q, w_h[:, 0])  # [B, L', s, k]
+        else:
+            scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="w_h")(
+                jnp.tanh(keys[:, :, None] + q[:, :, :, None, :])
+            )[..., 0]  # [B, L', s, k]
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
         pooled = jnp.einsum("bjsk,bjkc->bjsc", weights.astype(feature_map.dtype), feature_map)
         context = nn.Dense(self.context_features, dtype=self.dtype, name="W_v")(pooled)
         context = context.reshape(b, maps * s, -1)[:, :length]
         weights = weights.reshape(b, maps * s, -1)[:, :length]
         return context, weights
+
+
+class _ColumnKernel(nn.Module):
+    """The kernel [A, 1] of `nn.Dense(1, use_bias=False)` (same name, shape and initialiser), for
+    the native scores, which take it without the Dense's matmul."""
+
+    @nn.compact
+    def __call__(self, features: int) -> jax.Array:
+        return self.param("kernel", nn.linear.default_kernel_init, (features, 1), jnp.float32)
+
+
+def _native_usable(keys: jax.Array) -> bool:
+    return (
+        keys.dtype == jnp.float32
+        and jax.default_backend() == "cpu"
+        and native.library("attention_cpu") is not None
+    )
+
+
+def _scores_xla(keys, q, w):
+    """scores [..., R, S, K] = w^T tanh(keys[..., R, None, K, :] + q[..., R, S, None, :])."""
+    return jnp.einsum("...ska,a->...sk", jnp.tanh(keys[..., None, :, :] + q[..., None, :]), w)
+
+
+def _scores_ffi(keys, q, w):
+    return jax.ffi.ffi_call(
+        "avemo_attention_scores",
+        jax.ShapeDtypeStruct(q.shape[:-1] + keys.shape[-2:-1], jnp.float32),
+        vmap_method="broadcast_all",
+    )(keys, q, w)
+
+
+def _scores_bwd_ffi(keys, q, w, d_scores):
+    d_keys, d_q, d_w = jax.ffi.ffi_call(
+        "avemo_attention_scores_bwd",
+        (
+            jax.ShapeDtypeStruct(keys.shape, jnp.float32),
+            jax.ShapeDtypeStruct(q.shape, jnp.float32),
+            jax.ShapeDtypeStruct(keys.shape[:-2] + keys.shape[-1:], jnp.float32),  # per row
+        ),
+        vmap_method="broadcast_all",
+    )(keys, q, w, d_scores)
+    return d_keys, d_q, d_w.reshape(-1, w.shape[-1]).sum(0)  # the rows' parts, summed
+
+
+def _scores_bwd_xla(keys, q, w, d_scores):
+    return jax.vjp(_scores_xla, keys, q, w)[1](d_scores)
+
+
+@jax.custom_vjp
+def attention_scores(keys: jax.Array, q: jax.Array, w: jax.Array) -> jax.Array:
+    """Eq. (28)'s scores w^T tanh(keys + q): keys [..., R, K, A] (W F of a map's K positions), q
+    [..., R, S, A] (W_g h of the S steps that share the map), w [A] -> [..., R, S, K]; one C++
+    call per pass on the CPU (float32), XLA on other platforms."""
+    return _attention_scores_fwd(keys, q, w)[0]
+
+
+def _attention_scores_fwd(keys, q, w):
+    cpu = _scores_ffi if _native_usable(keys) else _scores_xla
+    return jax.lax.platform_dependent(keys, q, w, cpu=cpu, default=_scores_xla), (keys, q, w)
+
+
+def _attention_scores_bwd(residuals, d_scores):
+    keys, q, w = residuals
+    cpu = _scores_bwd_ffi if _native_usable(keys) else _scores_bwd_xla
+    return jax.lax.platform_dependent(
+        keys, q, w, d_scores.astype(keys.dtype), cpu=cpu, default=_scores_bwd_xla
+    )
+
+
+attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
 
 
 class AudioGate(nn.Module):

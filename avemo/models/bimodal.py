@@ -88,6 +88,7 @@ class BimodalModel(nn.Module):
     patch_channels: int = 0  # model.patch_conv_channels
     phase_channels: int = 0  # model.phase_conv_channels
     lstm_impl: str = "native"  # see avemo.models.recurrent (equal outputs and gradients)
+    attention_impl: str = "native"  # see avemo.models.attention.SpatialAttention (the same)
     # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
     freeze_video: bool = False
@@ -218,7 +219,11 @@ class BimodalModel(nn.Module):
                 face_state = self._face_state(pooled)
             query = h if self.mode == "video" else self._attention_query(h, face_state)
             context, weights = SpatialAttention(
-                self.attention_features, self.lstm_features, dtype=self.dtype, name="attention"
+                self.attention_features,
+                self.lstm_features,
+                dtype=self.dtype,
+                impl=self.attention_impl,
+                name="attention",
             )(maps, query, stride)
             out["attention"] = weights
             if face_state is not None:  # the face stream's state, projected, joins c_t
@@ -266,13 +271,14 @@ class BimodalModel(nn.Module):
 def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> BimodalModel:
     """Builds the model from `config.model` (see `avemo.config.model_defaults`).
 
-    `mesh_devices` > 1 (a sharded train step): `lstm_impl="native"` becomes "fused". The native
-    loops are custom calls that XLA's partitioner cannot split, so on a mesh every device would
-    gather the whole batch and run every LSTM on it (correct, but redundant); the scan
-    partitions with the batch."""
-    lstm_impl = model_cfg.lstm_impl
-    if lstm_impl == "native" and mesh_devices > 1:
-        lstm_impl = "fused"
+    `mesh_devices` > 1 (a sharded train step): the native kernels give way (`lstm_impl` "native"
+    becomes "fused", `attention_impl` "xla"). They are custom calls that XLA's partitioner cannot
+    split, so on a mesh every device would gather the whole batch and run them on all of it
+    (correct, but redundant); XLA's own ops partition with the batch."""
+    lstm_impl, attention_impl = model_cfg.lstm_impl, model_cfg.attention_impl
+    if mesh_devices > 1:
+        lstm_impl = "fused" if lstm_impl == "native" else lstm_impl
+        attention_impl = "xla"
     return BimodalModel(
         mode=model_cfg.mode,
         conv_features=tuple(model_cfg.alexnet.conv_features),
@@ -309,6 +315,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> 
         patch_channels=model_cfg.patch_conv_channels,
         phase_channels=model_cfg.phase_conv_channels,
         lstm_impl=lstm_impl,
+        attention_impl=attention_impl,
         freeze_video=model_cfg.freeze_video,
     )
 

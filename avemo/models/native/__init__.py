@@ -30,7 +30,10 @@ import jax
 log = logging.getLogger(__name__)
 
 # The FFI handlers each library exports (symbol = JAX target name, CamelCase -> snake_case).
-HANDLERS = {"lstm_cpu": ("AvemoLstmFwd", "AvemoLstmBwd")}
+HANDLERS = {
+    "lstm_cpu": ("AvemoLstmFwd", "AvemoLstmBwd"),
+    "attention_cpu": ("AvemoAttentionScores", "AvemoAttentionScoresBwd"),
+}
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
 _ARCH_FLAGS = ("-march=native",)
 
