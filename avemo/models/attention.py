@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.recurrent import DenseParams  # nn.Dense's parameters without its matmul
 
 from avemo.models import native
 
@@ -44,13 +45,19 @@ class SpatialAttention(nn.Module):
         maps, s = feature_map.shape[1], frame_stride
         if maps * s < length or (maps - 1) * s >= length:
             raise ValueError(f"{maps} feature maps at stride {s} do not cover {length} steps")
-        keys = nn.Dense(self.attention_features, dtype=self.dtype, name="W")(feature_map)
-        q = nn.Dense(self.attention_features, use_bias=False, dtype=self.dtype, name="W_g")(query)
-        q = jnp.pad(q, ((0, 0), (0, maps * s - length), (0, 0)))
-        q = q.reshape(b, maps, s, self.attention_features)  # step t = j * s + r
         if self.impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
-        if self.impl == "native" and _native_usable(keys):
+        native_scores = self.impl == "native" and _native_usable(jnp.dtype(self.dtype))
+        q = nn.Dense(self.attention_features, use_bias=False, dtype=self.dtype, name="W_g")(query)
+        if native_scores:  # W's bias joins the query: W F + b + W_g h, s/k as many additions
+            kernel, bias = DenseParams(self.attention_features, name="W")(feature_map)
+            keys = feature_map.astype(jnp.float32) @ kernel
+            q = q + bias
+        else:
+            keys = nn.Dense(self.attention_features, dtype=self.dtype, name="W")(feature_map)
+        q = jnp.pad(q, ((0, 0), (0, maps * s - length), (0, 0)))
+        q = q.reshape(b, maps, s, self.attention_features)  # step t = j * s + r
+        if native_scores:
             w_h = _ColumnKernel(name="w_h")(self.attention_features)  # nn.Dense(1)'s kernel
             scores = attention_scores(keys, q, w_h[:, 0])  # [B, L', s, k]
         else:
@@ -74,9 +81,9 @@ class _ColumnKernel(nn.Module):
         return self.param("kernel", nn.linear.default_kernel_init, (features, 1), jnp.float32)
 
 
-def _native_usable(keys: jax.Array) -> bool:
+def _native_usable(dtype) -> bool:
     return (
-        keys.dtype == jnp.float32
+        dtype == jnp.float32
         and jax.default_backend() == "cpu"
         and native.library("attention_cpu") is not None
     )
@@ -121,13 +128,13 @@ def attention_scores(keys: jax.Array, q: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _attention_scores_fwd(keys, q, w):
-    cpu = _scores_ffi if _native_usable(keys) else _scores_xla
+    cpu = _scores_ffi if _native_usable(keys.dtype) else _scores_xla
     return jax.lax.platform_dependent(keys, q, w, cpu=cpu, default=_scores_xla), (keys, q, w)
 
 
 def _attention_scores_bwd(residuals, d_scores):
     keys, q, w = residuals
-    cpu = _scores_bwd_ffi if _native_usable(keys) else _scores_bwd_xla
+    cpu = _scores_bwd_ffi if _native_usable(keys.dtype) else _scores_bwd_xla
     return jax.lax.platform_dependent(
         keys, q, w, d_scores.astype(keys.dtype), cpu=cpu, default=_scores_bwd_xla
     )

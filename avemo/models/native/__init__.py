@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 HANDLERS = {
     "lstm_cpu": ("AvemoLstmFwd", "AvemoLstmBwd"),
     "attention_cpu": ("AvemoAttentionScores", "AvemoAttentionScoresBwd"),
+    "random_cpu": ("AvemoThreefryBits",),
 }
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
 _ARCH_FLAGS = ("-march=native",)

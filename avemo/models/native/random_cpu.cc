@@ -1,0 +1,117 @@
+// JAX's threefry random bits as one XLA FFI call on the CPU (avemo/models/dropout.py).
+//
+//   avemo_threefry_bits(key u32[..., 2]) -> bits u32[..., *shape]
+//
+// bits equal `jax.random.bits(key, shape, jnp.uint32)` for a threefry2x32 key with
+// `jax_threefry_partitionable` (JAX's default): element i (flat index, as a 64-bit counter
+// split into hi, lo) is b1 ^ b2 with (b1, b2) = threefry2x32(key, (hi, lo)), 20 rounds
+// (Salmon et al., SC 2011; the rounds as JAX's `_threefry2x32_lowering` writes them). XLA CPU
+// lowers JAX's threefry as a 5-iteration while loop whose thunks and counter arrays cost a
+// dropout layer of the default model ~1 ms a step; here it is one vectorised pass.
+// Leading dimensions of key: independent keys (vmap, population members), each with its own
+// counters 0 .. prod(shape) - 1.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Work {  // see lstm_cpu.cc: the caller and XLA's pool threads claim items
+  std::atomic<int64_t> next{0}, done{0};
+  int64_t total = 0;
+  std::function<void(int64_t)> fn;
+  void drain() {
+    for (int64_t i; (i = next.fetch_add(1)) < total;) {
+      fn(i);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+template <typename F>
+void parallel_for(ffi::ThreadPool& pool, int64_t total, F fn) {
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total - 1);
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < total; ++i) fn(i);
+    return;
+  }
+  auto work = std::make_shared<Work>();
+  work->total = total;
+  work->fn = fn;
+  for (int64_t k = 0; k < helpers; ++k) pool.Schedule([work] { work->drain(); });
+  work->drain();
+  while (work->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
+}
+
+inline uint32_t rotl(uint32_t v, uint32_t r) { return (v << r) | (v >> (32 - r)); }
+
+#define ROUND(r)      \
+  x0 += x1;           \
+  x1 = rotl(x1, r);   \
+  x1 ^= x0;
+
+// bits[j] for counters begin .. end (j = counter - begin).
+void threefry_bits(uint32_t k0, uint32_t k1, uint64_t begin, uint64_t end, uint32_t* bits) {
+  const uint32_t k2 = k0 ^ k1 ^ 0x1BD11BDAu;
+  const int64_t n = static_cast<int64_t>(end - begin);
+  for (int64_t j = 0; j < n; ++j) {  // vectorised by the compiler: u32 arithmetic only
+    const uint64_t c = begin + static_cast<uint64_t>(j);
+    uint32_t x0 = static_cast<uint32_t>(c >> 32) + k0;
+    uint32_t x1 = static_cast<uint32_t>(c) + k1;
+    ROUND(13) ROUND(15) ROUND(26) ROUND(6)
+    x0 += k1;
+    x1 += k2 + 1u;
+    ROUND(17) ROUND(29) ROUND(16) ROUND(24)
+    x0 += k2;
+    x1 += k0 + 2u;
+    ROUND(13) ROUND(15) ROUND(26) ROUND(6)
+    x0 += k0;
+    x1 += k1 + 3u;
+    ROUND(17) ROUND(29) ROUND(16) ROUND(24)
+    x0 += k1;
+    x1 += k2 + 4u;
+    ROUND(13) ROUND(15) ROUND(26) ROUND(6)
+    x0 += k2;
+    x1 += k0 + 5u;
+    bits[j] = x0 ^ x1;
+  }
+}
+
+#undef ROUND
+
+ffi::Error ThreefryBitsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> key,
+                            ffi::ResultBuffer<ffi::U32> bits) {
+  const auto kd = key.dimensions();
+  if (kd.size() < 1 || kd[kd.size() - 1] != 2)
+    return ffi::Error::InvalidArgument("avemo_threefry_bits: key must be u32[..., 2]");
+  const int64_t keys = static_cast<int64_t>(key.element_count()) / 2;
+  const int64_t total = static_cast<int64_t>(bits->element_count());
+  if (keys <= 0 || total % keys)
+    return ffi::Error::InvalidArgument("avemo_threefry_bits: bits must be [..., *shape] like key");
+  const int64_t per_key = total / keys;
+  constexpr int64_t kChunk = 1 << 15;
+  const int64_t chunks = (per_key + kChunk - 1) / kChunk;
+  parallel_for(pool, keys * chunks, [&](int64_t item) {
+    const int64_t k = item / chunks, begin = (item % chunks) * kChunk;
+    const int64_t end = std::min(per_key, begin + kChunk);
+    threefry_bits(key.typed_data()[2 * k], key.typed_data()[2 * k + 1], begin, end,
+                  bits->typed_data() + k * per_key + begin);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AvemoThreefryBits, ThreefryBitsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());
