@@ -54,7 +54,7 @@ class SequenceLSTM(nn.Module):
         w_i, w_h, b = _LSTMParams(self.features, name="cell")(x.shape[-1])
         w_i, w_h, b = (a.astype(self.dtype) for a in (w_i, w_h, b))
         if self.impl == "native" and _native_usable(x):  # batch-major; the kernel adds b
-            return lstm_scan_native(jnp.einsum("bld,dk->blk", x, w_i), w_h, b)
+            return lstm_native(x, w_i, w_h, b)
         xw = jnp.einsum("bld,dk->lbk", x, w_i) + b  # every step's input projection, one matmul
         return jnp.swapaxes(lstm_scan(xw, w_h), 0, 1)
 
@@ -265,3 +265,39 @@ def _lstm_scan_native_bwd(residuals, d_hs):
 
 
 lstm_scan_native.defvjp(_lstm_scan_native_fwd, _lstm_scan_native_bwd)
+
+
+@jax.custom_vjp
+def lstm_native(x: jax.Array, w_i: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
+    """The LSTM over x [B, L, D] (input kernel W_i [D, 4H], recurrent kernel W_h [H, 4H], bias
+    b [4H]; zero initial state) -> hs [B, L, H]: `lstm_scan_native` of x W_i, with the input
+    projection inside the VJP, so that the backward pass forms both weight gradients in one
+    matmul, [dW_i; dW_h] = [x_t; h_{t-1}]^T dz_t summed over all steps (one pass over dz instead
+    of two, each with its own transpose: one [8, 150, 64] LSTM fwd + bwd 1.73 -> 1.17 ms)."""
+    return _lstm_native_fwd(x, w_i, w_h, b)[0]
+
+
+def _lstm_native_fwd(x, w_i, w_h, b):
+    hs, (_, gates, cells, _, _) = _lstm_scan_native_fwd(jnp.einsum("bld,dk->blk", x, w_i), w_h, b)
+    return hs, (x, hs, gates, cells, w_i, w_h)
+
+
+def _lstm_native_bwd(residuals, d_hs):
+    x, hs, gates, cells, w_i, w_h = residuals
+    cpu = _ffi_backward_dz if _native_usable(gates) else _scan_backward_dz
+    dz = jax.lax.platform_dependent(
+        d_hs.astype(gates.dtype), gates, cells, w_h, cpu=cpu, default=_scan_backward_dz
+    )
+    h_prev = jnp.pad(hs[:, :-1], ((0, 0), (1, 0), (0, 0)))  # h_{t-1}, h_{-1} = 0
+    d_w = jnp.einsum("bln,blk->nk", jnp.concatenate([x.astype(hs.dtype), h_prev], -1), dz)
+    d_x = jnp.einsum("blk,dk->bld", dz, w_i.astype(dz.dtype))
+    d = x.shape[-1]
+    return (
+        d_x.astype(x.dtype),
+        d_w[:d].astype(w_i.dtype),
+        d_w[d:].astype(w_h.dtype),
+        dz.sum(axis=(0, 1)).astype(w_h.dtype),
+    )
+
+
+lstm_native.defvjp(_lstm_native_fwd, _lstm_native_bwd)

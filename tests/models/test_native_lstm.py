@@ -59,6 +59,23 @@ def test_native_loops_equal_the_scan_outputs_and_gradients(length, batch, hidden
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize("length,batch,d,hidden", [(1, 1, 3, 6), (17, 5, 7, 10), (150, 8, 64, 64)])
+def test_native_sequence_lstm_equals_the_fused_one(length, batch, d, hidden):
+    """`lstm_native` (the input projection inside the VJP: dW_i and dW_h from one matmul)
+    against the fused scan, through SequenceLSTM's parameters."""
+    x = jax.random.normal(jax.random.key(length + d), (batch, length, d))
+    nat, fused = SequenceLSTM(hidden, impl="native"), SequenceLSTM(hidden, impl="fused")
+    v = fused.init(jax.random.key(0), x)
+    weight = jax.random.normal(jax.random.key(1), (batch, length, hidden))
+
+    def grads(model):
+        return jax.jit(jax.grad(lambda v, x: jnp.sum(model.apply(v, x) * weight), (0, 1)))(v, x)
+
+    np.testing.assert_allclose(nat.apply(v, x), fused.apply(v, x), atol=2e-6)
+    for a, b in zip(jax.tree.leaves(grads(nat)), jax.tree.leaves(grads(fused)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6 * float(jnp.abs(b).max()))
+
+
 def test_the_program_holds_the_native_calls_and_not_the_scan():
     """Fails if "native" silently became the scan (e.g. the dispatch or the kernel broke)."""
     x = jax.random.normal(jax.random.key(1), (2, 9, 5))
