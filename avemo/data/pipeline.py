@@ -21,6 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from avemo.data.shuffle import EpochShuffleMapDataset
+
 # Per-step arrays a window carries (spectrogram patches are cut from `logmel` on the fly);
 # `face_features`: cached maps of a frozen face branch (avemo.data.frozen), in place of faces.
 STEP_KEYS = ("faces", "face_features", "face_present", "audio_features", "speech_energy", "labels")
@@ -221,7 +223,8 @@ def train_dataset(
         far_field if config.train.far_field_augment > 0 else None,
         config.model.video_frame_stride,
     )
-    ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
+    # Grain's shuffle order, computed an epoch at a time (avemo/data/shuffle.py)
+    ds = EpochShuffleMapDataset(grain.MapDataset.source(source), config.seed).repeat()
     from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)
 
     ds = augment.apply(ds, config, silence)
