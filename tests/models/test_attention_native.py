@@ -17,6 +17,7 @@ from avemo.models import native
 from avemo.models.attention import SpatialAttention, attention_scores
 from avemo.models.bimodal import BimodalModel
 from configs import tiny
+from tests.models.model_pairs import assert_same_train_step
 from tests.models.test_fusion_remedies import _batch
 
 if native.library("attention_cpu") is None:
@@ -90,22 +91,7 @@ def test_model_with_native_kernels_equals_the_xla_model():
     )  # fmt: skip
     nat = BimodalModel(lstm_impl="native", attention_impl="native", **kw)
     xla = BimodalModel(lstm_impl="fused", attention_impl="xla", **kw)
-    variables = xla.init(jax.random.key(0), batch)
-
-    def loss(params, model):
-        out, _ = model.apply(
-            {**variables, "params": params}, batch, train=True,
-            rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"],
-        )  # fmt: skip
-        return jnp.sum((out["outputs"] - batch["labels"]) ** 2), out["outputs"]
-
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-    (l_n, o_n), g_n = step(variables["params"], nat)
-    (l_x, o_x), g_x = step(variables["params"], xla)
-    np.testing.assert_allclose(o_n, o_x, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(l_n, l_x, rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(g_n), jax.tree.leaves(g_x), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
+    assert_same_train_step(nat, xla, batch)
 
 
 def test_attention_impl_is_validated():

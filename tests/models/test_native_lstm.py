@@ -15,6 +15,7 @@ import pytest
 from avemo.models import native
 from avemo.models.bimodal import BimodalModel
 from avemo.models.recurrent import SequenceLSTM, lstm_scan, lstm_scan_native
+from tests.models.model_pairs import assert_same_train_step
 from tests.models.test_fusion_remedies import _batch
 
 if native.library("lstm_cpu") is None:
@@ -110,21 +111,7 @@ def test_model_with_native_lstms_equals_the_fused_model():
         modality_heads=True,
     )  # fmt: skip
     nat, fused = BimodalModel(lstm_impl="native", **kw), BimodalModel(lstm_impl="fused", **kw)
-    variables = fused.init(jax.random.key(0), batch)
-
-    def loss(params, model):
-        out, _ = model.apply(
-            {**variables, "params": params}, batch, train=True,
-            rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"],
-        )  # fmt: skip
-        return jnp.sum((out["outputs"] - batch["labels"]) ** 2), out["outputs"]
-
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-    (l_n, o_n), g_n = step(variables["params"], nat)
-    (l_f, o_f), g_f = step(variables["params"], fused)
-    np.testing.assert_allclose(o_n, o_f, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(l_n, l_f, rtol=1e-5)
-    _close_trees(g_n, g_f, rtol=1e-3, atol=1e-5)
+    assert_same_train_step(nat, fused, batch)
 
 
 def test_bfloat16_uses_the_scan():

@@ -13,6 +13,7 @@ from avemo import config as config_lib
 from avemo.models.bimodal import BimodalModel
 from avemo.models.recurrent import SequenceLSTM, lstm_scan
 from configs import tiny
+from tests.models.model_pairs import assert_same_train_step
 from tests.models.test_fusion_remedies import _batch
 
 
@@ -66,21 +67,7 @@ def test_model_with_fused_lstms_equals_the_literal_model(mode):
         attention_query="face" if mode == "fusion" else "audio", modality_heads=mode == "fusion",
     )  # fmt: skip
     fused, literal = BimodalModel(lstm_impl="fused", **kw), BimodalModel(lstm_impl="flax", **kw)
-    variables = literal.init(jax.random.key(0), batch)
-
-    def loss(params, model):
-        out, _ = model.apply(
-            {**variables, "params": params}, batch, train=True,
-            rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"],
-        )  # fmt: skip
-        return jnp.sum((out["outputs"] - batch["labels"]) ** 2), out["outputs"]
-
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-    (l_f, o_f), g_f = step(variables["params"], fused)
-    (l_l, o_l), g_l = step(variables["params"], literal)
-    np.testing.assert_allclose(o_f, o_l, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(l_f, l_l, rtol=1e-5)
-    _close_trees(g_f, g_l, rtol=1e-3, atol=1e-5)
+    assert_same_train_step(fused, literal, batch)
 
 
 def test_fused_lstm_under_vmap_and_in_bfloat16():

@@ -76,10 +76,12 @@ def source_path(name: str) -> Path:
 def _build(name: str, compiler: str) -> Path:
     """The shared library of `<name>.cc`, compiled now unless the cache holds it."""
     source = source_path(name)
+    here = Path(__file__).parent  # common.h
+    headers = "".join(h.read_text() for h in sorted(here.glob("*.h")))
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
         "\0".join(
-            [source.read_text(), version, " ".join(FLAGS + _ARCH_FLAGS), jax.__version__,
+            [source.read_text(), headers, version, " ".join(FLAGS + _ARCH_FLAGS), jax.__version__,
              jax.ffi.include_dir(), _cpu_signature()]
         ).encode()
     ).hexdigest()[:16]  # fmt: skip
@@ -90,7 +92,17 @@ def _build(name: str, compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", prefix=f".{name}-", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(source), "-o", tmp]
+        cmd = [
+            compiler,
+            *FLAGS,
+            "-I",
+            jax.ffi.include_dir(),
+            "-I",
+            str(here),
+            str(source),
+            "-o",
+            tmp,
+        ]
         run = subprocess.run([*cmd[:1], *_ARCH_FLAGS, *cmd[1:]], capture_output=True, text=True)
         if run.returncode:  # a compiler without -march=native: the generic target
             run = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,99 +14,19 @@
 // nothing of size [R, S, K, A] in memory. tanh is XLA's (Eigen's) rational approximation, so
 // values equal XLA's to float rounding (tests/models/test_attention_native.py).
 
-#include <algorithm>
-#include <atomic>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <thread>
+#include <string>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
+using namespace avemo_native;  // NOLINT: this file's own helpers
 
 namespace {
 
-inline float tanh_r(float x) {  // Eigen's ptanh_float (what XLA CPU emits for tanh)
-  const float c = 7.90531110763549805f;
-  float xc = x > c ? c : (x < -c ? -c : x);
-  float x2 = xc * xc;
-  float p = -2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * xc;
-  float q = 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  float r = p / q;
-  return std::fabs(x) < 0.0004f ? x : r;
-}
-
-struct Work {  // see lstm_cpu.cc: the caller and XLA's pool threads claim items
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t total = 0;
-  std::function<void(int64_t)> fn;
-  void drain() {
-    for (int64_t i; (i = next.fetch_add(1)) < total;) {
-      fn(i);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t total, F fn) {
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total - 1);
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < total; ++i) fn(i);
-    return;
-  }
-  auto work = std::make_shared<Work>();
-  work->total = total;
-  work->fn = fn;
-  for (int64_t k = 0; k < helpers; ++k) pool.Schedule([work] { work->drain(); });
-  work->drain();
-  while (work->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
-}
-
-// 16 floats (GCC/Clang vector extension; see lstm_cpu.cc).
-typedef float vf __attribute__((vector_size(64)));
-constexpr int64_t kW = 16;
-inline vf loadv(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(vf));
-  return v;
-}
-inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
-inline vf splat(float x) { return vf{} + x; }
-
-inline vf tanh_v(vf x) {  // tanh_r, 16 lanes at once
-  const vf c = splat(7.90531110763549805f);
-  vf xc = x > c ? c : x;
-  xc = xc < -c ? -c : xc;
-  const vf x2 = xc * xc;
-  vf p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * xc;
-  vf q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  const vf r = p / q;
-  const vf ax = x < 0.0f ? -x : x;
-  return ax < 0.0004f ? x : r;
-}
+inline vf tanh_v(vf x) { return tanh_t(x); }
 
 // One row: scores[s, k] for all s < S, k < K. Vectorised over positions k (16 at a time, keys
 // transposed to [A, K] once per row), the sum over a in order.

@@ -11,45 +11,14 @@
 // Leading dimensions of key: independent keys (vmap, population members), each with its own
 // counters 0 .. prod(shape) - 1.
 
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <thread>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
+using namespace avemo_native;  // NOLINT: this file's own helpers
 
 namespace {
-
-struct Work {  // see lstm_cpu.cc: the caller and XLA's pool threads claim items
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t total = 0;
-  std::function<void(int64_t)> fn;
-  void drain() {
-    for (int64_t i; (i = next.fetch_add(1)) < total;) {
-      fn(i);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t total, F fn) {
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total - 1);
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < total; ++i) fn(i);
-    return;
-  }
-  auto work = std::make_shared<Work>();
-  work->total = total;
-  work->fn = fn;
-  for (int64_t k = 0; k < helpers; ++k) pool.Schedule([work] { work->drain(); });
-  work->drain();
-  while (work->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
-}
 
 inline uint32_t rotl(uint32_t v, uint32_t r) { return (v << r) | (v >> (32 - r)); }
 
