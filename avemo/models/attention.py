@@ -82,11 +82,7 @@ class _ColumnKernel(nn.Module):
 
 
 def _native_usable(dtype) -> bool:
-    return (
-        dtype == jnp.float32
-        and jax.default_backend() == "cpu"
-        and native.library("attention_cpu") is not None
-    )
+    return dtype == jnp.float32 and native.available("attention_cpu")
 
 
 def _scores_xla(keys, q, w):

@@ -64,12 +64,8 @@ def _threefry_key_data(key: jax.Array) -> jax.Array | None:
     return None
 
 
-def _native_usable() -> bool:
-    return (
-        jax.default_backend() == "cpu"
-        and jax.config.jax_threefry_partitionable  # the counter scheme the kernel implements
-        and native.library("random_cpu") is not None
-    )
+def _native_usable() -> bool:  # the kernel implements the partitionable counter scheme
+    return jax.config.jax_threefry_partitionable and native.available("random_cpu")
 
 
 def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

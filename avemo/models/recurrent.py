@@ -189,13 +189,8 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
 def _native_usable(x: jax.Array) -> bool:
-    """The C++ loops serve float32 (the kernels' type) on a CPU backend where the library builds
-    (on accelerators nothing is compiled: `platform_dependent` would pick the scan anyway)."""
-    return (
-        x.dtype == jnp.float32
-        and jax.default_backend() == "cpu"
-        and native.library("lstm_cpu") is not None
-    )
+    """The C++ loops serve float32 (the kernels' type) where they can run (`native.available`)."""
+    return x.dtype == jnp.float32 and native.available("lstm_cpu")
 
 
 # The native path is batch-major ([B, L, ...], as the model holds sequences): the kernels read
@@ -238,47 +233,22 @@ def _scan_backward_dz(d_hs, gates, cells, w_h):
 
 
 @jax.custom_vjp
-def lstm_scan_native(xw: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
-    """`lstm_scan` of xw + b, batch-major (xw [B, L, 4H] -> hs [B, L, H]), with its two loops as
-    native calls on the CPU (float32, where the library builds; else, and when the program is
-    lowered for another platform, the scan). The bias joins inside the loop (one pass over
-    [B, L, 4H] less)."""
-    return _lstm_scan_native_fwd(xw, w_h, b)[0]
-
-
-def _lstm_scan_native_fwd(xw, w_h, b):
-    cpu = _ffi_forward if _native_usable(xw) else _scan_forward
-    hs, gates, cells = jax.lax.platform_dependent(xw, w_h, b, cpu=cpu, default=_scan_forward)
-    return hs, (hs, gates, cells, w_h, b)
-
-
-def _lstm_scan_native_bwd(residuals, d_hs):
-    hs, gates, cells, w_h, b = residuals
-    cpu = _ffi_backward_dz if _native_usable(gates) else _scan_backward_dz
-    dz = jax.lax.platform_dependent(
-        d_hs.astype(gates.dtype), gates, cells, w_h, cpu=cpu, default=_scan_backward_dz
-    )
-    h_prev = jnp.pad(hs[:, :-1], ((0, 0), (1, 0), (0, 0)))  # h_{t-1}, h_{-1} = 0
-    d_w_h = jnp.einsum("blh,blk->hk", h_prev, dz)  # one matmul for all steps
-    d_b = dz.sum(axis=(0, 1))
-    return dz.astype(d_hs.dtype), d_w_h.astype(w_h.dtype), d_b.astype(b.dtype)
-
-
-lstm_scan_native.defvjp(_lstm_scan_native_fwd, _lstm_scan_native_bwd)
-
-
-@jax.custom_vjp
 def lstm_native(x: jax.Array, w_i: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
     """The LSTM over x [B, L, D] (input kernel W_i [D, 4H], recurrent kernel W_h [H, 4H], bias
-    b [4H]; zero initial state) -> hs [B, L, H]: `lstm_scan_native` of x W_i, with the input
-    projection inside the VJP, so that the backward pass forms both weight gradients in one
-    matmul, [dW_i; dW_h] = [x_t; h_{t-1}]^T dz_t summed over all steps (one pass over dz instead
-    of two, each with its own transpose: one [8, 150, 64] LSTM fwd + bwd 1.73 -> 1.17 ms)."""
+    b [4H]; zero initial state) -> hs [B, L, H], batch-major: `lstm_scan` of x W_i + b with its
+    two loops over time as native calls on the CPU (float32, where the library builds; else, and
+    when the program is lowered for another platform, the scan). The bias joins inside the loop;
+    the input projection is inside the VJP, so that the backward pass forms both weight
+    gradients in one matmul, [dW_i; dW_h] = [x_t; h_{t-1}]^T dz_t summed over all steps (one pass
+    over dz instead of two, each with its own transpose: one [8, 150, 64] LSTM fwd + bwd 1.73 ->
+    1.17 ms)."""
     return _lstm_native_fwd(x, w_i, w_h, b)[0]
 
 
 def _lstm_native_fwd(x, w_i, w_h, b):
-    hs, (_, gates, cells, _, _) = _lstm_scan_native_fwd(jnp.einsum("bld,dk->blk", x, w_i), w_h, b)
+    xw = jnp.einsum("bld,dk->blk", x, w_i)
+    cpu = _ffi_forward if _native_usable(xw) else _scan_forward
+    hs, gates, cells = jax.lax.platform_dependent(xw, w_h, b, cpu=cpu, default=_scan_forward)
     return hs, (x, hs, gates, cells, w_i, w_h)
 
 

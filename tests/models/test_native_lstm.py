@@ -14,7 +14,7 @@ import pytest
 
 from avemo.models import native
 from avemo.models.bimodal import BimodalModel
-from avemo.models.recurrent import SequenceLSTM, lstm_scan, lstm_scan_native
+from avemo.models.recurrent import SequenceLSTM, lstm_native, lstm_scan
 from tests.models.model_pairs import assert_same_train_step
 from tests.models.test_fusion_remedies import _batch
 
@@ -49,8 +49,8 @@ def test_native_loops_equal_the_scan_outputs_and_gradients(length, batch, hidden
 
     bias = jnp.linspace(-1.0, 1.0, 4 * hidden)
 
-    def native_lstm(xw, w):  # the bias enters the kernel: xw + b = (xw - b) + b
-        return lstm_scan_native(xw - bias, w, bias)
+    def native_lstm(xw, w):  # x = xw - b through W_i = I; the kernel adds b back
+        return lstm_native(xw - bias, jnp.eye(4 * hidden), w, bias)
 
     np.testing.assert_allclose(jax.jit(native_lstm)(xw, w_h), jax.jit(scan)(xw, w_h), atol=2e-6)
     g_native = jax.jit(jax.grad(loss(native_lstm), (0, 1)))(xw, w_h)

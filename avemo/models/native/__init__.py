@@ -116,6 +116,13 @@ def _build(name: str, compiler: str) -> Path:
     return out
 
 
+def available(name: str) -> bool:
+    """Whether `name`'s kernels can serve this process's programs: a CPU backend (on
+    accelerators nothing is compiled; callers' `platform_dependent` picks XLA's ops there
+    anyway) and the library built and registered."""
+    return jax.default_backend() == "cpu" and library(name) is not None
+
+
 def library(name: str) -> ctypes.CDLL | None:
     """The loaded library `name` with its handlers registered for the CPU, or None (see above)."""
     with _lock:
