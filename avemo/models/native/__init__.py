@@ -2,9 +2,10 @@
 
 `library(name)` compiles `<name>.cc` of this package with the machine's C++ compiler (`$CXX`,
 else `c++`) against the XLA FFI headers that ship with jaxlib, caches the shared library by
-content (source, compiler, flags, jaxlib, CPU), and registers its handlers with JAX. Without a
-compiler, or with `AVEMO_NATIVE=0`, it returns None and callers use their pure-XLA path (one
-warning says so). Nothing is downloaded; the build takes a few seconds once per machine.
+content (source and headers, compiler, flags, jaxlib's version, CPU), and registers its
+handlers with JAX. Without a compiler, or with `AVEMO_NATIVE=0`, it returns None and callers
+use their pure-XLA path (one warning says so). Nothing is downloaded; the build takes a few
+seconds once per machine.
 
 Cache: `$AVEMO_NATIVE_CACHE`, else `$XDG_CACHE_HOME/avemo/native`, else `~/.cache/avemo/native`.
 The library is compiled for the CPU that builds it (`-march=native`), so the CPU's model and
@@ -26,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import jax
+import jaxlib
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,8 @@ def _build(name: str, compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
         "\0".join(
-            [source.read_text(), headers, version, " ".join(FLAGS + _ARCH_FLAGS), jax.__version__,
-             jax.ffi.include_dir(), _cpu_signature()]
+            [source.read_text(), headers, version, " ".join(FLAGS + _ARCH_FLAGS),
+             jaxlib.__version__, jax.ffi.include_dir(), _cpu_signature()]
         ).encode()
     ).hexdigest()[:16]  # fmt: skip
     out = cache_dir() / f"{name}-{key}.so"
