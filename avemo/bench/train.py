@@ -279,10 +279,10 @@ class _Runner:
             flops = lowered_flops(
                 self.name, shapes, f"{b}x{length}", {**(self.overrides or {}), **xla_ops}
             )
-            return flops + _lstm_flops(self.config, feature_dim) * (length - 1) / length
-        flops = _program_flops(
-            self.trainer, self.state, self.batch, self.name, b, length, self.overrides
-        )
+        else:
+            flops = _program_flops(
+                self.trainer, self.state, self.batch, self.name, b, length, self.overrides
+            )
         return flops + _lstm_flops(self.config, feature_dim) * (length - 1) / length
 
 

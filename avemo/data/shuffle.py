@@ -20,6 +20,7 @@ import threading
 
 import grain
 import numpy as np
+from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
 
 _M32 = 0xFFFFFFFF
 # Domains larger than this (2^26 values, 512 MB of uint64) fall back to Grain's per-index walk.
@@ -132,11 +133,7 @@ class EpochShuffleMapDataset(grain.MapDataset):
         n = len(self._parent)
         epoch, i = divmod(index, n)
         perm = self._permutation(epoch)
-        if perm is None:  # a domain too large to hold: Grain's own walk
-            from grain._src.python.experimental.index_shuffle.python import (
-                index_shuffle_module,
-            )
-
+        if perm is None:  # a domain we do not reproduce: Grain's own walk
             j = index_shuffle_module.index_shuffle(
                 i, max_index=n - 1, seed=(self._seed + epoch) % 2**32, rounds=4
             )

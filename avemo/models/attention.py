@@ -58,7 +58,7 @@ class SpatialAttention(nn.Module):
         q = jnp.pad(q, ((0, 0), (0, maps * s - length), (0, 0)))
         q = q.reshape(b, maps, s, self.attention_features)  # step t = j * s + r
         if native_scores:
-            w_h = _ColumnKernel(name="w_h")(self.attention_features)  # nn.Dense(1)'s kernel
+            w_h, _ = DenseParams(1, use_bias=False, name="w_h")(keys)  # nn.Dense(1)'s kernel
             scores = attention_scores(keys, q, w_h[:, 0])  # [B, L', s, k]
         else:
             scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="w_h")(
@@ -70,15 +70,6 @@ class SpatialAttention(nn.Module):
         context = context.reshape(b, maps * s, -1)[:, :length]
         weights = weights.reshape(b, maps * s, -1)[:, :length]
         return context, weights
-
-
-class _ColumnKernel(nn.Module):
-    """The kernel [A, 1] of `nn.Dense(1, use_bias=False)` (same name, shape and initialiser), for
-    the native scores, which take it without the Dense's matmul."""
-
-    @nn.compact
-    def __call__(self, features: int) -> jax.Array:
-        return self.param("kernel", nn.linear.default_kernel_init, (features, 1), jnp.float32)
 
 
 def _native_usable(dtype) -> bool:

@@ -274,7 +274,8 @@ def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> 
     `mesh_devices` > 1 (a sharded train step): the native kernels give way (`lstm_impl` "native"
     becomes "fused", `attention_impl` "xla"). They are custom calls that XLA's partitioner cannot
     split, so on a mesh every device would gather the whole batch and run them on all of it
-    (correct, but redundant); XLA's own ops partition with the batch."""
+    (correct, but redundant); XLA's own ops partition with the batch. (The dropout masks' bits
+    stay native, `avemo.models.dropout`: replicated, they cost a pass over the mask's shape.)"""
     lstm_impl, attention_impl = model_cfg.lstm_impl, model_cfg.attention_impl
     if mesh_devices > 1:
         lstm_impl = "fused" if lstm_impl == "native" else lstm_impl

@@ -134,13 +134,8 @@ def _lstm_scan_fwd(xw, w_h):
 def _lstm_scan_bwd(residuals, d_hs):
     hs, gates, cells, w_h = residuals
     dz = _backward_dz(d_hs.astype(gates.dtype), gates, cells, w_h)
-    return _weight_grad(dz, hs, d_hs, w_h)
-
-
-def _weight_grad(dz, hs, d_hs, w_h):
-    """(dL/dxw, dL/dW_h) from dz; dW_h = sum_t h_{t-1}^T dz_t as one matmul for all steps."""
     h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], 0)
-    d_w_h = jnp.einsum("lbh,lbk->hk", h_prev, dz)
+    d_w_h = jnp.einsum("lbh,lbk->hk", h_prev, dz)  # one matmul for all steps
     return dz.astype(d_hs.dtype), d_w_h.astype(w_h.dtype)
 
 
@@ -234,14 +229,14 @@ def _scan_backward_dz(d_hs, gates, cells, w_h):
 
 @jax.custom_vjp
 def lstm_native(x: jax.Array, w_i: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
-    """The LSTM over x [B, L, D] (input kernel W_i [D, 4H], recurrent kernel W_h [H, 4H], bias
-    b [4H]; zero initial state) -> hs [B, L, H], batch-major: `lstm_scan` of x W_i + b with its
-    two loops over time as native calls on the CPU (float32, where the library builds; else, and
-    when the program is lowered for another platform, the scan). The bias joins inside the loop;
-    the input projection is inside the VJP, so that the backward pass forms both weight
-    gradients in one matmul, [dW_i; dW_h] = [x_t; h_{t-1}]^T dz_t summed over all steps (one pass
-    over dz instead of two, each with its own transpose: one [8, 150, 64] LSTM fwd + bwd 1.73 ->
-    1.17 ms)."""
+    """The LSTM of Eq. (27) over x [B, L, D] (input kernel W_i [D, 4H], recurrent kernel W_h
+    [H, 4H], bias b [4H]; zero initial state) -> hs [B, L, H], batch-major: `lstm_scan` of
+    x W_i + b with its two loops over time as native calls on the CPU (float32, where the
+    library builds; else, and when the program is lowered for another platform, the scan).
+    The bias joins inside the loop; the input projection is inside the VJP, so that the
+    backward pass forms both weight gradients in one matmul, [dW_i; dW_h] = [x_t; h_{t-1}]^T dz_t
+    summed over all steps (one pass over dz instead of two, each with its own transpose: one
+    [8, 150, 64] LSTM fwd + bwd 1.73 -> 1.17 ms)."""
     return _lstm_native_fwd(x, w_i, w_h, b)[0]
 
 
