@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax.linen.recurrent import DenseParams  # nn.Dense's parameters without its matmul
@@ -31,8 +34,9 @@ class SpatialAttention(nn.Module):
     attention_features: int
     context_features: int
     dtype: jnp.dtype = jnp.float32
-    # "native": Eq. (28)'s scores w_h^T tanh(W F + W_g h) as one C++ call per pass on the CPU
-    # (avemo/models/native/attention_cpu.cc; float32); "xla": as written below. Same parameters,
+    # "native": Eq. (28)-(29) up to W_v -- keys W F, scores w_h^T tanh(W F + W_g h), softmax,
+    # pooling -- as one C++ call per pass on the CPU (`attention_pool`,
+    # avemo/models/native/attention_cpu.cc; float32); "xla": as written below. Same parameters,
     # values equal to float rounding; "native" is "xla" on accelerators, in bfloat16 and where no
     # C++ compiler is found.
     impl: str = "native"
@@ -47,25 +51,27 @@ class SpatialAttention(nn.Module):
             raise ValueError(f"{maps} feature maps at stride {s} do not cover {length} steps")
         if self.impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
-        native_scores = self.impl == "native" and _native_usable(jnp.dtype(self.dtype))
+        native_pool = self.impl == "native" and _native_usable(jnp.dtype(self.dtype))
         q = nn.Dense(self.attention_features, use_bias=False, dtype=self.dtype, name="W_g")(query)
-        if native_scores:  # W's bias joins the query: W F + b + W_g h, s/k as many additions
+        if native_pool:  # W's bias joins the query: W F + b + W_g h, s/k as many additions
             kernel, bias = DenseParams(self.attention_features, name="W")(feature_map)
-            keys = feature_map.astype(jnp.float32) @ kernel
             q = q + bias
         else:
             keys = nn.Dense(self.attention_features, dtype=self.dtype, name="W")(feature_map)
         q = jnp.pad(q, ((0, 0), (0, maps * s - length), (0, 0)))
         q = q.reshape(b, maps, s, self.attention_features)  # step t = j * s + r
-        if native_scores:
-            w_h, _ = DenseParams(1, use_bias=False, name="w_h")(keys)  # nn.Dense(1)'s kernel
-            scores = attention_scores(keys, q, w_h[:, 0])  # [B, L', s, k]
+        if native_pool:
+            w_h, _ = DenseParams(1, use_bias=False, name="w_h")(q)  # nn.Dense(1)'s kernel
+            pooled, weights = attention_pool(
+                feature_map.astype(jnp.float32), q.astype(jnp.float32), kernel, w_h[:, 0]
+            )  # [B, L', s, C], [B, L', s, k]
+            pooled = pooled.astype(feature_map.dtype)
         else:
             scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="w_h")(
                 jnp.tanh(keys[:, :, None] + q[:, :, :, None, :])
             )[..., 0]  # [B, L', s, k]
-        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-        pooled = jnp.einsum("bjsk,bjkc->bjsc", weights.astype(feature_map.dtype), feature_map)
+            weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+            pooled = jnp.einsum("bjsk,bjkc->bjsc", weights.astype(feature_map.dtype), feature_map)
         context = nn.Dense(self.context_features, dtype=self.dtype, name="W_v")(pooled)
         context = context.reshape(b, maps * s, -1)[:, :length]
         weights = weights.reshape(b, maps * s, -1)[:, :length]
@@ -76,58 +82,99 @@ def _native_usable(dtype) -> bool:
     return dtype == jnp.float32 and native.available("attention_cpu")
 
 
-def _scores_xla(keys, q, w):
-    """scores [..., R, S, K] = w^T tanh(keys[..., R, None, K, :] + q[..., R, S, None, :])."""
-    return jnp.einsum("...ska,a->...sk", jnp.tanh(keys[..., None, :, :] + q[..., None, :]), w)
+def _pool_xla(fmap, q, kernel, w):
+    """Eq. (28)-(29) as written: fmap [..., R, K, C], q [..., R, S, A], kernel [C, A], w [A] ->
+    pooled [..., R, S, C], weights [..., R, S, K]."""
+    keys = fmap @ kernel
+    scores = jnp.einsum("...ska,a->...sk", jnp.tanh(keys[..., None, :, :] + q[..., None, :]), w)
+    weights = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("...sk,...kc->...sc", weights, fmap), weights
 
 
-def _scores_ffi(keys, q, w):
+def _pool_ffi(fmap, q, kernel, w):
     return jax.ffi.ffi_call(
-        "avemo_attention_scores",
-        jax.ShapeDtypeStruct(q.shape[:-1] + keys.shape[-2:-1], jnp.float32),
-        vmap_method="broadcast_all",
-    )(keys, q, w)
-
-
-def _scores_bwd_ffi(keys, q, w, d_scores):
-    d_keys, d_q, d_w = jax.ffi.ffi_call(
-        "avemo_attention_scores_bwd",
+        "avemo_attention_pool",
         (
-            jax.ShapeDtypeStruct(keys.shape, jnp.float32),
-            jax.ShapeDtypeStruct(q.shape, jnp.float32),
-            jax.ShapeDtypeStruct(keys.shape[:-2] + keys.shape[-1:], jnp.float32),  # per row
+            jax.ShapeDtypeStruct(q.shape[:-1] + fmap.shape[-1:], jnp.float32),
+            jax.ShapeDtypeStruct(q.shape[:-1] + fmap.shape[-2:-1], jnp.float32),
         ),
         vmap_method="broadcast_all",
-    )(keys, q, w, d_scores)
-    return d_keys, d_q, d_w.reshape(-1, w.shape[-1]).sum(0)  # the rows' parts, summed
+    )(fmap, q, kernel, w)
 
 
-def _scores_bwd_xla(keys, q, w, d_scores):
-    return jax.vjp(_scores_xla, keys, q, w)[1](d_scores)
+# W's and w's gradients come back as this many partial sums, each over a fixed range of rows
+# (summed here): parallel work for the kernel, a sum that does not depend on the thread count.
+_CHUNKS = 32
+
+
+def _pool_bwd_ffi(fmap, q, kernel, w, weights, d_pooled, d_weights, *, fmap_grad):
+    chunks = min(_CHUNKS, math.prod(q.shape[:-2]))
+    f32 = jnp.float32
+    d_fmap, d_q, d_kernel, d_w = jax.ffi.ffi_call(
+        "avemo_attention_pool_bwd",
+        (
+            jax.ShapeDtypeStruct(fmap.shape if fmap_grad else (0,), f32),  # [0]: not wanted
+            jax.ShapeDtypeStruct(q.shape, f32),
+            jax.ShapeDtypeStruct((chunks, *kernel.shape), f32),
+            jax.ShapeDtypeStruct((chunks, *w.shape), f32),
+        ),
+        vmap_method="broadcast_all",
+    )(fmap, q, kernel, w, weights, d_pooled, jnp.zeros((0,), f32) if d_weights is None else d_weights)
+    return (d_fmap if fmap_grad else None), d_q, d_kernel.sum(0), d_w.sum(0)
+
+
+def _pool_bwd_xla(fmap, q, kernel, w, weights, d_pooled, d_weights, *, fmap_grad):
+    del weights
+    d_weights = jnp.zeros(q.shape[:-1] + fmap.shape[-2:-1], q.dtype) if d_weights is None else d_weights
+    d_fmap, *rest = jax.vjp(_pool_xla, fmap, q, kernel, w)[1]((d_pooled, d_weights))
+    return (d_fmap if fmap_grad else None), *rest
 
 
 @jax.custom_vjp
-def attention_scores(keys: jax.Array, q: jax.Array, w: jax.Array) -> jax.Array:
-    """Eq. (28)'s scores w^T tanh(keys + q): keys [..., R, K, A] (W F of a map's K positions), q
-    [..., R, S, A] (W_g h of the S steps that share the map), w [A] -> [..., R, S, K]; one C++
-    call per pass on the CPU (float32), XLA on other platforms."""
-    return _attention_scores_fwd(keys, q, w)[0]
-
-
-def _attention_scores_fwd(keys, q, w):
-    cpu = _scores_ffi if _native_usable(keys.dtype) else _scores_xla
-    return jax.lax.platform_dependent(keys, q, w, cpu=cpu, default=_scores_xla), (keys, q, w)
-
-
-def _attention_scores_bwd(residuals, d_scores):
-    keys, q, w = residuals
-    cpu = _scores_bwd_ffi if _native_usable(keys.dtype) else _scores_bwd_xla
+def attention_pool(
+    fmap: jax.Array, q: jax.Array, kernel: jax.Array, w: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Eq. (28)-(29) without W_v: keys = fmap W (W = `kernel`), scores w^T tanh(keys + q),
+    weights = softmax over the K positions, pooled = weights fmap. fmap [..., R, K, C] (the K
+    positions of a map), q [..., R, S, A] (W_g h + W's bias of the S steps that share the map),
+    kernel [C, A], w [A] -> (pooled [..., R, S, C], weights [..., R, S, K]); one C++ call per
+    pass on the CPU (float32, avemo/models/native/attention_cpu.cc), XLA on other platforms.
+    The backward pass skips fmap's gradient when fmap does not depend on what is differentiated
+    (a frozen face branch) and the weights' part when nothing downstream uses them."""
     return jax.lax.platform_dependent(
-        keys, q, w, d_scores.astype(keys.dtype), cpu=cpu, default=_scores_bwd_xla
-    )
+        fmap, q, kernel, w, cpu=_pool_ffi if _native_usable(fmap.dtype) else _pool_xla,
+        default=_pool_xla,
+    )  # fmt: skip
 
 
-attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
+@flax.struct.dataclass
+class _PoolResiduals:
+    arrays: tuple
+    fmap_grad: bool = flax.struct.field(pytree_node=False)
+
+
+def _attention_pool_fwd(fmap, q, kernel, w):
+    values = tuple(x.value for x in (fmap, q, kernel, w))
+    pooled, weights = attention_pool(*values)
+    return (pooled, weights), _PoolResiduals((*values, weights), fmap.perturbed)
+
+
+def _attention_pool_bwd(res, cotangents):
+    d_pooled, d_weights = cotangents
+    fmap, q, kernel, w, weights = res.arrays
+    zero = jax.custom_derivatives.SymbolicZero
+    if isinstance(d_pooled, zero):
+        d_pooled = jnp.zeros(weights.shape[:-1] + fmap.shape[-1:], fmap.dtype)
+    d_weights = None if isinstance(d_weights, zero) else d_weights
+    cpu = _pool_bwd_ffi if _native_usable(fmap.dtype) else _pool_bwd_xla
+    args = (fmap, q, kernel, w, weights, d_pooled)
+    if d_weights is not None:
+        args += (d_weights,)
+    unpack = lambda f: lambda *a: f(*a[:6], a[6] if len(a) > 6 else None, fmap_grad=res.fmap_grad)
+    return jax.lax.platform_dependent(*args, cpu=unpack(cpu), default=unpack(_pool_bwd_xla))
+
+
+attention_pool.defvjp(_attention_pool_fwd, _attention_pool_bwd, symbolic_zeros=True)
 
 
 class AudioGate(nn.Module):

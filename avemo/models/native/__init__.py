@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # The FFI handlers each library exports (symbol = JAX target name, CamelCase -> snake_case).
 HANDLERS = {
     "lstm_cpu": ("AvemoLstmFwd", "AvemoLstmBwd"),
-    "attention_cpu": ("AvemoAttentionScores", "AvemoAttentionScoresBwd"),
+    "attention_cpu": ("AvemoAttentionPool", "AvemoAttentionPoolBwd"),
     "random_cpu": ("AvemoThreefryBits",),
 }
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
