@@ -21,6 +21,7 @@ the same run.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -215,6 +216,7 @@ class _Runner:
         sessions: list,
         steps: int,
         overrides: dict | None = None,
+        min_round_seconds: float = 0.0,
     ):
         from avemo import train
         from avemo.data import augment, frozen, pipeline
@@ -245,6 +247,12 @@ class _Runner:
         self.state, m = self.trainer.train_step(self.state, self.batch, self.trainer.base_rng)
         self.state, m = self.trainer.train_step(self.state, self._next(), self.trainer.base_rng)
         jax.block_until_ready(m)
+        if min_round_seconds > 0:  # a short step runs more steps per round (see main's help)
+            start = time.perf_counter()
+            self.state, m = self.trainer.train_step(self.state, self.batch, self.trainer.base_rng)
+            jax.block_until_ready(m)
+            once = max(time.perf_counter() - start, 1e-6)
+            self.steps = max(steps, math.ceil(min_round_seconds / once))
         self.premade: list[float] = []
         self.real: list[float] = []
 
@@ -422,6 +430,14 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
+    parser.add_argument(
+        "--min-round-seconds",
+        type=float,
+        default=0.3,
+        help="a model whose --steps take less runs more steps per round, so its figure is the "
+        "steady-state step (as in training, where steps run back to back) and not a few steps "
+        "after the other models' rounds, each paying the same start-up (0: exactly --steps)",
+    )
     parser.add_argument("--torch", default="", help="a Python with torch for the reference")
     parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--flops-only", default="", help=argparse.SUPPRESS)  # batch shapes
@@ -468,7 +484,10 @@ def main(argv: list[str]) -> None:
             both = {**overrides, **extra}
             config = _variant_config(name, args.batch, both)
             batch = _batch(config, np.random.default_rng(0))
-            runner = _Runner(config, name, batch, bench_sessions(config), args.steps, both)
+            runner = _Runner(
+                config, name, batch, bench_sessions(config), args.steps, both,
+                args.min_round_seconds,
+            )  # fmt: skip
             runner.label = f"{name}[{alt}]" if alt else name
             runners.append(runner)
     python = _torch_python(args.torch)
@@ -497,7 +516,12 @@ def main(argv: list[str]) -> None:
     )
     if "bfloat16" in peak:
         print(f"matmul peak (bf16, median of {args.rounds}): {peak['bfloat16'] / 1e9:.1f} GFLOP/s")
-    print(f"medians of {args.rounds} alternating rounds of {args.steps} steps each")
+    print(
+        f"medians of {args.rounds} alternating rounds of >= {args.steps} steps and >= "
+        f"{args.min_round_seconds:g} s each (steps per round: "
+        + ", ".join(f"{r.label} {r.steps}" for r in runners)
+        + ")"
+    )
     print(
         "| model | params | batch (windows x steps) | crop | frame stride | step (s) | "
         "real pipeline step (s) | real / pre-made | label frames/s | GFLOP/step | GFLOP/s | "
