@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -107,7 +108,7 @@ def _pool_ffi(fmap, q, kernel, w):
 _CHUNKS = 32
 
 
-def _pool_bwd_ffi(fmap, q, kernel, w, weights, d_pooled, d_weights, *, fmap_grad):
+def _pool_bwd_ffi(fmap, q, kernel, w, weights, d_pooled, d_weights, fmap_grad):
     chunks = min(_CHUNKS, math.prod(q.shape[:-2]))
     f32 = jnp.float32
     d_fmap, d_q, d_kernel, d_w = jax.ffi.ffi_call(
@@ -119,15 +120,20 @@ def _pool_bwd_ffi(fmap, q, kernel, w, weights, d_pooled, d_weights, *, fmap_grad
             jax.ShapeDtypeStruct((chunks, *w.shape), f32),
         ),
         vmap_method="broadcast_all",
-    )(fmap, q, kernel, w, weights, d_pooled, jnp.zeros((0,), f32) if d_weights is None else d_weights)
+    )(fmap, q, kernel, w, weights, d_pooled, d_weights)
     return (d_fmap if fmap_grad else None), d_q, d_kernel.sum(0), d_w.sum(0)
 
 
-def _pool_bwd_xla(fmap, q, kernel, w, weights, d_pooled, d_weights, *, fmap_grad):
-    del weights
-    d_weights = jnp.zeros(q.shape[:-1] + fmap.shape[-2:-1], q.dtype) if d_weights is None else d_weights
+def _pool_bwd_xla(fmap, q, kernel, w, weights, d_pooled, d_weights, fmap_grad):
+    if d_weights.size == 0:
+        d_weights = jnp.zeros_like(weights)
     d_fmap, *rest = jax.vjp(_pool_xla, fmap, q, kernel, w)[1]((d_pooled, d_weights))
     return (d_fmap if fmap_grad else None), *rest
+
+
+def _pool(fmap, q, kernel, w):
+    cpu = _pool_ffi if _native_usable(fmap.dtype) else _pool_xla
+    return jax.lax.platform_dependent(fmap, q, kernel, w, cpu=cpu, default=_pool_xla)
 
 
 @jax.custom_vjp
@@ -141,21 +147,18 @@ def attention_pool(
     pass on the CPU (float32, avemo/models/native/attention_cpu.cc), XLA on other platforms.
     The backward pass skips fmap's gradient when fmap does not depend on what is differentiated
     (a frozen face branch) and the weights' part when nothing downstream uses them."""
-    return jax.lax.platform_dependent(
-        fmap, q, kernel, w, cpu=_pool_ffi if _native_usable(fmap.dtype) else _pool_xla,
-        default=_pool_xla,
-    )  # fmt: skip
+    return _pool(fmap, q, kernel, w)
 
 
 @flax.struct.dataclass
 class _PoolResiduals:
     arrays: tuple
-    fmap_grad: bool = flax.struct.field(pytree_node=False)
+    fmap_grad: bool = flax.struct.field(pytree_node=False)  # static: fmap.perturbed
 
 
-def _attention_pool_fwd(fmap, q, kernel, w):
+def _attention_pool_fwd(fmap, q, kernel, w):  # symbolic_zeros: CustomVJPPrimal arguments
     values = tuple(x.value for x in (fmap, q, kernel, w))
-    pooled, weights = attention_pool(*values)
+    pooled, weights = _pool(*values)
     return (pooled, weights), _PoolResiduals((*values, weights), fmap.perturbed)
 
 
@@ -165,13 +168,14 @@ def _attention_pool_bwd(res, cotangents):
     zero = jax.custom_derivatives.SymbolicZero
     if isinstance(d_pooled, zero):
         d_pooled = jnp.zeros(weights.shape[:-1] + fmap.shape[-1:], fmap.dtype)
-    d_weights = None if isinstance(d_weights, zero) else d_weights
+    if isinstance(d_weights, zero):  # the weights feed nothing: [0], no part of the gradient
+        d_weights = jnp.zeros((0,), weights.dtype)
     cpu = _pool_bwd_ffi if _native_usable(fmap.dtype) else _pool_bwd_xla
-    args = (fmap, q, kernel, w, weights, d_pooled)
-    if d_weights is not None:
-        args += (d_weights,)
-    unpack = lambda f: lambda *a: f(*a[:6], a[6] if len(a) > 6 else None, fmap_grad=res.fmap_grad)
-    return jax.lax.platform_dependent(*args, cpu=unpack(cpu), default=unpack(_pool_bwd_xla))
+    return jax.lax.platform_dependent(
+        fmap, q, kernel, w, weights, d_pooled, d_weights,
+        cpu=functools.partial(cpu, fmap_grad=res.fmap_grad),
+        default=functools.partial(_pool_bwd_xla, fmap_grad=res.fmap_grad),
+    )  # fmt: skip
 
 
 attention_pool.defvjp(_attention_pool_fwd, _attention_pool_bwd, symbolic_zeros=True)
