@@ -81,7 +81,9 @@ def test_frozen_feature_map_skips_its_gradient_and_keeps_the_others():
     (fmap, *params), (t_pooled, _) = _inputs(6, 64, 32, 4, 32)
 
     def loss(f):
-        return lambda q, kernel, w: jnp.sum(f(jax.lax.stop_gradient(fmap), q, kernel, w)[0] * t_pooled)
+        return lambda q, kernel, w: jnp.sum(
+            f(jax.lax.stop_gradient(fmap), q, kernel, w)[0] * t_pooled
+        )
 
     g_native = jax.jit(jax.grad(loss(attention_pool), (0, 1, 2)))(*params)
     for x, y in zip(g_native, jax.grad(loss(_reference), (0, 1, 2))(*params), strict=True):
@@ -89,13 +91,26 @@ def test_frozen_feature_map_skips_its_gradient_and_keeps_the_others():
     frozen = jax.jit(jax.grad(loss(attention_pool), (0, 1, 2))).lower(*params).as_text()
     assert _bwd_results(frozen).startswith("(tensor<0xf32>, ")
     live = jax.jit(jax.grad(lambda f: jnp.sum(attention_pool(f, *params)[0]))).lower(fmap)
-    assert _bwd_results(live.as_text()).startswith(f"(tensor<{'x'.join(map(str, fmap.shape))}xf32>, ")
+    shape = "x".join(map(str, fmap.shape))
+    assert _bwd_results(live.as_text()).startswith(f"(tensor<{shape}xf32>, ")
 
 
 def _bwd_results(hlo: str) -> str:
     """The result types of the one backward call in a lowered program."""
     (line,) = [ln for ln in hlo.splitlines() if "@avemo_attention_pool_bwd(" in ln]
     return line.rsplit(" -> ", 1)[1]
+
+
+def test_spatial_attention_native_equals_xla_parameters_and_outputs():
+    fm = jax.random.normal(jax.random.key(0), (2, 5, 20, 8))  # 5 maps held for 4 steps
+    query = jax.random.normal(jax.random.key(1), (2, 18, 12))
+    nat, xla = SpatialAttention(32, 10, impl="native"), SpatialAttention(32, 10, impl="xla")
+    variables = xla.init(jax.random.key(2), fm, query, 4)
+    np.testing.assert_array_equal(  # same names, shapes, initial values: checkpoints load
+        ravel_pytree(nat.init(jax.random.key(2), fm, query, 4))[0], ravel_pytree(variables)[0]
+    )
+    for x, y in zip(nat.apply(variables, fm, query, 4), xla.apply(variables, fm, query, 4)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_native_pool_under_vmap_population_members():
