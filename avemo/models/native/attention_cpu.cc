@@ -114,6 +114,16 @@ struct Params {
   }
 };
 
+// Params of each copy (W [N, C, A], w [N, A]).
+std::vector<std::unique_ptr<Params>> copy_params(const Dims& d, ffi::Buffer<ffi::F32>& W,
+                                                 ffi::Buffer<ffi::F32>& w) {
+  std::vector<std::unique_ptr<Params>> params;
+  for (int64_t n = 0; n < d.rows / d.per_copy; ++n)
+    params.push_back(std::make_unique<Params>(d, W.typed_data() + n * d.C * d.A,
+                                              w.typed_data() + n * d.A));
+  return params;
+}
+
 // dst[j, i] = src[i, j] for i < rows, j < cols (leading dimensions lds, ldd): 16 x 16 blocks in
 // registers, four rounds of two-source lane shuffles; scalar at the edges.
 void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
@@ -296,11 +306,7 @@ ffi::Error PoolImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> fmap, ffi::Buffe
                     ffi::ResultBuffer<ffi::F32> pooled, ffi::ResultBuffer<ffi::F32> weights) {
   Dims d;
   if (auto e = check("avemo_attention_pool", fmap, q, W, w, &d); e.failure()) return e;
-  const int64_t copies = d.rows / d.per_copy;
-  std::vector<std::unique_ptr<Params>> params;
-  for (int64_t n = 0; n < copies; ++n)
-    params.push_back(std::make_unique<Params>(d, W.typed_data() + n * d.C * d.A,
-                                              w.typed_data() + n * d.A));
+  const auto params = copy_params(d, W, w);
   const int64_t chunk = 8;  // rows per work item
   parallel_for(pool, (d.rows + chunk - 1) / chunk, [&](int64_t i) {
     Map m(d);
@@ -337,10 +343,7 @@ ffi::Error PoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> fmap, ffi::Bu
   if (P <= 0 || P > d.per_copy || P * copies * d.A != static_cast<int64_t>(d_w->element_count()) ||
       static_cast<int64_t>(d_W->element_count()) != P * copies * d.C * d.A)
     return ffi::Error::InvalidArgument(std::string(name) + ": d_W [..., P, C, A], d_w [..., P, A]");
-  std::vector<std::unique_ptr<Params>> params;
-  for (int64_t n = 0; n < copies; ++n)
-    params.push_back(std::make_unique<Params>(d, W.typed_data() + n * d.C * d.A,
-                                              w.typed_data() + n * d.A));
+  const auto params = copy_params(d, W, w);
   parallel_for(pool, copies * P, [&](int64_t item) {  // chunk p of copy n: a fixed row range
     const int64_t n = item / P, p = item % P;
     const int64_t begin = n * d.per_copy + p * d.per_copy / P;

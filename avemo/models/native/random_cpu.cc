@@ -22,39 +22,29 @@ namespace {
 
 inline uint32_t rotl(uint32_t v, uint32_t r) { return (v << r) | (v >> (32 - r)); }
 
-#define ROUND(r)      \
-  x0 += x1;           \
-  x1 = rotl(x1, r);   \
-  x1 ^= x0;
+// The rotations of threefry2x32's rounds: groups of four, alternating.
+constexpr uint32_t kRotations[2][4] = {{13, 15, 26, 6}, {17, 29, 16, 24}};
 
 // bits[j] for counters begin .. end (j = counter - begin).
 void threefry_bits(uint32_t k0, uint32_t k1, uint64_t begin, uint64_t end, uint32_t* bits) {
-  const uint32_t k2 = k0 ^ k1 ^ 0x1BD11BDAu;
+  const uint32_t ks[3] = {k0, k1, k0 ^ k1 ^ 0x1BD11BDAu};  // the key schedule
   const int64_t n = static_cast<int64_t>(end - begin);
   for (int64_t j = 0; j < n; ++j) {  // vectorised by the compiler: u32 arithmetic only
     const uint64_t c = begin + static_cast<uint64_t>(j);
-    uint32_t x0 = static_cast<uint32_t>(c >> 32) + k0;
-    uint32_t x1 = static_cast<uint32_t>(c) + k1;
-    ROUND(13) ROUND(15) ROUND(26) ROUND(6)
-    x0 += k1;
-    x1 += k2 + 1u;
-    ROUND(17) ROUND(29) ROUND(16) ROUND(24)
-    x0 += k2;
-    x1 += k0 + 2u;
-    ROUND(13) ROUND(15) ROUND(26) ROUND(6)
-    x0 += k0;
-    x1 += k1 + 3u;
-    ROUND(17) ROUND(29) ROUND(16) ROUND(24)
-    x0 += k1;
-    x1 += k2 + 4u;
-    ROUND(13) ROUND(15) ROUND(26) ROUND(6)
-    x0 += k2;
-    x1 += k0 + 5u;
+    uint32_t x0 = static_cast<uint32_t>(c >> 32) + ks[0];
+    uint32_t x1 = static_cast<uint32_t>(c) + ks[1];
+    for (uint32_t i = 0; i < 5; ++i) {  // five groups of four rounds, each then a key injection
+      for (uint32_t r : kRotations[i % 2]) {
+        x0 += x1;
+        x1 = rotl(x1, r);
+        x1 ^= x0;
+      }
+      x0 += ks[(i + 1) % 3];
+      x1 += ks[(i + 2) % 3] + i + 1;
+    }
     bits[j] = x0 ^ x1;
   }
 }
-
-#undef ROUND
 
 ffi::Error ThreefryBitsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> key,
                             ffi::ResultBuffer<ffi::U32> bits) {
