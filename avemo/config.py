@@ -472,6 +472,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if not 0.0 <= flat["train.modality_dropout"] < 1.0:
         raise ConfigError("config.train.modality_dropout must be in [0, 1)")
+    _check_choice(flat, "audio.features.speech_pooled_alignment", ("causal", "centred"))
+    if flat["audio.features.speech_pooled_seconds"] < 0:
+        raise ConfigError("config.audio.features.speech_pooled_seconds must be >= 0 (0 = off)")
     if flat["audio.speech_energy.session_relative_db"] < 0:
         raise ConfigError("config.audio.speech_energy.session_relative_db must be >= 0 (0 = off)")
     # issue 9: the embedded corpus's hidden test set and hard variant.

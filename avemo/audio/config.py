@@ -83,6 +83,13 @@ def defaults() -> ml_collections.ConfigDict:
     # "centred": step t uses the window centred on the shift point nearest t (look-ahead up to
     # window/2 + shift/2); "causal": the latest window ending at or before t (no look-ahead).
     cfg.features.alignment = "centred"
+    # issue 9, not in the paper: > 0 appends, for every column above, its average over this many
+    # seconds weighted by the speech energy m of Eq. (31) (plus 0.01), and the window's mean m
+    # (`features.speech_pooled`): what the subject's own voice said lately, undiluted by pauses,
+    # silence and a distant speaker (m ~ 0), carried through the gaps. 0 = off (the paper).
+    cfg.features.speech_pooled_seconds = 0.0
+    # "causal" (the last seconds: the labels lag the signal) or "centred".
+    cfg.features.speech_pooled_alignment = "causal"
     # Beat histogram: RMS-envelope autocorrelation summed in log-spaced bands of beat periods.
     cfg.features.beat_bins = 8
     cfg.features.beat_min_period_seconds = 0.25

@@ -2,7 +2,8 @@
 
 One shared STFT (Hamming frames of the pre-emphasised signal) gives energy (Eq. 5), ZCR (Eq. 6),
 log-mel, MFCC, spectral centroid (Eq. 7) and flux (Eq. 8); openSMILE adds its low-level
-descriptors. `grid_features` summarises them over 3 s windows (1 s shift) placed on the grid.
+descriptors. `grid_features` summarises them over 3 s windows (1 s shift) placed on the grid;
+`speech_pooled` adds their speech-weighted average over the last seconds (issue 9).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from avemo.audio import dsp, spectrogram
 
 _CHUNK_FRAMES = 2048  # STFT block size: bounds memory for hour-long files.
 OPENSMILE_SETS = ("eGeMAPSv02", "ComParE_2016", "none")
+# Weight of a step without speech in `speech_pooled` (m + this).
+SPEECH_POOL_FLOOR = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +248,59 @@ def window_statistics(
     mean = (first[end] - first[start]) / count
     variance = (second[end] - second[start]) / count - np.square(mean)
     return mean + offset, np.sqrt(np.maximum(variance, 0.0))
+
+
+def speech_pooled(
+    table: np.ndarray,
+    weights: np.ndarray,
+    window_steps: int,
+    alignment: str = "causal",
+    floor: float = SPEECH_POOL_FLOOR,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Speech-weighted moving average of each feature column over `window_steps` label steps.
+
+    Not in the paper (issue 9): each step also sees its features averaged over the last few
+    seconds of the subject's own speech, so that pauses, digital silence and a distant second
+    speaker (all with speech energy m ~ 0) neither dilute nor replace what the voice said, and
+    the reading lasts through the gap. Weight of step s: m_s + `floor`, so that a window without
+    speech gets the plain average of its (silent) steps -- a defined, continuous value -- and any
+    speech dominates it. "causal": steps t - W + 1 .. t (the raters' labels lag the signal by
+    2-3 s, so the past is where the label's evidence is); "centred": t - W // 2 .. t + W - W // 2
+    - 1. Windows are cut at the session borders.
+
+    Args:
+      table: [T, D] features on the label grid.
+      weights: [T] speech energy m in [0, 1] (Eq. 31's tag).
+      window_steps: W >= 1.
+      alignment: "causal" or "centred".
+
+    Returns:
+      (pooled [T, D] float32, speech share [T] float32: the mean of m over the window).
+    """
+    if window_steps < 1:
+        raise ValueError(f"window_steps must be >= 1, got {window_steps}")
+    table = np.asarray(table, np.float64)
+    m = np.clip(np.asarray(weights, np.float64), 0.0, 1.0)
+    steps = table.shape[0]
+    index = np.arange(steps)
+    if alignment == "causal":
+        start = index - window_steps + 1
+    elif alignment == "centred":
+        start = index - window_steps // 2
+    else:
+        raise ValueError(f"unknown speech pooling alignment {alignment!r}: 'causal' or 'centred'")
+    end = np.clip(start + window_steps, 0, steps)
+    start = np.clip(start, 0, steps)
+    w = m + floor
+    offset = table.mean(axis=0) if steps else 0.0  # keeps the running sums well conditioned
+    zero = np.zeros((1, table.shape[1]))
+    weighted = np.concatenate([zero, np.cumsum(w[:, None] * (table - offset), axis=0)])
+    total = np.concatenate([[0.0], np.cumsum(w)])
+    speech = np.concatenate([[0.0], np.cumsum(m)])
+    mass = total[end] - total[start]
+    pooled = (weighted[end] - weighted[start]) / mass[:, None] + offset
+    share = (speech[end] - speech[start]) / np.maximum(end - start, 1)
+    return pooled.astype(np.float32), share.astype(np.float32)
 
 
 def beat_histogram(

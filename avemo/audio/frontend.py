@@ -144,6 +144,15 @@ def features_from_signal(
     table, names = features.grid_features(
         signal, analysis, frame_mask, num_steps, step_seconds, cfg
     )
+    pooled_seconds = cfg.features.speech_pooled_seconds
+    if pooled_seconds > 0:
+        window = max(1, int(round(pooled_seconds / step_seconds)))
+        pooled, share = features.speech_pooled(
+            table, speech_energy, window, cfg.features.speech_pooled_alignment
+        )
+        table = np.concatenate([table, pooled, share[:, None]], axis=1)
+        names = [*names, *(f"{n}_speech{pooled_seconds:g}s" for n in names)]
+        names.append(f"speech_share_{pooled_seconds:g}s")
     return {
         "audio_features": table,
         "audio_feature_names": np.asarray(names, dtype=str),
@@ -199,6 +208,10 @@ def extract_long(
         raise ValueError("chunk_seconds and margin_seconds must be whole seconds")
     signal, name = load_source(source, cfg, report)
     num_steps = _check_grid(signal, num_steps, cfg, step_seconds, name)
+    # The context a step's features reach back: the speech pooling plus a statistics window.
+    fcfg = cfg.features
+    reach = fcfg.speech_pooled_seconds + fcfg.window_seconds / 2 + fcfg.shift_seconds
+    margin_seconds = max(margin_seconds, float(math.ceil(reach)))
     chunk_steps = int(round(chunk_seconds / step_seconds))
     margin_steps = int(round(margin_seconds / step_seconds))
     rate = cfg.sample_rate
