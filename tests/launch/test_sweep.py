@@ -193,3 +193,20 @@ def test_fusion_ablation_variants_change_one_key_over_the_rows_seeds(tmp_path):
     assert plain.loss.modality_head_weight == 0.5
     with pytest.raises(sweep_lib.SweepError, match="variant model.not_a_key=1: unknown key"):
         sweep_lib.expand(spec + ":face_query|model.not_a_key=1", str(tmp_path))
+
+
+def test_fusion_ablation_rows_add_the_speech_pooled_functionals_last():
+    """The default is the last row; every earlier row reads the paper's per-step functionals
+    with the previous default's audio input dropout, and the audio-only row keeps its own."""
+    from configs import default, fusion_ablation
+
+    assert fusion_ablation.ROWS[-1] == "speech_pool"
+    assert fusion_ablation.get_config("default") == default.get_config()
+    assert default.get_config().audio.features.speech_pooled_seconds > 0
+    face_stage = fusion_ablation.get_config("face_stage")
+    assert face_stage.audio.features.speech_pooled_seconds == 0.0
+    assert face_stage.model.audio_input_dropout == 0.5
+    assert fusion_ablation.get_config("paper").model.audio_input_dropout == 0.0
+    audio = fusion_ablation.get_config("audio")
+    assert audio.audio.features.speech_pooled_seconds == 4.0
+    assert audio.model.audio_input_dropout == fusion_ablation.AUDIO_ONLY_INPUT_DROPOUT
