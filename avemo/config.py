@@ -123,6 +123,10 @@ def model_defaults() -> ml_collections.ConfigDict:
     # from a video-only run's workdir (best-by-dev checkpoint; "{seed}" = this run's seed), layer
     # for layer (avemo/warm_start.py); loaded at initialisation (not on resume). "" = none.
     m.face_init = ""
+    # issue 9: the fusion's audio stream (audio_lstm, and audio_cnn if enabled) from an audio-only
+    # run's workdir, as face_init does for the face ("{seed}", "{workdir}" allowed; best-by-dev
+    # checkpoint; at initialisation only). "" = none (the paper: the voice starts from scratch).
+    m.audio_init = ""
     # --- throughput (issue 10) ---
     # Max-pooling: "fast" (reshape + max / shifted maxima; identical outputs, cheap gradient on
     # XLA CPU) | "reduce_window" (the literal nn.max_pool). See avemo/models/layers.py.
@@ -378,6 +382,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(
             "config.model.face_init and config.train.face_stage_steps both name the video-only "
             "run the face stream starts from: set one"
+        )
+    if flat["model.audio_init"] and flat["model.mode"] != "fusion":
+        raise ConfigError(
+            "config.model.audio_init starts the fusion's audio stream from an audio-only run: "
+            "it needs model.mode='fusion'"
         )
     if flat["model.face_init"] or flat["train.face_stage_steps"]:
         if not (

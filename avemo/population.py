@@ -290,6 +290,12 @@ class PopulationTrainer:
                     state.params, state.batch_stats, source
                 )
                 state = state.replace(params=params, batch_stats=batch_stats)
+            audio = warm_start.audio_source(config, workdir) if workdir else None
+            if audio:  # each member from its own audio-only run
+                params, batch_stats = warm_start.load_audio_stream(
+                    state.params, state.batch_stats, audio
+                )
+                state = state.replace(params=params, batch_stats=batch_stats)
             members.append(state)
         return self.stack(members)
 

@@ -600,6 +600,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, f
                 state.params, state.batch_stats, source
             )
             state = state.replace(params=params, batch_stats=batch_stats)
+        audio = warm_start.audio_source(config, workdir)
+        if audio:  # the audio stream of an audio-only run (issue 9), fresh runs only
+            params, batch_stats = warm_start.load_audio_stream(
+                state.params, state.batch_stats, audio
+            )
+            state = state.replace(params=params, batch_stats=batch_stats)
         if is_chief:
             params = sum(x.size for x in jax.tree.leaves(state.params))
             log.info(

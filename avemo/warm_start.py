@@ -23,9 +23,16 @@ initialisation the fusion's face head therefore computes exactly the video-only 
 (tested); training then goes on end to end, every layer trainable. The audio stream, the gate,
 the fusion's output LSTM and head keep their seeded initialisation.
 
-`face_init` is a workdir of a video-only run (its best-by-dev checkpoint is loaded); `{seed}` in
-it is replaced by the run's `seed`, so each seed of a sweep starts from the video-only run of the
-same seed (e.g. `runs/video/seed={seed}`), and `{workdir}` by the run's own workdir.
+`model.audio_init` does the same for the voice: the fusion's audio stream (`audio_lstm`, its Dense
+and LSTM, and `audio_cnn` if enabled) starts from an audio-only run (`model.mode="audio"`), whose
+layers of those names are the same; the audio-only model's output LSTM and head read its h_t
+alone and have no counterpart. Why: trained jointly, the fusion's voice reads arousal worse than
+the audio-only model at the same step count (docs/fusion.md).
+
+`face_init` (`audio_init`) is a workdir of a video-only (audio-only) run (its best-by-dev
+checkpoint is loaded); `{seed}` in it is replaced by the run's `seed`, so each seed of a sweep
+starts from the run of the same seed (e.g. `runs/video/seed={seed}`), and `{workdir}` by the
+run's own workdir.
 
 `train.face_stage_steps` > 0 makes that video-only run the first stage of the same command:
 `avemo.train.train_and_evaluate` (and `avemo.population.train_population`, member by member)
@@ -61,17 +68,19 @@ FACE_STREAM_MAP = (
     ("output_lstm", "face_context_lstm"),
     ("head", "video_head"),
 )
+# (audio-only module, fusion module): the fusion's audio stream (model.audio_init).
+AUDIO_STREAM_MAP = (("audio_lstm", "audio_lstm"), ("audio_cnn", "audio_cnn"))
 ZEROED = ("face_memory",)  # fusion-only: starts at zero, so c_t is the video-only model's context
 STAGE_DIR = "face_stage"  # under the fusion's workdir: the video-only first stage
 
 
-def resolve(template: str, seed: int, workdir: str = "") -> str:
-    """The workdir `template` names for `seed` and the run's `workdir`, absolute."""
+def resolve(template: str, seed: int, workdir: str = "", key: str = "face_init") -> str:
+    """The workdir `template` (config.model.`key`) names for `seed` and the run's `workdir`."""
     try:
         path = template.format(seed=seed, workdir=workdir)
     except (KeyError, IndexError, ValueError) as err:
         raise config_lib.ConfigError(
-            f"config.model.face_init={template!r}: only the placeholders {{seed}} and "
+            f"config.model.{key}={template!r}: only the placeholders {{seed}} and "
             f"{{workdir}} are allowed ({err})"
         ) from None
     return os.path.abspath(os.path.expanduser(path))
@@ -121,8 +130,17 @@ def face_source(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     return None
 
 
-def _restore_video_run(workdir: str) -> tuple[dict, dict, int]:
-    """(params, batch_stats, step) of the best-by-dev checkpoint of a video-only run."""
+def audio_source(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """The audio-only run a fresh fusion run in `workdir` starts its audio stream from, if any."""
+    if config.model.audio_init:
+        return resolve(config.model.audio_init, config.seed, workdir, key="audio_init")
+    return None
+
+
+def _restore_run(
+    workdir: str, mode: str = "video", key: str = "face_init"
+) -> tuple[dict, dict, int]:
+    """(params, batch_stats, step) of the best-by-dev checkpoint of a `mode`-only run."""
     from avemo import inference
 
     try:
@@ -130,12 +148,12 @@ def _restore_video_run(workdir: str) -> tuple[dict, dict, int]:
         step = inference.checkpoint_step(workdir, saved_config, "best")
     except inference.NoModelError as err:
         raise config_lib.ConfigError(
-            f"config.model.face_init: {err} (a finished video-only run's workdir is needed)"
+            f"config.model.{key}: {err} (a finished {mode}-only run's workdir is needed)"
         ) from None
-    if saved_config.model.mode != "video":
+    if saved_config.model.mode != mode:
         raise config_lib.ConfigError(
-            f"config.model.face_init={workdir!r} is a model.mode={saved_config.model.mode!r} "
-            "run; the face stream starts from a video-only run (model.mode='video')"
+            f"config.model.{key}={workdir!r} is a model.mode={saved_config.model.mode!r} "
+            f"run; the stream starts from a {mode}-only run (model.mode={mode!r})"
         )
     ckpt = checkpointing.Checkpointer(workdir, f"dev/{saved_config.checkpoint.best_metric}")
     try:
@@ -179,7 +197,7 @@ def load_face_stream(
     """
     from avemo.stage1 import tree_shapes
 
-    src_params, src_stats, step = _restore_video_run(workdir)
+    src_params, src_stats, step = _restore_run(workdir)
     new_params, new_stats = dict(params), dict(batch_stats or {})
     for src, dst in FACE_STREAM_MAP:
         if dst not in params:
@@ -221,3 +239,42 @@ def load_face_stream(
             new_params[name] = jax.tree.map(jax.numpy.zeros_like, new_params[name])
     log.info("Face stream initialised from %s (video-only run, step %d).", workdir, step)
     return new_params, new_stats
+
+
+def load_audio_stream(
+    params: Mapping[str, Any], batch_stats: Mapping[str, Any], workdir: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fusion's (params, batch_stats) with the audio stream of the audio-only run `workdir`.
+
+    Raises:
+      ConfigError: no such run, not an audio-only run, or a layer whose shapes differ (naming
+        it: the audio features, `audio_dense_features` and `lstm_features` must match).
+    """
+    from avemo.stage1 import tree_shapes
+
+    src_params, _, step = _restore_run(workdir, "audio", "audio_init")
+    new_params = dict(params)
+    for src, dst in AUDIO_STREAM_MAP:
+        if (src in src_params) != (dst in params):
+            raise config_lib.ConfigError(
+                f"config.model.audio_init={workdir!r}: {src!r} is in only one of the audio-only "
+                "run and this fusion model (model.audio_cnn.enabled must match)"
+            )
+        if dst not in params:
+            continue
+        want, have = tree_shapes(params[dst]), tree_shapes(src_params[src])
+        if want != have:
+            key = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[0]
+            raise config_lib.ConfigError(
+                f"config.model.audio_init={workdir!r}: params {src}{key} is "
+                f"{have.get(key, 'missing')} there and {want.get(key, 'missing')} in the "
+                f"fusion's {dst} (the same audio features, audio_dense_features and "
+                "lstm_features are needed)"
+            )
+        new_params[dst] = jax.tree.map(
+            lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
+            src_params[src],
+            params[dst],
+        )
+    log.info("Audio stream initialised from %s (audio-only run, step %d).", workdir, step)
+    return new_params, dict(batch_stats or {})

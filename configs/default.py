@@ -38,7 +38,7 @@ def get_config(arg=None):  # noqa: ARG001
     # With them the voice no longer needs the element-wise input dropout 0.5 that kept it from
     # carrying valence alone before the face stage existed. Chosen on dev, 3 seeds, mean of
     # normal / face removed / audio silenced / far field (docs/fusion.md): 0.889 (no pooling,
-    # dropout 0.5) -> 0.906 (pooling, dropout 0.5), 0.907 (0.2), 0.908 (0.0); dev A / V
+    # dropout 0.5) -> 0.906 (pooling, dropout 0.5), 0.906 (0.2), 0.908 (0.0); dev A / V
     # 0.886 / 0.944 -> 0.918 / 0.953.
     c.audio.features.speech_pooled_seconds = 4.0
     c.model.audio_input_dropout = 0.0
