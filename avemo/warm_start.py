@@ -185,6 +185,26 @@ def _widen_query(src_attention: Mapping[str, Any], dst_attention: Mapping[str, A
     return src
 
 
+def _placed(source: Any, target: Any, where: str, there: str) -> Any:
+    """`source`'s arrays on the dtypes and shardings of `target`'s, which must have its shapes.
+
+    Raises:
+      ConfigError: "{where}{first differing leaf} is {shape} there and {shape} in {there}".
+    """
+    from avemo.stage1 import tree_shapes
+
+    want, have = tree_shapes(target), tree_shapes(source)
+    if want != have:
+        key = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[0]
+        raise config_lib.ConfigError(
+            f"{where}{key} is {have.get(key, 'missing')} there and "
+            f"{want.get(key, 'missing')} in {there}"
+        )
+    return jax.tree.map(
+        lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), source, target
+    )
+
+
 def load_face_stream(
     params: Mapping[str, Any], batch_stats: Mapping[str, Any], workdir: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -195,8 +215,6 @@ def load_face_stream(
     Raises:
       ConfigError: no such run, not a video-only run, or a layer whose shapes differ (naming it).
     """
-    from avemo.stage1 import tree_shapes
-
     src_params, src_stats, step = _restore_run(workdir)
     new_params, new_stats = dict(params), dict(batch_stats or {})
     for src, dst in FACE_STREAM_MAP:
@@ -219,20 +237,13 @@ def load_face_stream(
             src_tree = source.get(src, {})
             if kind == "params" and dst == "attention":
                 src_tree = _widen_query(src_tree, target.get(dst, {}))
-            want, have = tree_shapes(target.get(dst, {})), tree_shapes(src_tree)
-            if want != have:
-                key = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[0]
-                raise config_lib.ConfigError(
-                    f"config.model.face_init={workdir!r}: {kind} {src}{key} is "
-                    f"{have.get(key, 'missing')} there and {want.get(key, 'missing')} in the "
-                    f"fusion's {dst} (the face tower must be as wide as the video-only model: "
-                    "video_lstm_features = lstm_features, face_lstm_dense_features = "
-                    "audio_dense_features, the same alexnet sizes and face size)"
-                )
-            target[dst] = jax.tree.map(
-                lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
+            target[dst] = _placed(
                 src_tree,
-                target[dst],
+                target.get(dst, {}),
+                f"config.model.face_init={workdir!r}: {kind} {src}",
+                f"the fusion's {dst} (the face tower must be as wide as the video-only model: "
+                "video_lstm_features = lstm_features, face_lstm_dense_features = "
+                "audio_dense_features, the same alexnet sizes and face size)",
             )
     for name in ZEROED:
         if name in new_params:
@@ -250,8 +261,6 @@ def load_audio_stream(
       ConfigError: no such run, not an audio-only run, or a layer whose shapes differ (naming
         it: the audio features, `audio_dense_features` and `lstm_features` must match).
     """
-    from avemo.stage1 import tree_shapes
-
     src_params, _, step = _restore_run(workdir, "audio", "audio_init")
     new_params = dict(params)
     for src, dst in AUDIO_STREAM_MAP:
@@ -262,19 +271,12 @@ def load_audio_stream(
             )
         if dst not in params:
             continue
-        want, have = tree_shapes(params[dst]), tree_shapes(src_params[src])
-        if want != have:
-            key = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[0]
-            raise config_lib.ConfigError(
-                f"config.model.audio_init={workdir!r}: params {src}{key} is "
-                f"{have.get(key, 'missing')} there and {want.get(key, 'missing')} in the "
-                f"fusion's {dst} (the same audio features, audio_dense_features and "
-                "lstm_features are needed)"
-            )
-        new_params[dst] = jax.tree.map(
-            lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding),
+        new_params[dst] = _placed(
             src_params[src],
             params[dst],
+            f"config.model.audio_init={workdir!r}: params {src}",
+            f"the fusion's {dst} (the same audio features, audio_dense_features and "
+            "lstm_features are needed)",
         )
     log.info("Audio stream initialised from %s (audio-only run, step %d).", workdir, step)
     return new_params, dict(batch_stats or {})

@@ -9,6 +9,7 @@ import pytest
 from avemo import config as config_lib
 from avemo import train, warm_start
 from configs import tiny
+from tests.models.test_face_init import _trainer
 
 
 def _config(mode, audio_init=""):
@@ -31,12 +32,6 @@ def audio_run(tmp_path_factory):
         c.seed = seed
         train.train_and_evaluate(c, str(root / f"seed={seed}"))
     return root
-
-
-def _trainer(config):
-    sessions = train.load_sessions(config, "")
-    batch = train.example_batch(sessions, config, 4)
-    return train.Trainer(config, batch, 10), batch
 
 
 def _audio_state(model, variables, batch):
