@@ -88,21 +88,9 @@ def test_audio_init_refuses_other_runs_and_shapes(audio_run, tmp_path):
         warm_start.load_audio_stream(state.params, state.batch_stats, str(tmp_path))
 
 
-def test_audio_init_needs_an_audio_only_run_and_a_fusion_model(tmp_path):
-    video = _config("video")
-    train.train_and_evaluate(video, str(tmp_path / "video"))
-    cfg = _config("fusion")
-    trainer, _ = _trainer(cfg)
-    state = trainer.init_state()
-    with pytest.raises(config_lib.ConfigError, match="model.mode='video' run.*'audio'"):
-        warm_start.load_audio_stream(state.params, state.batch_stats, str(tmp_path / "video"))
-    with pytest.raises(config_lib.ConfigError, match="audio_init .*needs model.mode='fusion'"):
-        _config("audio", "runs/audio/seed={seed}")
-    with pytest.raises(config_lib.ConfigError, match="audio_init=.*only the placeholders"):
-        warm_start.resolve("runs/{member}", 0, key="audio_init")
-
-
-def test_a_fresh_fusion_run_loads_the_audio_stream(audio_run, tmp_path, caplog):
+def test_a_fresh_fusion_run_loads_the_audio_stream_and_only_from_an_audio_only_run(
+    audio_run, tmp_path, caplog
+):
     cfg = _config("fusion", str(audio_run / "seed={seed}"))
     cfg.train.num_steps = 1
     cfg.train.eval_every_steps = 1
@@ -110,3 +98,12 @@ def test_a_fresh_fusion_run_loads_the_audio_stream(audio_run, tmp_path, caplog):
     with caplog.at_level("INFO", logger="avemo"):
         train.train_and_evaluate(cfg, str(tmp_path / "fusion"))
     assert f"Audio stream initialised from {audio_run / f'seed={cfg.seed}'}" in caplog.text
+    # That fusion run is no audio-only run to start from.
+    trainer, _ = _trainer(_config("fusion"))
+    state = trainer.init_state()
+    with pytest.raises(config_lib.ConfigError, match="model.mode='fusion' run.*'audio'"):
+        warm_start.load_audio_stream(state.params, state.batch_stats, str(tmp_path / "fusion"))
+    with pytest.raises(config_lib.ConfigError, match="audio_init .*needs model.mode='fusion'"):
+        _config("audio", "runs/audio/seed={seed}")
+    with pytest.raises(config_lib.ConfigError, match="audio_init=.*only the placeholders"):
+        warm_start.resolve("runs/{member}", 0, key="audio_init")
