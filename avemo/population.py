@@ -284,16 +284,9 @@ class PopulationTrainer:
                     state.params, state.batch_stats, config.model.video_init
                 )
                 state = state.replace(params=params, batch_stats=batch_stats)
-            source = warm_start.face_source(config, workdir) if workdir else None
-            if source:  # each member from its own video-only run (issue 9)
-                params, batch_stats = warm_start.load_face_stream(
-                    state.params, state.batch_stats, source
-                )
-                state = state.replace(params=params, batch_stats=batch_stats)
-            audio = warm_start.audio_source(config, workdir) if workdir else None
-            if audio:  # each member from its own audio-only run
-                params, batch_stats = warm_start.load_audio_stream(
-                    state.params, state.batch_stats, audio
+            if workdir:  # each member from its own video- / audio-only runs (issue 9)
+                params, batch_stats = warm_start.load_streams(
+                    config, workdir, state.params, state.batch_stats
                 )
                 state = state.replace(params=params, batch_stats=batch_stats)
             members.append(state)

@@ -594,18 +594,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, f
             )
             state = state.replace(params=params, batch_stats=batch_stats)
             log.info("Video branch initialised from %s.", config.model.video_init)
-        source = warm_start.face_source(config, workdir)
-        if source:  # the face stream of a video-only run (issue 9), fresh runs only
-            params, batch_stats = warm_start.load_face_stream(
-                state.params, state.batch_stats, source
-            )
-            state = state.replace(params=params, batch_stats=batch_stats)
-        audio = warm_start.audio_source(config, workdir)
-        if audio:  # the audio stream of an audio-only run (issue 9), fresh runs only
-            params, batch_stats = warm_start.load_audio_stream(
-                state.params, state.batch_stats, audio
-            )
-            state = state.replace(params=params, batch_stats=batch_stats)
+        # The face / audio stream of a video- / audio-only run (issue 9), fresh runs only.
+        params, batch_stats = warm_start.load_streams(
+            config, workdir, state.params, state.batch_stats
+        )
+        state = state.replace(params=params, batch_stats=batch_stats)
         if is_chief:
             params = sum(x.size for x in jax.tree.leaves(state.params))
             log.info(

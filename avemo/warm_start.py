@@ -137,6 +137,24 @@ def audio_source(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     return None
 
 
+def load_streams(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    params: Mapping[str, Any],
+    batch_stats: Mapping[str, Any],
+) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """A fresh fusion run's (params, batch_stats) with the streams its config starts from: the
+    face stream of `face_source` (face_init or the face stage) and the audio stream of
+    `audio_source` (audio_init). Unchanged when it names neither."""
+    face = face_source(config, workdir)
+    if face:
+        params, batch_stats = load_face_stream(params, batch_stats, face)
+    audio = audio_source(config, workdir)
+    if audio:
+        params, batch_stats = load_audio_stream(params, batch_stats, audio)
+    return params, batch_stats
+
+
 def _restore_run(
     workdir: str, mode: str = "video", key: str = "face_init"
 ) -> tuple[dict, dict, int]:

@@ -265,7 +265,7 @@ def speech_pooled(
     the reading lasts through the gap. Weight of step s: m_s + `floor`, so that a window without
     speech gets the plain average of its (silent) steps -- a defined, continuous value -- and any
     speech dominates it. "causal": steps t - W + 1 .. t (the raters' labels lag the signal by
-    2-3 s, so the past is where the label's evidence is); "centred": t - W // 2 .. t + W - W // 2
+    1-3 s, so the past is where the label's evidence is); "centred": t - W // 2 .. t + W - W // 2
     - 1. Windows are cut at the session borders.
 
     Args:
