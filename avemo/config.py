@@ -208,6 +208,13 @@ def base_config() -> ml_collections.ConfigDict:
     # stream (CNN, LSTM, attention, LSTM, head) the fusion then starts from (avemo/warm_start.py;
     # model.face_init names such a run explicitly). 0 = one stage, end to end (the paper).
     c.train.face_stage_steps = 0
+    # issue 9: > 0 = an audio-only first stage of this many steps in WORKDIR/audio_stage, whose
+    # audio stream (audio_lstm, audio_cnn) the fusion then starts from, as the face stage does for
+    # the face (model.audio_init names such a run explicitly). The stage is the audio-only model
+    # of configs/fusion_ablation.py:audio, whose own element-wise input dropout is
+    # `audio_stage_input_dropout` (the fusion's model.audio_input_dropout is its own).
+    c.train.audio_stage_steps = 0
+    c.train.audio_stage_input_dropout = 0.5
     # The learning rate of the warm-started face tower (the layers model.face_init / the face stage
     # load: alexnet, face_lstm, attention, face_context_lstm, video_head) relative to the rest:
     # the fusion's schedule starts again at its peak, which a tower already trained for the face
@@ -388,6 +395,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "config.model.audio_init starts the fusion's audio stream from an audio-only run: "
             "it needs model.mode='fusion'"
         )
+    if flat["train.audio_stage_steps"] < 0:
+        raise ConfigError("config.train.audio_stage_steps must be >= 0 (0 = no audio-only stage)")
+    if not 0.0 <= flat["train.audio_stage_input_dropout"] < 1.0:
+        raise ConfigError("config.train.audio_stage_input_dropout must be in [0, 1)")
+    if flat["train.audio_stage_steps"]:
+        if flat["model.mode"] != "fusion":
+            raise ConfigError(
+                "config.train.audio_stage_steps starts the fusion's audio stream from an "
+                "audio-only first stage: it needs model.mode='fusion'"
+            )
+        if flat["model.audio_init"]:
+            raise ConfigError(
+                "config.model.audio_init and config.train.audio_stage_steps both name the "
+                "audio-only run the audio stream starts from: set one"
+            )
     if flat["model.face_init"] or flat["train.face_stage_steps"]:
         if not (
             flat["model.mode"] == "fusion"

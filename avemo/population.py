@@ -644,30 +644,39 @@ def train_population(
         os.replace(tmp, os.path.join(workdir, "config.json"))
     config = configs[0]
     k = len(configs)
-    if config.train.face_stage_steps and _fresh(population_dir):
-        # The video-only first stage of every member (avemo.warm_start), itself a population.
-        stages = [warm_start.stage_config(c) for c in configs]
-        stage_dirs = [os.path.join(w, warm_start.STAGE_DIR) for w in workdirs]
+    # The single-modality first stages of every member (avemo.warm_start: video-only, then
+    # audio-only), each itself a population.
+    first = [warm_start.first_stages(c) for c in configs] if _fresh(population_dir) else [[]]
+    if len({tuple(subdir for subdir, _ in member) for member in first}) > 1:
+        raise PopulationError("the members' first stages differ (train.*_stage_steps)")
+    for index, (subdir, _) in enumerate(first[0]):
+        stages = [member_stages[index][1] for member_stages in first]
+        stage_dirs = [os.path.join(w, subdir) for w in workdirs]
 
-        def stages_done() -> bool:
+        def stages_done(stages=stages, stage_dirs=stage_dirs) -> bool:
             return all(
                 warm_start.stage_finished(d, c.train.num_steps)
                 for d, c in zip(stage_dirs, stages, strict=True)
             )
 
         if not stages_done():
-            log.info("Face stage: %d video-only members, %d steps.", k, stages[0].train.num_steps)
+            log.info(
+                "First stage: %d %s-only members, %d steps.",
+                k,
+                stages[0].model.mode,
+                stages[0].train.num_steps,
+            )
             train_population(
                 stages,
                 stage_dirs,
-                os.path.join(population_dir, warm_start.STAGE_DIR),
+                os.path.join(population_dir, subdir),
                 data_order,
                 member_conv,
                 member_devices,
                 reports=False,
             )
             if not stages_done():
-                log.info("The face stage stopped early (preempted); run again to resume it.")
+                log.info("The %s stopped early (preempted); run again to resume it.", subdir)
                 return [{} for _ in configs]
 
     # The data is prepared once (members share the front ends and the preparation cache).

@@ -513,18 +513,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     from avemo import warm_start
 
-    if config.train.face_stage_steps and _latest_checkpoint(config, workdir) is None:
-        stage = warm_start.stage_config(config)  # the video-only first stage, fresh runs only
-        stage_dir = os.path.join(workdir, warm_start.STAGE_DIR)
+    # The single-modality first stages (video-only, audio-only), fresh runs only.
+    stages = warm_start.first_stages(config) if _latest_checkpoint(config, workdir) is None else []
+    for subdir, stage in stages:
+        stage_dir = os.path.join(workdir, subdir)
         if not warm_start.stage_finished(stage_dir, stage.train.num_steps):
             log.info(
-                "Face stage: the video-only model, %d steps, in %s.",
+                "First stage: the %s-only model, %d steps, in %s.",
+                stage.model.mode,
                 stage.train.num_steps,
                 stage_dir,
             )
             train_and_evaluate(stage, stage_dir)
             if not warm_start.stage_finished(stage_dir, stage.train.num_steps):
-                log.info("The face stage stopped early (preempted); run again to resume it.")
+                log.info("The %s stopped early (preempted); run again to resume it.", subdir)
                 return {}
             hostmem.release()  # the stage's batches, buffers and programs
     last_eval, finished = _train(config, workdir)

@@ -40,6 +40,11 @@ first trains `stage_config(config)` -- this config as the video-only model of
 `configs/fusion_ablation.py:video`, for `face_stage_steps` steps, same seed -- in
 `WORKDIR/face_stage/` (an ordinary, resumable workdir; dev selects its checkpoint; no report),
 then the fusion from it. A resumed fusion run skips the stage.
+
+`train.audio_stage_steps` > 0 does the same for the voice (`audio_stage_config`: the audio-only
+model of `configs/fusion_ablation.py:audio`, in `WORKDIR/audio_stage/`), after the face stage.
+With both stages of N steps and N fusion steps, each stream is trained for 2N steps, as long as
+each single-modality model of the ablation (the audio stage costs ~1 % of a face step's time).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ FACE_STREAM_MAP = (
 AUDIO_STREAM_MAP = (("audio_lstm", "audio_lstm"), ("audio_cnn", "audio_cnn"))
 ZEROED = ("face_memory",)  # fusion-only: starts at zero, so c_t is the video-only model's context
 STAGE_DIR = "face_stage"  # under the fusion's workdir: the video-only first stage
+AUDIO_STAGE_DIR = "audio_stage"  # under the fusion's workdir: the audio-only first stage
 
 
 def resolve(template: str, seed: int, workdir: str = "", key: str = "face_init") -> str:
@@ -103,13 +109,56 @@ def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.model.face_context_lstm = False
     c.model.attention_query = "audio"  # video mode: the query is the video LSTM's own state
     c.model.face_init = ""
+    c.model.audio_init = ""
     c.train.modality_dropout = 0.0
     c.train.far_field_augment = 0.0
     c.train.num_steps = config.train.face_stage_steps
     c.train.face_stage_steps = 0
+    c.train.audio_stage_steps = 0
     c.train.face_init_lr_scale = 1.0  # the stage is the face tower's own training
     c.eval.report_at_end = False  # python -m avemo.evaluate --workdir W/face_stage: its report
     return config_lib.validate(c)
+
+
+def audio_stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The audio-only first stage of `config` (`train.audio_stage_steps` steps, same seed).
+
+    The single-modality settings of `configs/fusion_ablation.py:audio` (tested equal): the voice
+    alone (with the fusion's far-field augmentation and audio front end), nothing to drop, the
+    audio-only model's own input dropout (`train.audio_stage_input_dropout`); the LSTM widths,
+    the optimiser, the data and the evaluation as the fusion has them.
+    """
+    c = copy.deepcopy(config)
+    c.model.mode = "audio"
+    c.model.modality_heads = False
+    c.model.output_residual = False
+    c.model.gate_inputs = "states"
+    c.model.video_lstm_features = 0
+    c.model.face_lstm_dense_features = 0
+    c.model.face_context_lstm = False
+    c.model.attention_query = "audio"
+    c.model.face_init = ""
+    c.model.audio_init = ""
+    c.model.audio_input_dropout = config.train.audio_stage_input_dropout
+    c.train.modality_dropout = 0.0
+    c.train.num_steps = config.train.audio_stage_steps
+    c.train.face_stage_steps = 0
+    c.train.audio_stage_steps = 0
+    c.train.face_init_lr_scale = 1.0
+    c.eval.report_at_end = False  # python -m avemo.evaluate --workdir W/audio_stage: its report
+    return config_lib.validate(c)
+
+
+def first_stages(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(subdirectory, config) of each single-modality first stage a fresh fusion run trains
+    before the fusion: the face stage (`train.face_stage_steps`), then the audio stage
+    (`train.audio_stage_steps`); none for a run without them."""
+    stages = []
+    if config.train.face_stage_steps:
+        stages.append((STAGE_DIR, stage_config(config)))
+    if config.train.audio_stage_steps:
+        stages.append((AUDIO_STAGE_DIR, audio_stage_config(config)))
+    return stages
 
 
 def stage_finished(workdir: str, steps: int) -> bool:
@@ -134,6 +183,8 @@ def audio_source(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     """The audio-only run a fresh fusion run in `workdir` starts its audio stream from, if any."""
     if config.model.audio_init:
         return resolve(config.model.audio_init, config.seed, workdir, key="audio_init")
+    if config.train.audio_stage_steps:
+        return os.path.join(os.path.abspath(workdir), AUDIO_STAGE_DIR)
     return None
 
 

@@ -97,6 +97,7 @@ def _row(row):
         # The same budget as the default: its face stage and its fusion steps together.
         c.train.num_steps = c.train.num_steps + c.train.face_stage_steps
         c.train.face_stage_steps = 0
+        c.train.audio_stage_steps = 0
         c.train.face_init_lr_scale = 1.0
         c.model.face_lstm_dense_features = 0
         c.model.mode = row

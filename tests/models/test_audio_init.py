@@ -107,3 +107,70 @@ def test_a_fresh_fusion_run_loads_the_audio_stream_and_only_from_an_audio_only_r
         _config("audio", "runs/audio/seed={seed}")
     with pytest.raises(config_lib.ConfigError, match="audio_init=.*only the placeholders"):
         warm_start.resolve("runs/{member}", 0, key="audio_init")
+
+
+def test_the_audio_stage_is_the_audio_only_ablation_row():
+    """`audio_stage_config` of the default is `configs/fusion_ablation.py:audio`, stage steps
+    long (its own input dropout included)."""
+    from configs import default, fusion_ablation
+
+    fusion = default.get_config()
+    fusion.train.audio_stage_steps = 300
+    stage = warm_start.audio_stage_config(fusion)
+    row = fusion_ablation.get_config("audio")
+    row.train.num_steps = 300
+    row.eval.report_at_end = False
+    assert stage.to_dict() == row.to_dict()
+    assert stage.model.audio_input_dropout == fusion_ablation.AUDIO_ONLY_INPUT_DROPOUT
+
+
+def test_audio_stage_trains_the_audio_only_model_first_and_starts_from_it(tmp_path):
+    """A fusion run with a 3-step audio stage at a zero learning rate keeps the stage's audio
+    stream; a resumed run does not train the stage again."""
+    from avemo import inference
+
+    cfg = _config("fusion")
+    cfg.train.audio_stage_steps = 3
+    cfg.train.audio_stage_input_dropout = 0.25
+    cfg.seed = 1
+    cfg.train.learning_rate = 0.0
+    cfg.train.num_steps = 1
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(cfg, str(workdir))
+    stage = inference.load(str(workdir / warm_start.AUDIO_STAGE_DIR))
+    assert stage.config.model.mode == "audio" and stage.config.seed == 1
+    assert stage.config.train.num_steps == 3
+    assert stage.config.model.audio_input_dropout == 0.25
+    fused = inference.load(str(workdir), which="latest")
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        fused.state.params["audio_lstm"],
+        stage.state.params["audio_lstm"],
+    )
+    mtime = (workdir / warm_start.AUDIO_STAGE_DIR / "final_metrics.json").stat().st_mtime
+    train.train_and_evaluate(cfg, str(workdir))
+    assert (workdir / warm_start.AUDIO_STAGE_DIR / "final_metrics.json").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"train.audio_stage_steps": -1}, "audio_stage_steps must be >= 0"),
+        ({"train.audio_stage_input_dropout": 1.0}, r"audio_stage_input_dropout must be in \[0"),
+        (
+            {"train.audio_stage_steps": 3, "model.audio_init": "runs/a/seed={seed}"},
+            "audio_init and config.train.audio_stage_steps both",
+        ),
+        (
+            {"train.audio_stage_steps": 3, "model.mode": "audio"},
+            "audio_stage_steps .*needs model.mode='fusion'",
+        ),
+    ],
+)
+def test_audio_stage_keys_are_validated(changes, message):
+    cfg = _config("fusion")
+    if changes.get("model.mode") == "audio":
+        cfg.model.modality_heads = False
+    cfg.update_from_flattened_dict(changes)
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(cfg)

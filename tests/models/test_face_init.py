@@ -231,6 +231,7 @@ def test_face_stage_trains_the_video_only_model_first_and_starts_from_it(stage_r
 
 
 def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp_path):
+    """... and its audio stage (the second first stage) likewise."""
     from avemo import inference, population
 
     configs = []
@@ -238,6 +239,7 @@ def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp
         c = _fusion_config()
         c.seed = seed
         c.train.face_stage_steps = 2
+        c.train.audio_stage_steps = 2
         c.train.learning_rate = 0.0  # the members keep what they loaded
         configs.append(c)
     members = [str(tmp_path / f"seed={c.seed}") for c in configs]
@@ -251,6 +253,13 @@ def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp
             np.testing.assert_array_equal,
             fused.state.params["face_context_lstm"],
             stage.state.params["output_lstm"],
+        )
+        audio = inference.load(os.path.join(member, warm_start.AUDIO_STAGE_DIR))
+        assert audio.config.model.mode == "audio" and audio.state.step == 2
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            fused.state.params["audio_lstm"],
+            audio.state.params["audio_lstm"],
         )
         outs.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(stage.state.params)]))
     assert not np.allclose(outs[0], outs[1])  # each member its own seed's stage
