@@ -177,6 +177,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.aux_weight = 0.1  # lambda: total = main + lambda * aux (Eq. 31)
     # issue 9: weight of the per-modality heads' main losses (model.modality_heads).
     c.loss.modality_head_weight = 0.5
+    # The voice head's share of that loss, relative to the face head's (1 = the two summed).
+    # Why ablate it: the voice head is trained to read valence from the voice alone, which on
+    # the hard corpus variant (little valence in the voice) it can only fit from the training
+    # sessions; 0 leaves the audio stream to the main loss and the gate (docs/fusion.md).
+    c.loss.audio_head_weight = 1.0
 
     c.train = ml_collections.ConfigDict()
     c.train.optimizer = "adam"  # adam | sgd (Sec. 6.2)
@@ -440,6 +445,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             )
     if flat["loss.modality_head_weight"] < 0:
         raise ConfigError("config.loss.modality_head_weight must be >= 0")
+    if flat["loss.audio_head_weight"] < 0:
+        raise ConfigError("config.loss.audio_head_weight must be >= 0")
     if flat["model.gate_inputs"] != "states" and flat["model.gate"] != "learned":
         raise ConfigError("config.model.gate_inputs applies to model.gate='learned' only")
     _check_choice(flat, "loss.main", ("rmse", "ccc", "rmse+ccc"))

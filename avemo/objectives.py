@@ -63,17 +63,20 @@ def aux_modality_loss(
     return _masked_mean(per_step, mask)
 
 
-def modality_head_loss(kind: str, outputs, batch) -> jax.Array:
-    """Main loss of the audio-only and the face-only heads (model.modality_heads), summed.
+def modality_head_loss(kind: str, outputs, batch, audio_weight: float = 1.0) -> jax.Array:
+    """Main loss of the audio-only and the face-only heads (model.modality_heads):
+    `audio_weight` x the voice head's + the face head's (`loss.audio_head_weight`).
 
     The face head's loss counts only steps with a face in view (n = 1): without a face its
     input carries nothing about the labels.
     """
     mask = batch["mask"]
-    audio = main_loss(kind, outputs["audio_outputs"], batch["labels"], mask)
     face_mask = mask * batch["face_present"].astype(mask.dtype)
     video = main_loss(kind, outputs["video_outputs"], batch["labels"], face_mask)
-    return audio + video
+    if isinstance(audio_weight, (int, float)) and audio_weight == 0:
+        return video  # no voice head loss (its gradient would be zero anyway)
+    audio = main_loss(kind, outputs["audio_outputs"], batch["labels"], mask)
+    return audio_weight * audio + video
 
 
 def main_loss(kind: str, predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:

@@ -182,7 +182,9 @@ def losses(
         aux = jnp.zeros((), jnp.float32)
     parts = {"loss": main + aux_weight * aux, "loss_main": main, "loss_aux": aux}
     if "audio_outputs" in outputs:  # issue 9: per-modality heads (model.modality_heads)
-        parts["loss_heads"] = objectives.modality_head_loss(config.loss.main, outputs, batch)
+        parts["loss_heads"] = objectives.modality_head_loss(
+            config.loss.main, outputs, batch, config.loss.audio_head_weight
+        )
         parts["loss"] = parts["loss"] + config.loss.modality_head_weight * parts["loss_heads"]
     return parts
 

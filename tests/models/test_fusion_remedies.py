@@ -173,6 +173,15 @@ def test_modality_heads_and_their_loss():
     # The face head's loss ignores steps without a face.
     poisoned = dict(out, video_outputs=jnp.where(face[..., None] > 0, out["video_outputs"], 99.0))
     np.testing.assert_allclose(objectives.modality_head_loss("rmse", poisoned, batch), loss)
+    # loss.audio_head_weight scales the voice head's part only; 0 drops it.
+    audio = objectives.rmse(out["audio_outputs"], batch["labels"], batch["mask"])
+    np.testing.assert_allclose(
+        objectives.modality_head_loss("rmse", out, batch, 0.25), expected - 0.75 * audio, rtol=1e-6
+    )
+    silent = dict(out, audio_outputs=out["audio_outputs"] + 99.0)
+    np.testing.assert_allclose(
+        objectives.modality_head_loss("rmse", silent, batch, 0.0), expected - audio, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -185,6 +194,7 @@ def test_modality_heads_and_their_loss():
         ("model.attention_query", "video"),
         ("model.attention_query", "face"),  # tiny has no face stream (video_lstm_features 0)
         ("loss.modality_head_weight", -0.1),
+        ("loss.audio_head_weight", -0.5),
         ("model.detach_face_stream", True),  # tiny has no modality heads
         ("model.output_residual", True),  # nor here
         ("train.face_init_lr_scale", 0.5),  # tiny has no warm-started face tower
