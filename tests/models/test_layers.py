@@ -79,7 +79,10 @@ def _pair(make, x, grad_rtol=1e-4):
     g_fast = jax.grad(loss)(variables["params"], fast)
     g_lit = jax.grad(loss)(variables["params"], literal)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_lit), strict=True):
-        np.testing.assert_allclose(a, b, rtol=grad_rtol, atol=1e-5)
+        # A gradient that cancels to zero (a bias before BatchNorm) keeps the summation's
+        # roundoff, which scales with the leaf's largest entries: the absolute tolerance too.
+        atol = max(1e-5, 1e-4 * float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=grad_rtol, atol=atol)
 
 
 @pytest.mark.parametrize(
