@@ -92,15 +92,15 @@ def resolve(template: str, seed: int, workdir: str = "", key: str = "face_init")
     return os.path.abspath(os.path.expanduser(path))
 
 
-def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The video-only first stage of `config` (`train.face_stage_steps` steps, same seed).
-
-    The single-modality settings of `configs/fusion_ablation.py:video` (tested equal): the face
-    stream alone, nothing to drop or to hear from afar; the face CNN, the LSTM and attention
-    widths, the optimiser, the data and the evaluation as the fusion has them.
-    """
+def _single_modality(
+    config: ml_collections.ConfigDict, mode: str, steps: int
+) -> ml_collections.ConfigDict:
+    """`config` as the `mode`-only model of `configs/fusion_ablation.py` for `steps` steps: no
+    fusion remedy, nothing to drop, no stage or warm start of its own, no report at the end
+    (python -m avemo.evaluate --workdir W/<stage>: its report); the widths, the optimiser, the
+    data and the evaluation as the fusion has them."""
     c = copy.deepcopy(config)
-    c.model.mode = "video"
+    c.model.mode = mode
     c.model.modality_heads = False
     c.model.output_residual = False
     c.model.gate_inputs = "states"
@@ -111,12 +111,23 @@ def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.model.face_init = ""
     c.model.audio_init = ""
     c.train.modality_dropout = 0.0
-    c.train.far_field_augment = 0.0
-    c.train.num_steps = config.train.face_stage_steps
+    c.train.num_steps = steps
     c.train.face_stage_steps = 0
     c.train.audio_stage_steps = 0
-    c.train.face_init_lr_scale = 1.0  # the stage is the face tower's own training
-    c.eval.report_at_end = False  # python -m avemo.evaluate --workdir W/face_stage: its report
+    c.train.face_init_lr_scale = 1.0  # the stage is the stream's own training
+    c.eval.report_at_end = False
+    return c
+
+
+def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The video-only first stage of `config` (`train.face_stage_steps` steps, same seed).
+
+    The single-modality settings of `configs/fusion_ablation.py:video` (tested equal): the face
+    stream alone, nothing to drop or to hear from afar; the face CNN, the LSTM and attention
+    widths, the optimiser, the data and the evaluation as the fusion has them.
+    """
+    c = _single_modality(config, "video", config.train.face_stage_steps)
+    c.train.far_field_augment = 0.0
     return config_lib.validate(c)
 
 
@@ -128,24 +139,8 @@ def audio_stage_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
     audio-only model's own input dropout (`train.audio_stage_input_dropout`); the LSTM widths,
     the optimiser, the data and the evaluation as the fusion has them.
     """
-    c = copy.deepcopy(config)
-    c.model.mode = "audio"
-    c.model.modality_heads = False
-    c.model.output_residual = False
-    c.model.gate_inputs = "states"
-    c.model.video_lstm_features = 0
-    c.model.face_lstm_dense_features = 0
-    c.model.face_context_lstm = False
-    c.model.attention_query = "audio"
-    c.model.face_init = ""
-    c.model.audio_init = ""
+    c = _single_modality(config, "audio", config.train.audio_stage_steps)
     c.model.audio_input_dropout = config.train.audio_stage_input_dropout
-    c.train.modality_dropout = 0.0
-    c.train.num_steps = config.train.audio_stage_steps
-    c.train.face_stage_steps = 0
-    c.train.audio_stage_steps = 0
-    c.train.face_init_lr_scale = 1.0
-    c.eval.report_at_end = False  # python -m avemo.evaluate --workdir W/audio_stage: its report
     return config_lib.validate(c)
 
 
