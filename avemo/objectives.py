@@ -73,8 +73,6 @@ def modality_head_loss(kind: str, outputs, batch, audio_weight: float = 1.0) -> 
     mask = batch["mask"]
     face_mask = mask * batch["face_present"].astype(mask.dtype)
     video = main_loss(kind, outputs["video_outputs"], batch["labels"], face_mask)
-    if isinstance(audio_weight, (int, float)) and audio_weight == 0:
-        return video  # no voice head loss (its gradient would be zero anyway)
     audio = main_loss(kind, outputs["audio_outputs"], batch["labels"], mask)
     return audio_weight * audio + video
 

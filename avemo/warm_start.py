@@ -44,7 +44,8 @@ then the fusion from it. A resumed fusion run skips the stage.
 `train.audio_stage_steps` > 0 does the same for the voice (`audio_stage_config`: the audio-only
 model of `configs/fusion_ablation.py:audio`, in `WORKDIR/audio_stage/`), after the face stage.
 With both stages of N steps and N fusion steps, each stream is trained for 2N steps, as long as
-each single-modality model of the ablation (the audio stage costs ~1 % of a face step's time).
+each single-modality model of the ablation (900 audio-only steps for 3 members, data
+preparation and evaluation included: 88 s on 2 CPU cores, about a tenth of the default's run).
 """
 
 from __future__ import annotations
