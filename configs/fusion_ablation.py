@@ -23,9 +23,12 @@ ROW (cumulative, in this order):
                   from (train.face_stage_steps; a dense layer before the face LSTM, as the
                   video-only model has; the default until the speech-pooled functionals)
   speech_pool     + speech-pooled audio functionals (4 s, causal) and no audio input dropout
-                  (was 0.5): the default (configs/default.py; alias "default")
-  audio, video    single-modality models with the default's settings that apply to them (audio:
-                  with far-field augmentation and the speech-pooled functionals, and its own
+                  (was 0.5; the default until the label delay)
+  label_delay     + the raters' delay at the source, 16 steps (data.label_delay_steps): the
+                  default (configs/default.py; alias "default")
+  audio, video    single-modality models with the default's settings that apply to them (both:
+                  the label delay; audio: with far-field augmentation and the speech-pooled
+                  functionals, and its own
                   best input dropout, 0.5; video: no voice), trained for the default's whole
                   budget (face stage + fusion steps: 1800)
 ROW+far_field adds far-field augmentation to any row (audio+far_field: audio only with it).
@@ -58,6 +61,7 @@ ROWS = (
     "face_tower",
     "face_stage",
     "speech_pool",
+    "label_delay",
 )
 
 
@@ -116,6 +120,8 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("label_delay"):
+        c.data.label_delay_steps = 0
     if keep < ROWS.index("speech_pool"):
         c.audio.features.speech_pooled_seconds = 0.0
         c.model.audio_input_dropout = 0.5

@@ -195,13 +195,19 @@ def test_fusion_ablation_variants_change_one_key_over_the_rows_seeds(tmp_path):
         sweep_lib.expand(spec + ":face_query|model.not_a_key=1", str(tmp_path))
 
 
-def test_fusion_ablation_rows_add_the_speech_pooled_functionals_last():
-    """The default is the last row; every earlier row reads the paper's per-step functionals
-    with the previous default's audio input dropout, and the audio-only row keeps its own."""
+def test_fusion_ablation_rows_add_the_speech_pooled_functionals_then_the_label_delay():
+    """The default is the last row (the label delay); every row before speech_pool reads the
+    paper's per-step functionals with the previous default's audio input dropout, the audio-only
+    row keeps its own; the single-modality rows share the default's label delay."""
     from configs import default, fusion_ablation
 
-    assert fusion_ablation.ROWS[-1] == "speech_pool"
+    assert fusion_ablation.ROWS[-2:] == ("speech_pool", "label_delay")
     assert fusion_ablation.get_config("default") == default.get_config()
+    delay = default.get_config().data.label_delay_steps
+    assert delay > 0 and fusion_ablation.get_config("speech_pool").data.label_delay_steps == 0
+    assert fusion_ablation.get_config("paper").data.label_delay_steps == 0
+    for row in ("audio", "video", "audio/hard"):
+        assert fusion_ablation.get_config(row).data.label_delay_steps == delay
     assert default.get_config().audio.features.speech_pooled_seconds > 0
     face_stage = fusion_ablation.get_config("face_stage")
     assert face_stage.audio.features.speech_pooled_seconds == 0.0
