@@ -9,7 +9,7 @@ import pytest
 from avemo import config as config_lib
 from avemo import train, warm_start
 from configs import tiny
-from tests.models.test_face_init import _trainer
+from tests.models.test_face_init import _trainer, assert_resume_skips_stage, started_from_stage
 
 
 def _config(mode, audio_init=""):
@@ -127,8 +127,6 @@ def test_the_audio_stage_is_the_audio_only_ablation_row():
 def test_audio_stage_trains_the_audio_only_model_first_and_starts_from_it(tmp_path):
     """A fusion run with a 3-step audio stage at a zero learning rate keeps the stage's audio
     stream; a resumed run does not train the stage again."""
-    from avemo import inference
-
     cfg = _config("fusion")
     cfg.train.audio_stage_steps = 3
     cfg.train.audio_stage_input_dropout = 0.25
@@ -137,19 +135,11 @@ def test_audio_stage_trains_the_audio_only_model_first_and_starts_from_it(tmp_pa
     cfg.train.num_steps = 1
     workdir = tmp_path / "run"
     train.train_and_evaluate(cfg, str(workdir))
-    stage = inference.load(str(workdir / warm_start.AUDIO_STAGE_DIR))
+    stage = started_from_stage(workdir, warm_start.AUDIO_STAGE_DIR, "audio_lstm", "audio_lstm")
     assert stage.config.model.mode == "audio" and stage.config.seed == 1
     assert stage.config.train.num_steps == 3
     assert stage.config.model.audio_input_dropout == 0.25
-    fused = inference.load(str(workdir), which="latest")
-    jax.tree.map(
-        np.testing.assert_array_equal,
-        fused.state.params["audio_lstm"],
-        stage.state.params["audio_lstm"],
-    )
-    mtime = (workdir / warm_start.AUDIO_STAGE_DIR / "final_metrics.json").stat().st_mtime
-    train.train_and_evaluate(cfg, str(workdir))
-    assert (workdir / warm_start.AUDIO_STAGE_DIR / "final_metrics.json").stat().st_mtime == mtime
+    assert_resume_skips_stage(cfg, workdir, warm_start.AUDIO_STAGE_DIR)
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,29 @@ def video_run(tmp_path_factory):
     return root
 
 
+def started_from_stage(workdir, subdir, fused_layer, stage_layer):
+    """The stage run in `workdir`/`subdir`, after asserting that the fusion in `workdir` (its
+    latest checkpoint) holds that stage's `stage_layer` as its `fused_layer`."""
+    from avemo import inference
+
+    stage = inference.load(os.path.join(workdir, subdir))
+    fused = inference.load(str(workdir), which="latest")
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        fused.state.params[fused_layer],
+        stage.state.params[stage_layer],
+    )
+    return stage
+
+
+def assert_resume_skips_stage(cfg, workdir, subdir):
+    """A resumed fusion run in `workdir` does not train its `subdir` stage again."""
+    path = os.path.join(workdir, subdir, "final_metrics.json")
+    mtime = os.path.getmtime(path)
+    train.train_and_evaluate(cfg, str(workdir))
+    assert os.path.getmtime(path) == mtime
+
+
 def _trainer(config):
     sessions = train.load_sessions(config, "")
     batch = train.example_batch(sessions, config, 4)
@@ -210,29 +233,18 @@ def stage_run(tmp_path_factory):
 
 
 def test_face_stage_trains_the_video_only_model_first_and_starts_from_it(stage_run):
-    from avemo import inference
-
     workdir, cfg = stage_run
-    stage = inference.load(str(workdir / warm_start.STAGE_DIR))
-    assert stage.config.model.mode == "video" and stage.config.seed == 1
-    assert stage.config.train.num_steps == 3
     # The fusion started from the stage: with a zero learning rate it still holds those weights
     # (its own face_context_lstm is initialised from another key: without the load they differ).
-    fused = inference.load(str(workdir), which="latest")
-    jax.tree.map(
-        np.testing.assert_array_equal,
-        fused.state.params["face_context_lstm"],
-        stage.state.params["output_lstm"],
-    )
-    # A resumed fusion run does not train the stage again.
-    mtime = os.path.getmtime(workdir / warm_start.STAGE_DIR / "final_metrics.json")
-    train.train_and_evaluate(cfg, str(workdir))
-    assert os.path.getmtime(workdir / warm_start.STAGE_DIR / "final_metrics.json") == mtime
+    stage = started_from_stage(workdir, warm_start.STAGE_DIR, "face_context_lstm", "output_lstm")
+    assert stage.config.model.mode == "video" and stage.config.seed == 1
+    assert stage.config.train.num_steps == 3
+    assert_resume_skips_stage(cfg, workdir, warm_start.STAGE_DIR)
 
 
 def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp_path):
     """... and its audio stage (the second first stage) likewise."""
-    from avemo import inference, population
+    from avemo import population
 
     configs = []
     for seed in (0, 1):
@@ -246,21 +258,10 @@ def test_a_population_trains_each_members_face_stage_and_starts_from_its_own(tmp
     population.train_population(configs, members, str(tmp_path / "_p"), data_order="member")
     outs = []
     for member in members:
-        stage = inference.load(os.path.join(member, warm_start.STAGE_DIR))
-        fused = inference.load(member, which="latest")
+        stage = started_from_stage(member, warm_start.STAGE_DIR, "face_context_lstm", "output_lstm")
         assert stage.config.model.mode == "video" and stage.state.step == 2
-        jax.tree.map(
-            np.testing.assert_array_equal,
-            fused.state.params["face_context_lstm"],
-            stage.state.params["output_lstm"],
-        )
-        audio = inference.load(os.path.join(member, warm_start.AUDIO_STAGE_DIR))
+        audio = started_from_stage(member, warm_start.AUDIO_STAGE_DIR, "audio_lstm", "audio_lstm")
         assert audio.config.model.mode == "audio" and audio.state.step == 2
-        jax.tree.map(
-            np.testing.assert_array_equal,
-            fused.state.params["audio_lstm"],
-            audio.state.params["audio_lstm"],
-        )
         outs.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(stage.state.params)]))
     assert not np.allclose(outs[0], outs[1])  # each member its own seed's stage
 
