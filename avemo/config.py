@@ -110,6 +110,12 @@ def model_defaults() -> ml_collections.ConfigDict:
     # face lacks, instead of a fresh head relearning the face's valence; needs modality_heads.
     # False = the paper's single head.
     m.output_residual = False
+    # issue 9: one gate beta_t per output dimension, each dimension fused by its own Eq. (30) and
+    # read by its own output LSTM and head, so the voice can weigh more for arousal and the face
+    # for valence at the same step. Eq. (31) then constrains the mean of the gates -- the streams'
+    # overall balance, which m and n define -- and that mean is the reported beta. False = the
+    # paper's one beta_t for both dimensions.
+    m.gate_per_output = False
     # A recurrent layer over the fused features before the regression head (temporal context for
     # the video stream and for the raters' reaction delay); 0 disables it.
     m.output_lstm_features = 64
@@ -368,6 +374,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(
             "config.model.output_residual=True needs config.model.mode='fusion' and "
             "config.model.modality_heads=True (the outputs correct the face head's)"
+        )
+    if flat["model.gate_per_output"] and flat["model.mode"] != "fusion":
+        raise ConfigError(
+            "config.model.gate_per_output=True needs config.model.mode='fusion' (the gate "
+            "weighs the voice against the face)"
         )
     _check_choice(flat, "model.attention_query", ("audio", "face", "audio+face"))
     if (

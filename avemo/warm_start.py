@@ -104,6 +104,7 @@ def _single_modality(
     c.model.mode = mode
     c.model.modality_heads = False
     c.model.output_residual = False
+    c.model.gate_per_output = False
     c.model.gate_inputs = "states"
     c.model.video_lstm_features = 0
     c.model.face_lstm_dense_features = 0

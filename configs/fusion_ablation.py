@@ -108,6 +108,7 @@ def _row(row):
         c.train.modality_dropout = 0.0  # one stream: nothing to drop
         c.model.modality_heads = False
         c.model.output_residual = False
+        c.model.gate_per_output = False
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
         c.model.face_context_lstm = False

@@ -191,32 +191,44 @@ class AudioGate(nn.Module):
     `availability` [B, L, 2] (m_t, n_t), when given to the learned gate, joins its input:
     beta_t = sigmoid(w^T [h_t; c_t; m_t; n_t] + b) -- the signals Eq. (31) asks beta to follow,
     which the states alone carry only indirectly (config `model.gate_inputs`).
-    Returns beta [B, L] in (0, 1).
+    `outputs` > 1: one gate per output dimension from the same inputs (its own row of w_beta,
+    its own b_beta), e.g. arousal read mostly from the voice while valence is read from the face.
+    Returns beta [B, L] (outputs = 1) or [B, L, outputs] in (0, 1).
     """
 
     mode: str = "learned"
     fixed_value: float = 0.5
     dtype: jnp.dtype = jnp.float32
+    # Gates per step: 1 (Eq. 30's one beta_t, returned [B, L]) or one per output dimension
+    # (`model.gate_per_output`, returned [B, L, outputs]).
+    outputs: int = 1
 
     @nn.compact
     def __call__(
         self, audio: jax.Array, context: jax.Array, availability: jax.Array | None = None
     ) -> jax.Array:
-        shape = audio.shape[:-1]
+        shape = audio.shape[:-1] + (self.outputs,)
         if self.mode == "learned":
             inputs = [audio, context]
             if availability is not None:
                 inputs.append(availability.astype(audio.dtype))
-            logits = nn.Dense(1, dtype=self.dtype, name="w_beta")(jnp.concatenate(inputs, axis=-1))[
-                ..., 0
-            ]
+            logits = nn.Dense(self.outputs, dtype=self.dtype, name="w_beta")(
+                jnp.concatenate(inputs, axis=-1)
+            )
         elif self.mode == "scalar":
-            logits = jnp.broadcast_to(self.param("b_beta", nn.initializers.zeros, ()), shape)
+            shape_b = () if self.outputs == 1 else (self.outputs,)
+            b_beta = self.param("b_beta", nn.initializers.zeros, shape_b)
+            logits = jnp.broadcast_to(jnp.reshape(b_beta, (-1,)), shape)
         elif self.mode == "fixed":
-            return jnp.full(shape, self.fixed_value, jnp.float32)
+            logits = None
         else:
             raise ValueError(f"unknown gate mode {self.mode!r}")
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
+        beta = (
+            jnp.full(shape, self.fixed_value, jnp.float32)
+            if logits is None
+            else jax.nn.sigmoid(logits.astype(jnp.float32))
+        )
+        return beta[..., 0] if self.outputs == 1 else beta
 
 
 FUSION_COMBINES = ("sum", "concat")

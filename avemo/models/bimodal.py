@@ -21,6 +21,9 @@ Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
     side by side for the layers after the gate;
   output_residual: outputs = head(fused) + the face head's outputs, the head starting at zero,
     so the fusion corrects the face stream's prediction instead of relearning it.
+  gate_per_output: one gate per output dimension (beta_t^A, beta_t^V), each with its own Eq. (30)
+    fusion, output LSTM and head, so arousal can be read mostly from the voice while valence is
+    read from the face; Eq. (31) constrains their mean (`audio_gate`; `audio_gates` holds both).
 
 Modes for ablations: "fusion" (the paper's model), "audio" (h_t only) and "video" (the attention
 query comes from an LSTM over the pooled face features; the fused vector is c_t).
@@ -80,6 +83,7 @@ class BimodalModel(nn.Module):
     face_context_lstm: bool = False
     detach_face_stream: bool = False
     output_residual: bool = False
+    gate_per_output: bool = False
     output_lstm_features: int = 64
     head_dropout: float = 0.1
     num_outputs: int = 2
@@ -239,11 +243,23 @@ class BimodalModel(nn.Module):
             face = context  # the face vector c_t; detached: only the face head trains it
             if self.detach_face_stream:
                 face = jax.lax.stop_gradient(context)
-            beta = AudioGate(self.gate, self.fixed_gate_value, dtype=self.dtype, name="gate")(
-                h, face, availability
-            )
-            fused = fuse(h, face, beta, self.fusion_combine)
-            out["audio_gate"] = beta
+            beta = AudioGate(
+                self.gate,
+                self.fixed_gate_value,
+                dtype=self.dtype,
+                outputs=self.num_outputs if self.gate_per_output else 1,
+                name="gate",
+            )(h, face, availability)
+            if self.gate_per_output:  # one Eq. (30) per output dimension
+                fused = [
+                    fuse(h, face, beta[..., d], self.fusion_combine) for d in range(beta.shape[-1])
+                ]
+                # Eq. (31) and the reports see the mean gate: the streams' overall balance
+                out["audio_gate"] = beta.mean(axis=-1)
+                out["audio_gates"] = beta
+            else:
+                fused = fuse(h, face, beta, self.fusion_combine)
+                out["audio_gate"] = beta
             if self.modality_heads:
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
                 out["video_outputs"] = self._stream_head(context, "video_head")
@@ -251,18 +267,25 @@ class BimodalModel(nn.Module):
             fused = h
         else:
             fused = context
-        if self.output_lstm_features:
-            fused = self._lstm(self.output_lstm_features, "output_lstm")(fused)
-        fused = Dropout(self.head_dropout, deterministic=not train)(fused)
         residual = self.output_residual and "video_outputs" in out
-        head = nn.Dense(
-            self.num_outputs,
-            dtype=self.dtype,
-            # a correction of the face head's outputs starts at none
-            kernel_init=nn.initializers.zeros if residual else nn.linear.default_kernel_init,
-            name="head",
-        )
-        out["outputs"] = head(fused).astype(jnp.float32)
+        # a correction of the face head's outputs starts at none
+        kernel_init = nn.initializers.zeros if residual else nn.linear.default_kernel_init
+
+        def read_out(x: jax.Array, outputs: int, suffix: str = "") -> jax.Array:
+            if self.output_lstm_features:
+                x = self._lstm(self.output_lstm_features, "output_lstm" + suffix)(x)
+            x = Dropout(self.head_dropout, deterministic=not train)(x)
+            head = nn.Dense(
+                outputs, dtype=self.dtype, kernel_init=kernel_init, name="head" + suffix
+            )
+            return head(x).astype(jnp.float32)
+
+        if isinstance(fused, list):  # gate_per_output: each dimension its own output LSTM, head
+            out["outputs"] = jnp.concatenate(
+                [read_out(x, 1, f"_{d}") for d, x in enumerate(fused)], axis=-1
+            )
+        else:
+            out["outputs"] = read_out(fused, self.num_outputs)
         if residual:
             out["outputs"] = out["outputs"] + out["video_outputs"]
         return out
@@ -308,6 +331,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> 
         face_context_lstm=model_cfg.face_context_lstm,
         detach_face_stream=model_cfg.detach_face_stream,
         output_residual=model_cfg.output_residual,
+        gate_per_output=model_cfg.gate_per_output,
         output_lstm_features=model_cfg.output_lstm_features,
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,

@@ -253,3 +253,58 @@ def test_output_residual_corrects_the_face_heads_outputs():
     assert not np.allclose(
         plain.apply(pv, batch)["outputs"], plain.apply(pv, batch)["video_outputs"]
     )
+
+
+def test_gate_per_output_is_one_gate_and_eq30_per_dimension():
+    """gate_per_output: beta [.., D] = sigmoid of its own row of w_beta; output d is the paper's
+    read-out (output LSTM, head) of beta_d h + (1 - beta_d) c alone; `audio_gate` (Eq. 31, the
+    reports) is the gates' mean."""
+    from avemo.models.attention import fuse
+    from avemo.models.recurrent import SequenceLSTM
+
+    batch = _batch()
+    model = _model(
+        video_lstm_features=8, face_context_lstm=True, gate_inputs="states+availability",
+        gate_per_output=True,
+    )  # fmt: skip
+    variables = model.init(jax.random.key(0), batch)
+    params = variables["params"]
+    assert params["gate"]["w_beta"]["kernel"].shape[-1] == 2
+    assert "output_lstm_0" in params and "head_1" in params and "head" not in params
+    out, inter = model.apply(variables, batch, capture_intermediates=True)
+    gates = out["audio_gates"]
+    assert gates.shape == batch["mask"].shape + (2,)
+    np.testing.assert_allclose(out["audio_gate"], gates.mean(-1), rtol=1e-6)
+    assert not np.allclose(gates[..., 0], gates[..., 1])  # two gates, not one copied
+    # the gate's closed form, from the states it saw
+    h = inter["intermediates"]["audio_lstm"]["__call__"][0]
+    c = inter["intermediates"]["face_context_lstm"]["__call__"][0]
+    avail = np.stack([batch["speech_energy"], batch["face_present"]], -1)
+    w, b = params["gate"]["w_beta"]["kernel"], params["gate"]["w_beta"]["bias"]
+    expected = jax.nn.sigmoid(np.concatenate([h, c, avail], -1) @ w + b)
+    np.testing.assert_allclose(gates, expected, rtol=1e-4, atol=1e-6)
+    # output d reads only its own fused vector through its own LSTM and head
+    for d in range(2):
+        fused = fuse(h, c, gates[..., d])
+        lstm_out = SequenceLSTM(8, impl=model.lstm_impl).apply(
+            {"params": params[f"output_lstm_{d}"]}, fused
+        )
+        head = params[f"head_{d}"]
+        expected_d = (lstm_out @ head["kernel"] + head["bias"])[..., 0]
+        np.testing.assert_allclose(out["outputs"][..., d], expected_d, rtol=1e-4, atol=1e-5)
+    # Eq. (31) on the mean gate: its gradient reaches both gates' rows
+    def aux(p):
+        o = model.apply({**variables, "params": p}, batch)
+        m, n = batch["speech_energy"], batch["face_present"]
+        return objectives.aux_modality_loss(o["audio_gate"], m, n, batch["mask"])
+
+    g = jax.grad(aux)(params)["gate"]["w_beta"]["bias"]
+    assert np.all(np.abs(g) > 0)
+
+
+def test_gate_per_output_needs_fusion():
+    c = tiny.get_config()
+    c.model.mode = "audio"
+    c.model.gate_per_output = True
+    with pytest.raises(config_lib.ConfigError, match="gate_per_output"):
+        config_lib.validate(c)
