@@ -292,6 +292,7 @@ def test_gate_per_output_is_one_gate_and_eq30_per_dimension():
         head = params[f"head_{d}"]
         expected_d = (lstm_out @ head["kernel"] + head["bias"])[..., 0]
         np.testing.assert_allclose(out["outputs"][..., d], expected_d, rtol=1e-4, atol=1e-5)
+
     # Eq. (31) on the mean gate: its gradient reaches both gates' rows
     def aux(p):
         o = model.apply({**variables, "params": p}, batch)
