@@ -266,6 +266,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.postprocess.scale = True  # spread scaled to the std of the training labels
     c.postprocess.median = True  # median filter over time
     c.postprocess.median_window_steps = 5  # odd
+    # Which steps are kept: "cross_fitted" = a step stays only if it does not lower the pooled dev
+    # CCC when each dev session gets the step fitted on the other dev sessions (issue 9: a bias
+    # or delay fitted and judged on the same 3 dev sessions is kept whether or not it carries to
+    # other sessions); "in_sample" = judged on the sessions it was fitted on (before issue 9).
+    c.postprocess.keep_rule = "cross_fitted"
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.enabled = True
@@ -502,6 +507,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.model.phase_conv_channels must be >= 0 (0 = off)")
     if flat["model.video_frame_stride"] < 1:
         raise ConfigError("config.model.video_frame_stride must be >= 1")
+    _check_choice(flat, "postprocess.keep_rule", ("cross_fitted", "in_sample"))
     if flat["postprocess.max_delay_steps"] < 0:
         raise ConfigError("config.postprocess.max_delay_steps must be >= 0")
     if (

@@ -436,8 +436,7 @@ class PopulationTrainer:
             variables = _variables(p, bs)
             outputs = self.model.apply(variables, b, train=False)
             keep = {"outputs": outputs["outputs"]}
-            if "audio_gate" in outputs:
-                keep["audio_gate"] = outputs["audio_gate"]
+            keep.update({k: outputs[k] for k in ("audio_gate", "audio_gates") if k in outputs})
             return keep
 
         return jax.vmap(member, in_axes=(0, 0, fmap_axis))(state.params, state.batch_stats, fmaps)

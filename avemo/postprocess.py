@@ -2,7 +2,8 @@
 
 model outputs [T, 2] -> label-delay compensation -> bias correction -> scaling to the training
 label spread -> median smoothing -> reports / predict. `fit` chooses the parameters on dev
-predictions (pooled CCC, Eq. 35) and keeps a step only where it does not lower dev CCC; the result
+predictions (pooled CCC, Eq. 35) and keeps a step only where it does not lower dev CCC on sessions
+it was not fitted on (`postprocess.keep_rule`); the result
 is saved with the model (`workdir/postprocess.json`, stamped with the checkpoint step it was
 fitted on, which `load` checks) and `apply` replays it identically in `avemo.evaluate` and
 `avemo.predict`.
@@ -71,6 +72,41 @@ def _pooled_ccc(predictions: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -
     return ccc(np.concatenate(predictions), np.concatenate(gold))
 
 
+KEEP_RULES = ("cross_fitted", "in_sample")
+
+
+def _step_params(
+    step: str,
+    current: Sequence[np.ndarray],
+    gold: Sequence[np.ndarray],
+    train_std: np.ndarray | None,
+    d: int,
+    cfg: ml_collections.ConfigDict,
+) -> dict[str, Any]:
+    """One step's parameters for one dimension, fitted on `current` against `gold`."""
+    if step == "delay":
+        limit = int(cfg.max_delay_steps)
+        scores = [
+            (_pooled_ccc([shift(x, s) for x in current], gold), -abs(s), s)
+            for s in range(-limit, limit + 1)
+        ]
+        return {"steps": int(max(scores)[2])}  # best CCC; ties: smallest |shift|
+    if step == "bias":
+        return {"offset": float(np.concatenate(gold).mean() - np.concatenate(current).mean())}
+    if step == "scale":
+        pooled = np.concatenate(current)
+        if train_std is None:
+            raise ValueError("post-processing 'scale' needs training labels")
+        spread = pooled.std()
+        factor = float(train_std[d] / spread) if spread > 0 else 1.0
+        return {
+            "center": float(pooled.mean()),
+            "factor": factor,
+            "train_label_std": float(train_std[d]),
+        }
+    return {"window": int(cfg.median_window_steps)}
+
+
 def fit(
     dev_predictions: Mapping[str, np.ndarray],
     dev_labels: Mapping[str, np.ndarray],
@@ -86,7 +122,14 @@ def fit(
       scale:  y = c + f (x - c), c = mean(dev prediction), f = std(train labels) / std(dev
               prediction);
       median: running median over `median_window_steps`.
-    A step that would lower pooled dev CCC is recorded with `applied: false` and skipped.
+    Whether a step is kept (`cfg.keep_rule`):
+      "in_sample": kept unless it lowers the pooled CCC of the very dev sessions it was fitted
+        on -- which a fitted bias or delay almost never does, however little it generalises;
+      "cross_fitted" (the default): kept only if it does not lower the pooled dev CCC when each
+        dev session gets the step fitted on the other dev sessions (leave-one-session-out), i.e.
+        only if it helps sessions it was not fitted on. With one dev session there is nothing to
+        hold out and the in-sample rule decides.
+    A step not kept is recorded with `applied: false` and skipped.
 
     Args:
       dev_predictions: {session: [T, 2]} raw model outputs on dev sessions.
@@ -95,11 +138,16 @@ def fit(
       cfg: `config.postprocess`.
 
     Returns:
-      {"version", "sessions", "dimensions": {dim: {step: {..., applied, ccc_before, ccc_after}}}}.
+      {"version", "sessions", "dimensions": {dim: {step: {..., applied, ccc_before, ccc_after,
+      ccc_if_applied[, ccc_held_out_if_applied]}}}, "keep_rule"}.
     """
     names = sorted(dev_predictions)
     if not names:
         raise ValueError("post-processing needs at least one dev session with labels")
+    rule = cfg.get("keep_rule", "in_sample")
+    if rule not in KEEP_RULES:
+        raise ValueError(f"postprocess.keep_rule must be one of {KEEP_RULES}, got {rule!r}")
+    held_out = rule == "cross_fitted" and len(names) >= 2
     train_std = (
         np.concatenate([np.asarray(t, np.float64) for t in train_labels]).std(axis=0)
         if len(train_labels)
@@ -114,43 +162,40 @@ def fit(
             if not cfg[step]:
                 continue
             before = _pooled_ccc(current, gold)
-            if step == "delay":
-                limit = int(cfg.max_delay_steps)
-                scores = [
-                    (_pooled_ccc([shift(x, s) for x in current], gold), -abs(s), s)
-                    for s in range(-limit, limit + 1)
-                ]
-                params = {"steps": int(max(scores)[2])}  # best CCC; ties: smallest |shift|
-            elif step == "bias":
-                pooled = np.concatenate(current)
-                params = {"offset": float(np.concatenate(gold).mean() - pooled.mean())}
-            elif step == "scale":
-                pooled = np.concatenate(current)
-                if train_std is None:
-                    raise ValueError("post-processing 'scale' needs training labels")
-                spread = pooled.std()
-                factor = float(train_std[d] / spread) if spread > 0 else 1.0
-                params = {
-                    "center": float(pooled.mean()),
-                    "factor": factor,
-                    "train_label_std": float(train_std[d]),
-                }
-            else:
-                params = {"window": int(cfg.median_window_steps)}
+            params = _step_params(step, current, gold, train_std, d, cfg)
             candidate = [_apply_step(step, x, params) for x in current]
             after = _pooled_ccc(candidate, gold)
-            applied = after >= before
+            record = dict(params)
+            if held_out:  # each session with the step fitted on the others
+                others = lambda xs, i: [x for j, x in enumerate(xs) if j != i]  # noqa: E731
+                outside = [
+                    _apply_step(
+                        step,
+                        x,
+                        _step_params(step, others(current, i), others(gold, i), train_std, d, cfg),
+                    )
+                    for i, x in enumerate(current)
+                ]
+                score = record["ccc_held_out_if_applied"] = _pooled_ccc(outside, gold)
+            else:
+                score = after
+            applied = score >= before
             if applied:
                 current = candidate
             steps[step] = {
-                **params,
+                **record,
                 "applied": bool(applied),
                 "ccc_before": before,
                 "ccc_after": after if applied else before,
                 "ccc_if_applied": after,
             }
         dimensions[dim] = steps
-    return {"version": VERSION, "fitted_on": names, "dimensions": dimensions}
+    return {
+        "version": VERSION,
+        "fitted_on": names,
+        "keep_rule": rule if held_out else "in_sample",
+        "dimensions": dimensions,
+    }
 
 
 def cross_fit(

@@ -1,4 +1,4 @@
-"""AVEC-style post-processing: each step against its closed form, the keep-only-if-better rule."""
+"""AVEC-style post-processing: each step against its closed form, the keep-only-if-better rules."""
 
 import json
 
@@ -18,6 +18,7 @@ def _cfg(**enabled) -> ml_collections.ConfigDict:
         cfg[step] = enabled.get(step, False)
     cfg.max_delay_steps = 20
     cfg.median_window_steps = 5
+    cfg.keep_rule = enabled.get("keep_rule", "in_sample")
     return cfg
 
 
@@ -137,4 +138,69 @@ def test_config_rejects_an_even_median_window():
     config = config_lib.base_config()
     config.postprocess.median_window_steps = 4
     with pytest.raises(config_lib.ConfigError, match="median_window_steps"):
+        config_lib.validate(config)
+
+
+def _sessions_with_offsets(rng, offsets, n=300):
+    """Predictions that track gold closely, each session with its own constant offset."""
+    gold = {f"s{i}": _pair(rng, n) for i in range(len(offsets))}
+    preds = {
+        name: g + 0.05 * rng.standard_normal(g.shape) + off
+        for (name, g), off in zip(gold.items(), offsets, strict=True)
+    }
+    return preds, gold
+
+
+def test_cross_fitted_rule_drops_a_bias_that_only_fits_its_own_sessions():
+    """Per-session offsets of opposite sign: the pooled bias fitted on all dev sessions raises
+    their in-sample CCC a little, but fitted on two sessions it pushes the third one away; the
+    in-sample rule keeps it, the cross-fitted rule does not."""
+    rng = np.random.default_rng(7)
+    preds, gold = _sessions_with_offsets(rng, [0.5, -0.1, -0.1])
+    in_sample = postprocess.fit(preds, gold, [], _cfg(bias=True))
+    cross = postprocess.fit(preds, gold, [], _cfg(bias=True, keep_rule="cross_fitted"))
+    assert cross["keep_rule"] == "cross_fitted" and in_sample["keep_rule"] == "in_sample"
+    for dim in ("arousal", "valence"):
+        a, b = in_sample["dimensions"][dim]["bias"], cross["dimensions"][dim]["bias"]
+        assert a["applied"] and a["ccc_if_applied"] >= a["ccc_before"]
+        assert a["offset"] == pytest.approx(b["offset"])  # the same fit; only the rule differs
+        # the held-out score, recomputed by hand: each session shifted by the others' bias
+        names = sorted(preds)
+        d = ("arousal", "valence").index(dim)
+        held = []
+        for name in names:
+            others = [n for n in names if n != name]
+            off = (
+                np.concatenate([gold[n][:, d] for n in others]).mean()
+                - np.concatenate([preds[n][:, d] for n in others]).mean()
+            )
+            held.append(preds[name][:, d] + off)
+        expected = ccc(np.concatenate(held), np.concatenate([gold[n][:, d] for n in names]))
+        assert b["ccc_held_out_if_applied"] == pytest.approx(expected)
+        assert b["ccc_held_out_if_applied"] < b["ccc_before"]
+        assert not b["applied"]
+
+
+def test_cross_fitted_rule_keeps_a_bias_every_session_shares():
+    rng = np.random.default_rng(8)
+    preds, gold = _sessions_with_offsets(rng, [0.3, 0.35, 0.25])
+    params = postprocess.fit(preds, gold, [], _cfg(bias=True, delay=True, keep_rule="cross_fitted"))
+    for dim in ("arousal", "valence"):
+        bias = params["dimensions"][dim]["bias"]
+        assert bias["applied"] and bias["ccc_held_out_if_applied"] > bias["ccc_before"]
+        assert bias["offset"] == pytest.approx(-0.3, abs=0.05)
+
+
+def test_cross_fitted_rule_with_one_dev_session_falls_back_to_in_sample():
+    rng = np.random.default_rng(9)
+    preds, gold = _sessions_with_offsets(rng, [0.4])
+    params = postprocess.fit(preds, gold, [], _cfg(bias=True, keep_rule="cross_fitted"))
+    assert params["keep_rule"] == "in_sample"
+    assert params["dimensions"]["arousal"]["bias"]["applied"]
+
+
+def test_config_rejects_an_unknown_keep_rule():
+    config = config_lib.base_config()
+    config.postprocess.keep_rule = "always"
+    with pytest.raises(config_lib.ConfigError, match="keep_rule"):
         config_lib.validate(config)

@@ -350,11 +350,11 @@ def eval_plan(sessions: Sequence[PreparedSession], config: ml_collections.Config
     )
 
 
-# What evaluation keeps of the model's outputs: the fused (A, V), the gate beta and, with
-# `model.modality_heads`, each stream's own head; the predictions among them (PREDICTION_KEYS)
-# are for the labels' clock.
+# What evaluation keeps of the model's outputs: the fused (A, V), the gate beta (and with
+# `model.gate_per_output` each dimension's gate) and, with `model.modality_heads`, each stream's
+# own head; the predictions among them (PREDICTION_KEYS) are for the labels' clock.
 PREDICTION_KEYS = ("outputs", "audio_outputs", "video_outputs")
-EVAL_KEYS = (*PREDICTION_KEYS, "audio_gate")
+EVAL_KEYS = (*PREDICTION_KEYS, "audio_gate", "audio_gates")
 
 
 def stitch(plan: EvalPlan, outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict]:
