@@ -116,6 +116,12 @@ def model_defaults() -> ml_collections.ConfigDict:
     # overall balance, which m and n define -- and that mean is the reported beta. False = the
     # paper's one beta_t for both dimensions.
     m.gate_per_output = False
+    # issue 9: where Eq. (30) fuses: "features" = beta h_t + (1 - beta) c_t, then the output LSTM
+    # and head (the paper); "outputs" = beta * (the voice head's A, V) + (1 - beta) * (the face
+    # head's), the gate weighing the two streams' predictions (needs modality_heads; the output
+    # LSTM and main head are not built). After the gate, "features" can re-amplify whichever
+    # stream beta scaled down; "outputs" cannot, so beta decides which stream is read.
+    m.fusion_level = "features"
     # A recurrent layer over the fused features before the regression head (temporal context for
     # the video stream and for the raters' reaction delay); 0 disables it.
     m.output_lstm_features = 64
@@ -379,6 +385,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(
             "config.model.output_residual=True needs config.model.mode='fusion' and "
             "config.model.modality_heads=True (the outputs correct the face head's)"
+        )
+    _check_choice(flat, "model.fusion_level", ("features", "outputs"))
+    if flat["model.fusion_level"] == "outputs" and not (
+        flat["model.modality_heads"]
+        and flat["model.mode"] == "fusion"
+        and not flat["model.output_residual"]
+    ):
+        raise ConfigError(
+            "config.model.fusion_level='outputs' needs config.model.mode='fusion' and "
+            "config.model.modality_heads=True (the gate weighs the heads' outputs), and "
+            "config.model.output_residual=False (there is no main head to correct)"
         )
     if flat["model.gate_per_output"] and flat["model.mode"] != "fusion":
         raise ConfigError(

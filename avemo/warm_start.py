@@ -105,6 +105,7 @@ def _single_modality(
     c.model.modality_heads = False
     c.model.output_residual = False
     c.model.gate_per_output = False
+    c.model.fusion_level = "features"
     c.model.gate_inputs = "states"
     c.model.video_lstm_features = 0
     c.model.face_lstm_dense_features = 0

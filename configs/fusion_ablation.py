@@ -109,6 +109,7 @@ def _row(row):
         c.model.modality_heads = False
         c.model.output_residual = False
         c.model.gate_per_output = False
+        c.model.fusion_level = "features"
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
         c.model.face_context_lstm = False

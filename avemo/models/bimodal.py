@@ -24,6 +24,10 @@ Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
   gate_per_output: one gate per output dimension (beta_t^A, beta_t^V), each with its own Eq. (30)
     fusion, output LSTM and head, so arousal can be read mostly from the voice while valence is
     read from the face; Eq. (31) constrains their mean (`audio_gate`; `audio_gates` holds both).
+  fusion_level "outputs": Eq. (30) applied to the per-modality heads' predictions,
+    outputs = beta * audio_head(h) + (1 - beta) * face_head(c) (per dimension with
+    gate_per_output), so beta selects between the streams' readings of the labels instead of
+    scaling states that the layers after it can re-amplify; no output LSTM or main head.
 
 Modes for ablations: "fusion" (the paper's model), "audio" (h_t only) and "video" (the attention
 query comes from an LSTM over the pooled face features; the fused vector is c_t).
@@ -84,6 +88,7 @@ class BimodalModel(nn.Module):
     detach_face_stream: bool = False
     output_residual: bool = False
     gate_per_output: bool = False
+    fusion_level: str = "features"
     output_lstm_features: int = 64
     head_dropout: float = 0.1
     num_outputs: int = 2
@@ -263,6 +268,12 @@ class BimodalModel(nn.Module):
             if self.modality_heads:
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
                 out["video_outputs"] = self._stream_head(context, "video_head")
+            if self.fusion_level == "outputs":  # Eq. (30) on the heads' (A, V), not the states
+                weight = beta if self.gate_per_output else beta[..., None]
+                out["outputs"] = (
+                    weight * out["audio_outputs"] + (1.0 - weight) * out["video_outputs"]
+                )
+                return out
         elif self.mode == "audio":
             fused = h
         else:
@@ -332,6 +343,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> 
         detach_face_stream=model_cfg.detach_face_stream,
         output_residual=model_cfg.output_residual,
         gate_per_output=model_cfg.gate_per_output,
+        fusion_level=model_cfg.fusion_level,
         output_lstm_features=model_cfg.output_lstm_features,
         head_dropout=model_cfg.head_dropout,
         num_outputs=model_cfg.num_outputs,

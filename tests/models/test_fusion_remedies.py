@@ -309,3 +309,42 @@ def test_gate_per_output_needs_fusion():
     c.model.gate_per_output = True
     with pytest.raises(config_lib.ConfigError, match="gate_per_output"):
         config_lib.validate(c)
+
+
+@pytest.mark.parametrize("per_output", [False, True])
+def test_fusion_level_outputs_weighs_the_heads_predictions_by_beta(per_output):
+    """fusion_level="outputs": outputs = beta * voice head + (1 - beta) * face head (Eq. 30 on
+    the predictions, per dimension with gate_per_output); no output LSTM or main head."""
+    batch = _batch()
+    model = _model(
+        video_lstm_features=8, modality_heads=True, gate_inputs="states+availability",
+        gate_per_output=per_output, fusion_level="outputs",
+    )  # fmt: skip
+    variables = model.init(jax.random.key(0), batch)
+    assert not any(k.startswith(("output_lstm", "head")) for k in variables["params"])
+    out = model.apply(variables, batch)
+    beta = out["audio_gates"] if per_output else out["audio_gate"][..., None]
+    expected = beta * out["audio_outputs"] + (1 - beta) * out["video_outputs"]
+    np.testing.assert_allclose(out["outputs"], expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(out["outputs"], out["audio_outputs"])
+    assert not np.allclose(out["outputs"], out["video_outputs"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.modality_heads": False},
+        {"model.modality_heads": True, "model.output_residual": True},
+        {"model.modality_heads": True, "model.mode": "video"},
+    ],
+)
+def test_fusion_level_outputs_needs_the_heads_and_no_residual(overrides):
+    c = tiny.get_config()
+    c.model.fusion_level = "outputs"
+    for key, value in overrides.items():
+        c.model[key.split(".")[1]] = value
+    with pytest.raises(config_lib.ConfigError, match="fusion_level"):
+        config_lib.validate(c)
+    c.model.fusion_level = "logits"
+    with pytest.raises(config_lib.ConfigError, match="fusion_level"):
+        config_lib.validate(c)
