@@ -8,8 +8,8 @@ the audio/video gate with the auxiliary loss, RMSE main loss -- plus the fusion 
 docs/fusion.md (each a key; `configs/fusion_ablation.py` turns them off one by one):
 modality dropout, far-field augmentation, a gate that sees m and n, a temporal face stream (the
 face tower: face LSTM -> attention queried by it -> LSTM), per-modality heads, lambda = 1, a
-session-relative speech-energy tag m, a video-only first stage the face stream starts from, and
-speech-pooled audio functionals.
+session-relative speech-energy tag m, a video-only first stage the face stream starts from,
+speech-pooled audio functionals, the raters' delay at the source and a gate per emotion dimension.
 
 Held-out figures: the checkpoint and the post-processing are chosen on dev; at the end the hidden
 test split (4 sessions of 120 s; the corpus's train and dev sessions are unchanged) is scored once
@@ -98,6 +98,12 @@ def get_config(arg=None):  # noqa: ARG001
     # mean of normal / face removed / audio silenced / far field 0.908 -> 0.916 (hard variant
     # 0.830 -> 0.835); the single-modality rows inherit it (docs/fusion.md, eighth stop).
     c.data.label_delay_steps = 16
+    # One gate per emotion dimension (issue 9): beta^A and beta^V, each dimension fused by its own
+    # Eq. (30) and read by its own output LSTM and head; Eq. (31) constrains the gates' mean.
+    # Chosen on dev, 3 seeds (post-processing kept only where it helps held-out dev sessions):
+    # mean of normal / face removed / audio silenced / far field 0.920 -> 0.925 (hard variant
+    # 0.837 -> 0.842); dev arousal 0.932 -> 0.945 (docs/fusion.md, ninth stop).
+    c.model.gate_per_output = True
     c.train.log_every_steps = 50
     c.train.eval_every_steps = 300
     c.train.checkpoint_every_steps = 300

@@ -24,8 +24,10 @@ ROW (cumulative, in this order):
                   video-only model has; the default until the speech-pooled functionals)
   speech_pool     + speech-pooled audio functionals (4 s, causal) and no audio input dropout
                   (was 0.5; the default until the label delay)
-  label_delay     + the raters' delay at the source, 16 steps (data.label_delay_steps): the
-                  default (configs/default.py; alias "default")
+  label_delay     + the raters' delay at the source, 16 steps (data.label_delay_steps; the
+                  default until the gate per dimension)
+  gate_per_output + one gate per emotion dimension, each with its own Eq. (30), output LSTM and
+                  head (model.gate_per_output): the default (configs/default.py; alias "default")
   audio, video    single-modality models with the default's settings that apply to them (both:
                   the label delay; audio: with far-field augmentation and the speech-pooled
                   functionals, and its own
@@ -62,6 +64,7 @@ ROWS = (
     "face_stage",
     "speech_pool",
     "label_delay",
+    "gate_per_output",
 )
 
 
@@ -122,6 +125,8 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("gate_per_output"):
+        c.model.gate_per_output = False
     if keep < ROWS.index("label_delay"):
         c.data.label_delay_steps = 0
     if keep < ROWS.index("speech_pool"):

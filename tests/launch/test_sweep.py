@@ -195,14 +195,20 @@ def test_fusion_ablation_variants_change_one_key_over_the_rows_seeds(tmp_path):
         sweep_lib.expand(spec + ":face_query|model.not_a_key=1", str(tmp_path))
 
 
-def test_fusion_ablation_rows_add_the_speech_pooled_functionals_then_the_label_delay():
-    """The default is the last row (the label delay); every row before speech_pool reads the
+def test_fusion_ablation_rows_add_the_speech_pooled_functionals_the_label_delay_then_the_gates():
+    """The default is the last row (a gate per dimension); every row before speech_pool reads the
     paper's per-step functionals with the previous default's audio input dropout, the audio-only
-    row keeps its own; the single-modality rows share the default's label delay."""
+    row keeps its own; the single-modality rows share the default's label delay and have no
+    gate."""
     from configs import default, fusion_ablation
 
-    assert fusion_ablation.ROWS[-2:] == ("speech_pool", "label_delay")
+    assert fusion_ablation.ROWS[-3:] == ("speech_pool", "label_delay", "gate_per_output")
     assert fusion_ablation.get_config("default") == default.get_config()
+    assert default.get_config().model.gate_per_output
+    assert not fusion_ablation.get_config("label_delay").model.gate_per_output
+    assert fusion_ablation.get_config("label_delay").data.label_delay_steps > 0
+    for row in ("audio", "video", "paper"):
+        assert not fusion_ablation.get_config(row).model.gate_per_output
     delay = default.get_config().data.label_delay_steps
     assert delay > 0 and fusion_ablation.get_config("speech_pool").data.label_delay_steps == 0
     assert fusion_ablation.get_config("paper").data.label_delay_steps == 0
