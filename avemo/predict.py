@@ -54,7 +54,10 @@ log = logging.getLogger("avemo")
 VIDEO_SUFFIXES = (
     ".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".mts",
 )  # fmt: skip
-CSV_COLUMNS = ("time", "arousal", "valence", "audio_gate", "face_present", "speech_energy")
+CSV_COLUMNS = (
+    "time", "arousal", "valence", "audio_gate", "audio_gate_arousal", "audio_gate_valence",
+    "face_present", "speech_energy",
+)  # fmt: skip
 SUMMARY_COLUMNS = (
     "video", "duration_seconds", "steps", "arousal_mean", "arousal_sd", "valence_mean",
     "valence_sd", "face_share", "speech_share", "clipped_share", "audio_gate_mean", "warnings",
@@ -185,6 +188,7 @@ def finish_recording(
     result = model.predict_streaming(session, report)
     steps = job.num_steps
     gate = result.get("audio_gate")
+    gates = result.get("audio_gates")  # model.gate_per_output: [T, 2]
     face_share = float(np.mean(video["face_present"]))
     notes = list(video["notes"]) + list(audio["notes"])
     if face_share == 0:
@@ -196,6 +200,11 @@ def finish_recording(
         "raw_outputs": np.asarray(result["outputs"], np.float32),
         "audio_gate": (
             np.full(steps, np.nan, np.float32) if gate is None else np.asarray(gate, np.float32)
+        ),
+        "audio_gates": (
+            np.full((steps, 2), np.nan, np.float32)
+            if gates is None
+            else np.asarray(gates, np.float32)
         ),
         "face_present": np.asarray(video["face_present"], np.float32),
         "speech_energy": np.asarray(arrays["speech_energy"], np.float32),
@@ -224,7 +233,8 @@ def predict_recording(
 
     Returns:
       time [T], outputs [T, 2] (post-processed arousal, valence), raw_outputs [T, 2],
-      audio_gate [T] (NaN for models without a gate), face_present [T], speech_energy [T],
+      audio_gate [T] (NaN for models without a gate), audio_gates [T, 2] (the gate of each
+      dimension; NaN unless `model.gate_per_output`), face_present [T], speech_energy [T],
       face_share, speech_share, clipped_share, notes (what was degraded), seconds per stage.
 
     Raises:
@@ -246,13 +256,18 @@ def predict_recording(
 
 
 def csv_text(prediction: dict[str, np.ndarray]) -> str:
-    """One row per 40 ms step; audio_gate left empty where the model has none."""
+    """One row per 40 ms step; audio_gate left empty where the model has none, and the
+    per-dimension gates (audio_gate_arousal, audio_gate_valence: `model.gate_per_output`, whose
+    audio_gate is their mean) where it has one gate."""
     lines = [",".join(CSV_COLUMNS)]
-    for k in range(prediction["time"].shape[0]):
-        gate = prediction["audio_gate"][k]
+    number = lambda x: "" if np.isnan(x) else f"{x:.6f}"  # noqa: E731
+    steps = prediction["time"].shape[0]
+    gates = prediction.get("audio_gates", np.full((steps, 2), np.nan))
+    for k in range(steps):
         lines.append(
             f"{prediction['time'][k]:.2f},{prediction['outputs'][k, 0]:.6f},"
-            f"{prediction['outputs'][k, 1]:.6f},{'' if np.isnan(gate) else f'{gate:.6f}'},"
+            f"{prediction['outputs'][k, 1]:.6f},{number(prediction['audio_gate'][k])},"
+            f"{number(gates[k, 0])},{number(gates[k, 1])},"
             f"{int(prediction['face_present'][k])},{prediction['speech_energy'][k]:.6f}"
         )
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """Prediction on new recordings: another fps/resolution/sample rate, CSV/ARFF/PNG, errors."""
 
 import csv
+import io
 
 import cv2
 import numpy as np
@@ -140,3 +141,31 @@ def test_missing_input_and_folder_listing(tmp_path):
     assert [p.name for p in predict.find_videos([tmp_path])] == ["a.mp4", "b.avi"]
     with pytest.raises(predict.PredictError, match="same name"):
         predict.find_videos([tmp_path, tmp_path / "a.mp4"])
+
+
+def test_csv_has_each_dimensions_gate_when_the_model_has_them():
+    """model.gate_per_output: audio_gate_arousal / audio_gate_valence carry the two gates (and
+    audio_gate their mean); a one-gate model leaves the two columns empty."""
+    steps = 4
+    gates = np.array([[0.1, 0.3], [0.2, 0.4], [0.5, 0.5], [0.9, 0.7]], np.float32)
+    prediction = {
+        "time": np.arange(steps) * 0.04,
+        "outputs": np.zeros((steps, 2), np.float32),
+        "audio_gate": gates.mean(1),
+        "audio_gates": gates,
+        "face_present": np.ones(steps, np.float32),
+        "speech_energy": np.zeros(steps, np.float32),
+    }
+    rows = list(csv.DictReader(io.StringIO(predict.csv_text(prediction))))
+    assert list(rows[0]) == list(predict.CSV_COLUMNS)
+    np.testing.assert_allclose(
+        [float(r["audio_gate_arousal"]) for r in rows], gates[:, 0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        [float(r["audio_gate_valence"]) for r in rows], gates[:, 1], atol=1e-6
+    )
+    np.testing.assert_allclose([float(r["audio_gate"]) for r in rows], gates.mean(1), atol=1e-6)
+    one_gate = dict(prediction, audio_gates=np.full((steps, 2), np.nan, np.float32))
+    rows = list(csv.DictReader(io.StringIO(predict.csv_text(one_gate))))
+    assert all(r["audio_gate_arousal"] == "" and r["audio_gate_valence"] == "" for r in rows)
+    assert all(r["audio_gate"] != "" for r in rows)
