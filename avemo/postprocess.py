@@ -75,6 +75,10 @@ def _pooled_ccc(predictions: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -
 KEEP_RULES = ("cross_fitted", "in_sample")
 
 
+def _without(items: Sequence[np.ndarray], i: int) -> list[np.ndarray]:
+    return [x for j, x in enumerate(items) if j != i]
+
+
 def _step_params(
     step: str,
     current: Sequence[np.ndarray],
@@ -144,7 +148,7 @@ def fit(
     names = sorted(dev_predictions)
     if not names:
         raise ValueError("post-processing needs at least one dev session with labels")
-    rule = cfg.get("keep_rule", "in_sample")
+    rule = cfg.keep_rule
     if rule not in KEEP_RULES:
         raise ValueError(f"postprocess.keep_rule must be one of {KEEP_RULES}, got {rule!r}")
     held_out = rule == "cross_fitted" and len(names) >= 2
@@ -167,12 +171,13 @@ def fit(
             after = _pooled_ccc(candidate, gold)
             record = dict(params)
             if held_out:  # each session with the step fitted on the others
-                others = lambda xs, i: [x for j, x in enumerate(xs) if j != i]  # noqa: E731
                 outside = [
                     _apply_step(
                         step,
                         x,
-                        _step_params(step, others(current, i), others(gold, i), train_std, d, cfg),
+                        _step_params(
+                            step, _without(current, i), _without(gold, i), train_std, d, cfg
+                        ),
                     )
                     for i, x in enumerate(current)
                 ]
