@@ -261,9 +261,8 @@ def csv_text(prediction: dict[str, np.ndarray]) -> str:
     audio_gate is their mean) where it has one gate."""
     lines = [",".join(CSV_COLUMNS)]
     number = lambda x: "" if np.isnan(x) else f"{x:.6f}"  # noqa: E731
-    steps = prediction["time"].shape[0]
-    gates = prediction.get("audio_gates", np.full((steps, 2), np.nan))
-    for k in range(steps):
+    gates = prediction["audio_gates"]
+    for k in range(prediction["time"].shape[0]):
         lines.append(
             f"{prediction['time'][k]:.2f},{prediction['outputs'][k, 0]:.6f},"
             f"{prediction['outputs'][k, 1]:.6f},{number(prediction['audio_gate'][k])},"

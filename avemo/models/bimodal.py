@@ -291,7 +291,7 @@ class BimodalModel(nn.Module):
             )
             return head(x).astype(jnp.float32)
 
-        if isinstance(fused, list):  # gate_per_output: each dimension its own output LSTM, head
+        if self.mode == "fusion" and self.gate_per_output:  # each dimension its LSTM and head
             out["outputs"] = jnp.concatenate(
                 [read_out(x, 1, f"_{d}") for d, x in enumerate(fused)], axis=-1
             )
