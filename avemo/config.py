@@ -120,7 +120,9 @@ def model_defaults() -> ml_collections.ConfigDict:
     # and head (the paper); "outputs" = beta * (the voice head's A, V) + (1 - beta) * (the face
     # head's), the gate weighing the two streams' predictions (needs modality_heads; the output
     # LSTM and main head are not built). After the gate, "features" can re-amplify whichever
-    # stream beta scaled down; "outputs" cannot, so beta decides which stream is read.
+    # stream beta scaled down; "outputs" cannot, so beta decides which stream is read. With
+    # gate_per_output, one level per dimension joined by "/" ("features/outputs": arousal at the
+    # states, valence at the heads' outputs).
     m.fusion_level = "features"
     # A recurrent layer over the fused features before the regression head (temporal context for
     # the video stream and for the raters' reaction delay); 0 disables it.
@@ -386,14 +388,28 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "config.model.output_residual=True needs config.model.mode='fusion' and "
             "config.model.modality_heads=True (the outputs correct the face head's)"
         )
-    _check_choice(flat, "model.fusion_level", ("features", "outputs"))
-    if flat["model.fusion_level"] == "outputs" and not (
+    levels = str(flat["model.fusion_level"]).split("/")
+    if any(level not in ("features", "outputs") for level in levels) or len(levels) not in (
+        1,
+        flat["model.num_outputs"],
+    ):
+        raise ConfigError(
+            f"config.model.fusion_level={flat['model.fusion_level']!r} is not 'features', "
+            "'outputs' or one of them per output dimension joined by '/' (e.g. "
+            "'features/outputs': arousal at the states, valence at the heads' outputs)"
+        )
+    if len(levels) > 1 and not flat["model.gate_per_output"]:
+        raise ConfigError(
+            f"config.model.fusion_level={flat['model.fusion_level']!r} (a level per dimension) "
+            "needs config.model.gate_per_output=True (a gate per dimension)"
+        )
+    if "outputs" in levels and not (
         flat["model.modality_heads"]
         and flat["model.mode"] == "fusion"
         and not flat["model.output_residual"]
     ):
         raise ConfigError(
-            "config.model.fusion_level='outputs' needs config.model.mode='fusion' and "
+            "config.model.fusion_level 'outputs' needs config.model.mode='fusion' and "
             "config.model.modality_heads=True (the gate weighs the heads' outputs), and "
             "config.model.output_residual=False (there is no main head to correct)"
         )

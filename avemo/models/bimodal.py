@@ -28,6 +28,8 @@ Fusion remedies (issue 9, docs/fusion.md), each off in the paper's model:
     outputs = beta * audio_head(h) + (1 - beta) * face_head(c) (per dimension with
     gate_per_output), so beta selects between the streams' readings of the labels instead of
     scaling states that the layers after it can re-amplify; no output LSTM or main head.
+    With gate_per_output a level per dimension ("features/outputs": arousal fused at the
+    states and read by its output LSTM and head, valence fused at the heads' outputs).
 
 Modes for ablations: "fusion" (the paper's model), "audio" (h_t only) and "video" (the attention
 query comes from an LSTM over the pooled face features; the fused vector is c_t).
@@ -47,6 +49,14 @@ from avemo.models.attention import AudioGate, SpatialAttention, fuse
 from avemo.models.audio_cnn import AudioCNN
 from avemo.models.dropout import Dropout, is_active
 from avemo.models.recurrent import SequenceLSTM
+
+
+def fusion_levels(fusion_level: str, num_outputs: int) -> tuple[str, ...]:
+    """Where Eq. (30) fuses, per output dimension: `fusion_level` "features" or "outputs" for
+    all of them, or one per dimension joined by "/" (e.g. "features/outputs": arousal fused at
+    the states, valence at the heads' outputs; needs `gate_per_output`)."""
+    levels = tuple(fusion_level.split("/"))
+    return levels * num_outputs if len(levels) == 1 else levels
 
 
 def _face_steps(batch: Mapping[str, jax.Array]) -> int:
@@ -268,12 +278,13 @@ class BimodalModel(nn.Module):
             if self.modality_heads:
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
                 out["video_outputs"] = self._stream_head(context, "video_head")
-            if self.fusion_level == "outputs":  # Eq. (30) on the heads' (A, V), not the states
+            levels = fusion_levels(self.fusion_level, self.num_outputs)
+            if "outputs" in levels:  # Eq. (30) on the heads' (A, V), not the states
                 weight = beta if self.gate_per_output else beta[..., None]
-                out["outputs"] = (
-                    weight * out["audio_outputs"] + (1.0 - weight) * out["video_outputs"]
-                )
-                return out
+                by_outputs = weight * out["audio_outputs"] + (1.0 - weight) * out["video_outputs"]
+                if set(levels) == {"outputs"}:
+                    out["outputs"] = by_outputs
+                    return out
         elif self.mode == "audio":
             fused = h
         else:
@@ -293,7 +304,11 @@ class BimodalModel(nn.Module):
 
         if self.mode == "fusion" and self.gate_per_output:  # each dimension its LSTM and head
             out["outputs"] = jnp.concatenate(
-                [read_out(x, 1, f"_{d}") for d, x in enumerate(fused)], axis=-1
+                [
+                    by_outputs[..., d : d + 1] if levels[d] == "outputs" else read_out(x, 1, f"_{d}")
+                    for d, x in enumerate(fused)
+                ],
+                axis=-1,
             )
         else:
             out["outputs"] = read_out(fused, self.num_outputs)

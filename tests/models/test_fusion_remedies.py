@@ -7,8 +7,9 @@ import pytest
 
 from avemo import config as config_lib
 from avemo import objectives
-from avemo.models.attention import AudioGate
+from avemo.models.attention import AudioGate, fuse
 from avemo.models.bimodal import BimodalModel
+from avemo.models.recurrent import SequenceLSTM
 from configs import tiny
 
 
@@ -259,8 +260,6 @@ def test_gate_per_output_is_one_gate_and_eq30_per_dimension():
     """gate_per_output: beta [.., D] = sigmoid of its own row of w_beta; output d is the paper's
     read-out (output LSTM, head) of beta_d h + (1 - beta_d) c alone; `audio_gate` (Eq. 31, the
     reports) is the gates' mean."""
-    from avemo.models.attention import fuse
-    from avemo.models.recurrent import SequenceLSTM
 
     batch = _batch()
     model = _model(
@@ -348,3 +347,58 @@ def test_fusion_level_outputs_needs_the_heads_and_no_residual(overrides):
     c.model.fusion_level = "logits"
     with pytest.raises(config_lib.ConfigError, match="fusion_level"):
         config_lib.validate(c)
+
+
+def test_fusion_level_per_dimension_reads_arousal_from_the_states_and_valence_from_the_heads():
+    """fusion_level="features/outputs" (gate per dimension): arousal through its own Eq. (30) on
+    the states, output LSTM and head; valence = beta_V * voice head + (1 - beta_V) * face head,
+    with no output LSTM or head of its own."""
+    batch = _batch()
+    kw = dict(
+        video_lstm_features=8, modality_heads=True, gate_inputs="states+availability",
+        gate_per_output=True, face_context_lstm=True, attention_query="face",
+    )  # fmt: skip
+    model = _model(fusion_level="features/outputs", **kw)
+    variables = model.init(jax.random.key(0), batch)
+    params = variables["params"]
+    assert "output_lstm_0" in params and "head_0" in params
+    assert "output_lstm_1" not in params and "head_1" not in params
+    out, inter = model.apply(variables, batch, capture_intermediates=True)
+    gates = out["audio_gates"]
+    valence = gates[..., 1] * out["audio_outputs"][..., 1]
+    valence = valence + (1 - gates[..., 1]) * out["video_outputs"][..., 1]
+    np.testing.assert_allclose(out["outputs"][..., 1], valence, rtol=1e-6, atol=1e-7)
+    h = inter["intermediates"]["audio_lstm"]["__call__"][0]
+    c = inter["intermediates"]["face_context_lstm"]["__call__"][0]
+    lstm_out = SequenceLSTM(8, impl=model.lstm_impl).apply(
+        {"params": params["output_lstm_0"]}, fuse(h, c, gates[..., 0])
+    )
+    head = params["head_0"]
+    arousal = (lstm_out @ head["kernel"] + head["bias"])[..., 0]
+    np.testing.assert_allclose(out["outputs"][..., 0], arousal, rtol=1e-4, atol=1e-5)
+    # the same parameters read as "features" everywhere give another valence (not a no-op)
+    assert not np.allclose(out["outputs"][..., 1], out["video_outputs"][..., 1])
+
+
+@pytest.mark.parametrize(
+    "level,overrides,ok",
+    [
+        ("features/outputs", {"model.gate_per_output": True, "model.modality_heads": True}, True),
+        ("outputs/features", {"model.gate_per_output": True, "model.modality_heads": True}, True),
+        ("features/outputs", {"model.gate_per_output": False, "model.modality_heads": True}, False),
+        ("features/outputs", {"model.gate_per_output": True, "model.modality_heads": False}, False),
+        ("features/features/outputs", {"model.gate_per_output": True}, False),
+        ("features/logits", {"model.gate_per_output": True, "model.modality_heads": True}, False),
+    ],
+)
+def test_config_validates_a_fusion_level_per_dimension(level, overrides, ok):
+    c = tiny.get_config()
+    c.model.mode = "fusion"
+    c.model.fusion_level = level
+    for key, value in overrides.items():
+        c.model[key.split(".")[1]] = value
+    if ok:
+        config_lib.validate(c)
+    else:
+        with pytest.raises(config_lib.ConfigError, match="fusion_level"):
+            config_lib.validate(c)
