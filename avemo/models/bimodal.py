@@ -279,6 +279,7 @@ class BimodalModel(nn.Module):
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
                 out["video_outputs"] = self._stream_head(context, "video_head")
             levels = fusion_levels(self.fusion_level, self.num_outputs)
+            by_outputs = None
             if "outputs" in levels:  # Eq. (30) on the heads' (A, V), not the states
                 weight = beta if self.gate_per_output else beta[..., None]
                 by_outputs = weight * out["audio_outputs"] + (1.0 - weight) * out["video_outputs"]
@@ -303,13 +304,11 @@ class BimodalModel(nn.Module):
             return head(x).astype(jnp.float32)
 
         if self.mode == "fusion" and self.gate_per_output:  # each dimension its LSTM and head
-            out["outputs"] = jnp.concatenate(
-                [
-                    by_outputs[..., d : d + 1] if levels[d] == "outputs" else read_out(x, 1, f"_{d}")
-                    for d, x in enumerate(fused)
-                ],
-                axis=-1,
-            )
+            columns = [  # a dimension fused at the heads' outputs has no LSTM or head here
+                by_outputs[..., d : d + 1] if levels[d] == "outputs" else read_out(x, 1, f"_{d}")
+                for d, x in enumerate(fused)
+            ]
+            out["outputs"] = jnp.concatenate(columns, axis=-1)
         else:
             out["outputs"] = read_out(fused, self.num_outputs)
         if residual:
