@@ -56,6 +56,8 @@ def fusion_levels(fusion_level: str, num_outputs: int) -> tuple[str, ...]:
     all of them, or one per dimension joined by "/" (e.g. "features/outputs": arousal fused at
     the states, valence at the heads' outputs; needs `gate_per_output`)."""
     levels = tuple(fusion_level.split("/"))
+    if len(levels) not in (1, num_outputs) or not set(levels) <= {"features", "outputs"}:
+        raise ValueError(f"fusion_level {fusion_level!r}: 'features', 'outputs' or one per output")
     return levels * num_outputs if len(levels) == 1 else levels
 
 
@@ -279,6 +281,8 @@ class BimodalModel(nn.Module):
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
                 out["video_outputs"] = self._stream_head(context, "video_head")
             levels = fusion_levels(self.fusion_level, self.num_outputs)
+            if len(set(levels)) > 1 and not self.gate_per_output:
+                raise ValueError(f"fusion_level {self.fusion_level!r} needs gate_per_output")
             by_outputs = None
             if "outputs" in levels:  # Eq. (30) on the heads' (A, V), not the states
                 weight = beta if self.gate_per_output else beta[..., None]

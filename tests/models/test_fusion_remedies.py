@@ -376,8 +376,12 @@ def test_fusion_level_per_dimension_reads_arousal_from_the_states_and_valence_fr
     head = params["head_0"]
     arousal = (lstm_out @ head["kernel"] + head["bias"])[..., 0]
     np.testing.assert_allclose(out["outputs"][..., 0], arousal, rtol=1e-4, atol=1e-5)
-    # the same parameters read as "features" everywhere give another valence (not a no-op)
+    # the voice head's share is in the valence: not the face head's alone
     assert not np.allclose(out["outputs"][..., 1], out["video_outputs"][..., 1])
+    with pytest.raises(ValueError, match="gate_per_output"):  # one gate: no level per dimension
+        _model(**{**kw, "gate_per_output": False}, fusion_level="features/outputs").init(
+            jax.random.key(0), batch
+        )
 
 
 @pytest.mark.parametrize(
