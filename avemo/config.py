@@ -27,6 +27,20 @@ class ConfigError(ValueError):
     """A configuration key is unknown, mistyped or has an impossible value."""
 
 
+def fusion_levels(fusion_level: str, num_outputs: int) -> tuple[str, ...]:
+    """Where Eq. (30) fuses, per output dimension (`model.fusion_level`): "features" or
+    "outputs" for all of them, or one per dimension joined by "/" (e.g. "features/outputs":
+    arousal fused at the states, valence at the heads' outputs; needs `gate_per_output`)."""
+    levels = tuple(str(fusion_level).split("/"))
+    if len(levels) not in (1, num_outputs) or not set(levels) <= {"features", "outputs"}:
+        raise ConfigError(
+            f"config.model.fusion_level={fusion_level!r} is not 'features', 'outputs' or one of "
+            "them per output dimension joined by '/' (e.g. 'features/outputs': arousal at the "
+            "states, valence at the heads' outputs)"
+        )
+    return levels * num_outputs if len(levels) == 1 else levels
+
+
 def _part_defaults(name: str) -> ml_collections.ConfigDict:
     module_name = _PART_DEFAULTS[name]
     try:
@@ -388,17 +402,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "config.model.output_residual=True needs config.model.mode='fusion' and "
             "config.model.modality_heads=True (the outputs correct the face head's)"
         )
-    levels = str(flat["model.fusion_level"]).split("/")
-    if any(level not in ("features", "outputs") for level in levels) or len(levels) not in (
-        1,
-        flat["model.num_outputs"],
-    ):
-        raise ConfigError(
-            f"config.model.fusion_level={flat['model.fusion_level']!r} is not 'features', "
-            "'outputs' or one of them per output dimension joined by '/' (e.g. "
-            "'features/outputs': arousal at the states, valence at the heads' outputs)"
-        )
-    if len(levels) > 1 and not flat["model.gate_per_output"]:
+    levels = fusion_levels(flat["model.fusion_level"], flat["model.num_outputs"])
+    if "/" in str(flat["model.fusion_level"]) and not flat["model.gate_per_output"]:
         raise ConfigError(
             f"config.model.fusion_level={flat['model.fusion_level']!r} (a level per dimension) "
             "needs config.model.gate_per_output=True (a gate per dimension)"

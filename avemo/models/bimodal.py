@@ -44,21 +44,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from avemo.config import fusion_levels
 from avemo.models.alexnet import ImprovedAlexNet
 from avemo.models.attention import AudioGate, SpatialAttention, fuse
 from avemo.models.audio_cnn import AudioCNN
 from avemo.models.dropout import Dropout, is_active
 from avemo.models.recurrent import SequenceLSTM
-
-
-def fusion_levels(fusion_level: str, num_outputs: int) -> tuple[str, ...]:
-    """Where Eq. (30) fuses, per output dimension: `fusion_level` "features" or "outputs" for
-    all of them, or one per dimension joined by "/" (e.g. "features/outputs": arousal fused at
-    the states, valence at the heads' outputs; needs `gate_per_output`)."""
-    levels = tuple(fusion_level.split("/"))
-    if len(levels) not in (1, num_outputs) or not set(levels) <= {"features", "outputs"}:
-        raise ValueError(f"fusion_level {fusion_level!r}: 'features', 'outputs' or one per output")
-    return levels * num_outputs if len(levels) == 1 else levels
 
 
 def _face_steps(batch: Mapping[str, jax.Array]) -> int:
