@@ -253,6 +253,18 @@ def base_config() -> ml_collections.ConfigDict:
     # the fusion's schedule starts again at its peak, which a tower already trained for the face
     # stage's steps may not need. 1.0 = one rate for all (only with a warm start).
     c.train.face_init_lr_scale = 1.0
+    # issue 9: how the learning-rate schedule runs across the face stage and the fusion.
+    # "restart": each its own (warm-up, then the cosine over its own steps; the stage ends
+    # annealed and the fusion starts again at the peak). "continued": one schedule over both --
+    # the stage runs the first face_stage_steps of a schedule of face_stage_steps + num_steps
+    # steps and the fusion the rest, so the face stream's rate follows the single schedule the
+    # video-only model of the same total length has (needs face_stage_steps and num_steps > 0).
+    c.train.stage_schedule = "restart"
+    # The schedule's own length (0 = schedule_start + the run's steps) and the step of it the run
+    # starts at (0 = its beginning): "continued" sets both for its stage and its fusion; set by
+    # hand, a fusion warm-started from such a stage by model.face_init continues its schedule.
+    c.train.schedule_steps = 0
+    c.train.schedule_start = 0
     # --- input pipeline (issue 10) --- batches Grain prepares ahead of the step in background
     # threads. Grain's own default (500 elements, 16 threads) held ~2.5 GB of default batches
     # and ~15 GB of paper-config batches; a few batches ahead keep the step fed.
@@ -444,6 +456,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if flat["train.face_stage_steps"] < 0:
         raise ConfigError("config.train.face_stage_steps must be >= 0 (0 = no video-only stage)")
+    if flat["train.stage_schedule"] not in ("restart", "continued"):
+        raise ConfigError(
+            f"config.train.stage_schedule={flat['train.stage_schedule']!r}: use 'restart' or "
+            "'continued'"
+        )
+    if flat["train.stage_schedule"] == "continued" and (
+        not flat["train.face_stage_steps"]
+        or flat["train.num_steps"] <= 0
+        or flat["train.audio_stage_steps"]
+    ):
+        raise ConfigError(
+            "config.train.stage_schedule='continued' runs one schedule over the face stage and the "
+            "fusion: it needs train.face_stage_steps > 0 and train.num_steps > 0, and no audio "
+            "stage (train.audio_stage_steps = 0)"
+        )
+    if flat["train.schedule_steps"] < 0 or flat["train.schedule_start"] < 0:
+        raise ConfigError(
+            "config.train.schedule_steps and config.train.schedule_start must be >= 0"
+        )
     if flat["model.face_init"] and flat["train.face_stage_steps"]:
         raise ConfigError(
             "config.model.face_init and config.train.face_stage_steps both name the video-only "

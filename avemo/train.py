@@ -92,6 +92,31 @@ def example_batch(
 # ---------------------------------------------------------------------------------------- model
 
 
+def learning_rate(
+    config: ml_collections.ConfigDict, total_steps: int, peak: float, bimodal: bool = True
+) -> optax.ScalarOrSchedule:
+    """The learning rate of `config.train` with peak `peak`, per step of a run of `total_steps`.
+
+    The schedule's length and the step the run starts it at: a fusion after a face stage with
+    `train.stage_schedule = "continued"` runs steps face_stage_steps ... of one schedule over
+    both (its stage, `warm_start.stage_config`, the first face_stage_steps of the same one);
+    `train.schedule_start` / `schedule_steps` set them by hand."""
+    t = config.train
+    start = t.schedule_start
+    if bimodal and t.stage_schedule == "continued" and t.face_stage_steps:
+        start = t.face_stage_steps
+    length = t.schedule_steps or start + total_steps
+    if t.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, peak, t.warmup_steps, max(length, t.warmup_steps + 1)
+        )
+    elif t.warmup_steps:
+        lr = optax.linear_schedule(0.0, peak, t.warmup_steps)
+    else:
+        return peak
+    return (lambda count: lr(count + start)) if start else lr
+
+
 def make_optimizer(
     config: ml_collections.ConfigDict, total_steps: int, bimodal: bool = True
 ) -> optax.GradientTransformation:
@@ -103,15 +128,7 @@ def make_optimizer(
     t = config.train
 
     def optimizer(scale: float, clip: bool) -> optax.GradientTransformation:
-        peak = t.learning_rate * scale
-        if t.schedule == "cosine":
-            lr = optax.warmup_cosine_decay_schedule(
-                0.0, peak, t.warmup_steps, max(total_steps, t.warmup_steps + 1)
-            )
-        elif t.warmup_steps:
-            lr = optax.linear_schedule(0.0, peak, t.warmup_steps)
-        else:
-            lr = peak
+        lr = learning_rate(config, total_steps, t.learning_rate * scale, bimodal)
         if t.optimizer == "adam":
             opt = optax.adamw(lr, weight_decay=t.weight_decay) if t.weight_decay else optax.adam(lr)
         else:

@@ -118,6 +118,7 @@ def _single_modality(
     c.train.face_stage_steps = 0
     c.train.audio_stage_steps = 0
     c.train.face_init_lr_scale = 1.0  # the stage is the stream's own training
+    c.train.stage_schedule = "restart"
     c.eval.report_at_end = False
     return c
 
@@ -131,6 +132,8 @@ def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     """
     c = _single_modality(config, "video", config.train.face_stage_steps)
     c.train.far_field_augment = 0.0
+    if config.train.stage_schedule == "continued":  # the first steps of one schedule over both
+        c.train.schedule_steps = config.train.face_stage_steps + config.train.num_steps
     return config_lib.validate(c)
 
 

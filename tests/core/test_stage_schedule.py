@@ -1,0 +1,93 @@
+"""`train.stage_schedule = "continued"`: one learning-rate schedule over the face stage and the
+fusion, the stage its first steps and the fusion the rest (issue 9)."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from avemo import config as config_lib
+from avemo import train, warm_start
+from configs import default
+
+
+def _config(**train_keys):
+    c = default.get_config()
+    for key, value in train_keys.items():
+        setattr(c.train, key, value)
+    return config_lib.validate(c)
+
+
+def _rates(config, total_steps: int, steps: list[int]) -> list[float]:
+    schedule = train.learning_rate(config, total_steps, config.train.learning_rate)
+    return [float(schedule(k)) for k in steps]
+
+
+def _cosine(config, length: int):
+    t = config.train
+    return optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, length)
+
+
+def test_continued_schedule_runs_the_stage_on_its_first_steps_and_the_fusion_on_the_rest():
+    config = _config(stage_schedule="continued")  # face stage 900 + fusion 900
+    stage = warm_start.stage_config(config)
+    whole = _cosine(config, 1800)
+    steps = [0, 25, 300, 899]
+    stage_rates = _rates(stage, stage.train.num_steps, steps)
+    fusion_rates = _rates(config, config.train.num_steps, steps)
+    np.testing.assert_allclose(stage_rates, [float(whole(k)) for k in steps], rtol=1e-5)
+    np.testing.assert_allclose(fusion_rates, [float(whole(900 + k)) for k in steps], rtol=1e-5)
+    # the fusion starts where the stage stopped, on the cosine (no second warm-up)
+    t = config.train
+    halfway = (900 - t.warmup_steps) / (1800 - t.warmup_steps)
+    expected = t.learning_rate * 0.5 * (1 + np.cos(np.pi * halfway))
+    assert fusion_rates[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_restart_schedule_gives_each_run_its_own_warm_up_and_cosine():
+    config = _config()
+    stage = warm_start.stage_config(config)
+    own = _cosine(config, 900)
+    steps = [0, 25, 450, 899]
+    for run in (stage, config):
+        np.testing.assert_allclose(
+            _rates(run, 900, steps), [float(own(k)) for k in steps], rtol=1e-5
+        )
+
+
+def test_schedule_start_by_hand_continues_a_stage_named_by_face_init():
+    """What a fusion warm-started by model.face_init from a "continued" stage sets by hand."""
+    config = _config(face_stage_steps=0, schedule_start=900)
+    config.model.face_init = "/some/stage"
+    whole = _cosine(config, 1800)
+    np.testing.assert_allclose(
+        _rates(config, 900, [0, 400]),
+        [float(whole(k)) for k in (900, 1300)],
+        rtol=1e-5,
+    )
+
+
+def test_the_optimizer_applies_the_continued_rate_from_its_first_step():
+    """make_optimizer uses it: Adam's first update of a parameter is -lr * sign(g) (to its
+    epsilon), and a continued fusion's first rate is the schedule's at the stage's end."""
+    config = _config(stage_schedule="continued")
+    params = {"head": {"kernel": jnp.zeros((3, 2))}}
+    tx = train.make_optimizer(config, config.train.num_steps)
+    updates, _ = tx.update({"head": {"kernel": jnp.full((3, 2), 0.5)}}, tx.init(params), params)
+    expected = float(_cosine(config, 1800)(900))
+    np.testing.assert_allclose(-np.asarray(updates["head"]["kernel"]), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        dict(stage_schedule="sometimes"),
+        dict(stage_schedule="continued", face_stage_steps=0),
+        dict(stage_schedule="continued", audio_stage_steps=100),
+        dict(schedule_steps=-1),
+        dict(schedule_start=-5),
+    ],
+)
+def test_config_rejects_a_stage_schedule_it_cannot_run(keys):
+    with pytest.raises(config_lib.ConfigError, match="schedule"):
+        _config(**keys)
