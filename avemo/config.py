@@ -294,6 +294,10 @@ def base_config() -> ml_collections.ConfigDict:
     # AVEC-style post-processing of predictions (avemo.postprocess), each step optional; fitted on
     # dev predictions by avemo.evaluate, saved as workdir/postprocess.json, applied by predict too.
     c.postprocess = ml_collections.ConfigDict()
+    # issue 9: first, the model's output moved toward its face head where a face is in view,
+    # y + w n (face head - y), w in 0, 0.1, ..., 1 chosen on dev (models with modality heads):
+    # a weight of the streams fitted on sessions the model never trained on.
+    c.postprocess.face_weight = False
     c.postprocess.delay = True  # label-delay compensation: shift maximising dev CCC
     c.postprocess.max_delay_steps = 50  # shifts searched: -max ... +max steps (40 ms each)
     c.postprocess.bias = True  # add mean(dev gold) - mean(dev prediction)

@@ -240,6 +240,11 @@ def stage_parameters(
     return stages
 
 
+def _face(result: Mapping[str, np.ndarray], session: PreparedSession) -> postprocess.Face | None:
+    """The face stream of `session`'s model result, with the n of the input it was run on."""
+    return postprocess.face_of(result, session.arrays["face_present"])
+
+
 def score(
     protocol: str,
     sessions: Sequence[PreparedSession],
@@ -258,7 +263,9 @@ def score(
     for stage, per_session in stage_params.items():
         preds, golds = [], []
         for s in sessions:
-            pred = postprocess.apply(results[s.name]["outputs"], per_session[s.name])
+            pred = postprocess.apply(
+                results[s.name]["outputs"], per_session[s.name], _face(results[s.name], s)
+            )
             gold = np.asarray(s.arrays["labels"])
             rows.append(_metric_row(protocol, stage, s.name, s.split, pred, gold))
             preds.append(pred)
@@ -512,6 +519,7 @@ def evaluate_workdir(
             {s.name: s.arrays["labels"] for s in dev},
             [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels],
             config.postprocess,
+            {s.name: _face(normal[s.name], s) for s in dev},
         )
         params["checkpoint_step"] = step
         default_step = _default_step(workdir, config)
@@ -530,6 +538,7 @@ def evaluate_workdir(
             {s.name: s.arrays["labels"] for s in dev},
             [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels],
             config.postprocess,
+            {s.name: _face(normal[s.name], s) for s in dev},
         )
     if split == "test" or params is None:
         folds = None
@@ -731,7 +740,9 @@ def _write_plot(
         out / "plots" / f"{session.name}.png",
         f"{session.name} ({session.split}): prediction ({stage}) vs gold standard",
         times,
-        postprocess.apply(result["outputs"], stage_params[stage][session.name]),
+        postprocess.apply(
+            result["outputs"], stage_params[stage][session.name], _face(result, session)
+        ),
         result.get("audio_gate"),
         np.asarray(session.arrays["face_present"]),
         np.asarray(session.arrays["speech_energy"]),

@@ -435,9 +435,9 @@ class PopulationTrainer:
                 b["face_feature_map"] = fmap  # `faces` stays: it gives the step count
             variables = _variables(p, bs)
             outputs = self.model.apply(variables, b, train=False)
-            keep = {"outputs": outputs["outputs"]}
-            keep.update({k: outputs[k] for k in ("audio_gate", "audio_gates") if k in outputs})
-            return keep
+            # what `train.eval_step` keeps: the outputs, the heads' (post-processing's face
+            # weight reads the face head), the gates
+            return {k: outputs[k] for k in pipeline.EVAL_KEYS if k in outputs}
 
         return jax.vmap(member, in_axes=(0, 0, fmap_axis))(state.params, state.batch_stats, fmaps)
 

@@ -1,12 +1,13 @@
-"""AVEC-style post-processing of predictions: delay, bias, scale, median, fitted on dev only.
+"""AVEC-style post-processing of predictions: face weight, delay, bias, scale, median, fitted
+on dev only.
 
-model outputs [T, 2] -> label-delay compensation -> bias correction -> scaling to the training
-label spread -> median smoothing -> reports / predict. `fit` chooses the parameters on dev
-predictions (pooled CCC, Eq. 35) and keeps a step only where it does not lower dev CCC on sessions
-it was not fitted on (`postprocess.keep_rule`); the result
-is saved with the model (`workdir/postprocess.json`, stamped with the checkpoint step it was
-fitted on, which `load` checks) and `apply` replays it identically in `avemo.evaluate` and
-`avemo.predict`.
+model outputs [T, 2] -> the face head's weight where a face is in view (`face_weight`, off by
+default; models with modality heads) -> label-delay compensation -> bias correction -> scaling
+to the training label spread -> median smoothing -> reports / predict. `fit` chooses the
+parameters on dev predictions (pooled CCC, Eq. 35) and keeps a step only where it does not lower
+dev CCC on sessions it was not fitted on (`postprocess.keep_rule`); the result is saved with
+the model (`workdir/postprocess.json`, stamped with the checkpoint step it was fitted on, which
+`load` checks) and `apply` replays it identically in `avemo.evaluate` and `avemo.predict`.
 
 Fitting and scoring on the same dev sessions is optimistic (the delay search, the bias and the
 "keep a step if it helps" rule all see the scored labels). `cross_fit` gives honest dev figures:
@@ -17,6 +18,7 @@ each dev session is post-processed with parameters fitted on the other dev sessi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import tempfile
@@ -29,9 +31,32 @@ from scipy import ndimage
 
 from avemo.metrics import DIMENSIONS, ccc
 
+log = logging.getLogger(__name__)
+
 FILE = "postprocess.json"
-STEPS = ("delay", "bias", "scale", "median")
+STEPS = ("face_weight", "delay", "bias", "scale", "median")
 VERSION = 1
+# The weights `face_weight` searches (0 = the model's output unchanged, 1 = its face head's).
+FACE_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+# One session's face stream, for `face_weight`: (the face head's outputs [T, 2], the face-present
+# flag n [T] the model saw).
+Face = tuple[np.ndarray, np.ndarray]
+
+
+def face_of(result: Mapping[str, np.ndarray], face_present: np.ndarray) -> Face | None:
+    """The face stream of one session's model `result` (its `video_outputs`, the face head of a
+    model with modality heads) with the session's n, or None for a model without a face head."""
+    if "video_outputs" not in result:
+        return None
+    return np.asarray(result["video_outputs"], np.float64), np.asarray(face_present, np.float64)
+
+
+def toward_face(values: np.ndarray, face: np.ndarray, present: np.ndarray, w: float) -> np.ndarray:
+    """y + w n (f - y): the output moved by weight w toward the face head's f where a face is in
+    view (n = 1) and left alone where none is (n = 0)."""
+    n = np.asarray(present, np.float64)[: len(values)]
+    return values + w * n * (np.asarray(face, np.float64)[: len(values)] - values)
 
 
 def shift(values: np.ndarray, steps: int) -> np.ndarray:
@@ -55,8 +80,13 @@ def median_smooth(values: np.ndarray, window: int) -> np.ndarray:
     return ndimage.median_filter(np.asarray(values), size=window, axes=(0,), mode="nearest")
 
 
-def _apply_step(step: str, values: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
-    """One step on one session's one dimension [T]."""
+def _apply_step(
+    step: str, values: np.ndarray, p: Mapping[str, Any], face: tuple | None = None
+) -> np.ndarray:
+    """One step on one session's one dimension [T] (`face`: (face head [T], n [T]) of that
+    dimension, for face_weight)."""
+    if step == "face_weight":
+        return toward_face(values, face[0], face[1], float(p["weight"]))
     if step == "delay":
         return shift(values, int(p["steps"]))
     if step == "bias":
@@ -86,8 +116,15 @@ def _step_params(
     train_std: np.ndarray | None,
     d: int,
     cfg: ml_collections.ConfigDict,
+    faces: Sequence[tuple] | None = None,
 ) -> dict[str, Any]:
     """One step's parameters for one dimension, fitted on `current` against `gold`."""
+    if step == "face_weight":
+        scores = [
+            (_pooled_ccc([toward_face(x, *f, w) for x, f in zip(current, faces)], gold), -w, w)
+            for w in FACE_WEIGHTS
+        ]
+        return {"weight": float(max(scores)[2])}  # best CCC; ties: the smallest weight
     if step == "delay":
         limit = int(cfg.max_delay_steps)
         scores = [
@@ -116,10 +153,17 @@ def fit(
     dev_labels: Mapping[str, np.ndarray],
     train_labels: Sequence[np.ndarray],
     cfg: ml_collections.ConfigDict,
+    dev_faces: Mapping[str, Face | None] | None = None,
 ) -> dict[str, Any]:
     """Fits the enabled steps, in order, on dev predictions; returns the parameters to save.
 
     Each step is fitted on the output of the steps before it, per dimension:
+      face_weight: y + w n (f - y), f the model's face head (`video_outputs` of a model with
+              modality heads), n the face-present flag, w in FACE_WEIGHTS maximising pooled dev
+              CCC (issue 9: the gates are fitted on the training sessions, where a voice that
+              learned their valence by heart looks as good as the face; this weight is fitted
+              on sessions the model never trained on, and held out like every step below).
+              Skipped, with a warning, without `dev_faces`;
       delay:  the shift s in [-max_delay_steps, max_delay_steps] maximising pooled dev CCC;
       bias:   offset = mean(dev gold) - mean(dev prediction) (removes the (mu_x - mu_y)^2 term
               of Eq. 35, so it never lowers CCC);
@@ -140,6 +184,7 @@ def fit(
       dev_labels: {session: [T, 2]} their gold standard.
       train_labels: [T, 2] gold standards of the training sessions (for the label spread).
       cfg: `config.postprocess`.
+      dev_faces: {session: `face_of(...)`}, for face_weight.
 
     Returns:
       {"version", "sessions", "dimensions": {dim: {step: {..., applied, ccc_before, ccc_after,
@@ -157,17 +202,24 @@ def fit(
         if len(train_labels)
         else None
     )
+    have_faces = dev_faces is not None and all(dev_faces.get(n) is not None for n in names)
+    if cfg.get("face_weight", False) and not have_faces:
+        log.warning("postprocess.face_weight skipped: the model has no face head to weigh")
     dimensions = {}
     for d, dim in enumerate(DIMENSIONS):
         current = [np.asarray(dev_predictions[n][:, d], np.float64) for n in names]
         gold = [np.asarray(dev_labels[n][:, d], np.float64) for n in names]
+        faces = [(dev_faces[n][0][:, d], dev_faces[n][1]) for n in names] if have_faces else None
         steps: dict[str, dict[str, Any]] = {}
         for step in STEPS:
-            if not cfg[step]:
+            if not cfg.get(step, False) or (step == "face_weight" and not have_faces):
                 continue
             before = _pooled_ccc(current, gold)
-            params = _step_params(step, current, gold, train_std, d, cfg)
-            candidate = [_apply_step(step, x, params) for x in current]
+            params = _step_params(step, current, gold, train_std, d, cfg, faces)
+            candidate = [
+                _apply_step(step, x, params, faces[i] if faces else None)
+                for i, x in enumerate(current)
+            ]
             after = _pooled_ccc(candidate, gold)
             record = dict(params)
             if held_out:  # each session with the step fitted on the others
@@ -176,8 +228,15 @@ def fit(
                         step,
                         x,
                         _step_params(
-                            step, _without(current, i), _without(gold, i), train_std, d, cfg
+                            step,
+                            _without(current, i),
+                            _without(gold, i),
+                            train_std,
+                            d,
+                            cfg,
+                            _without(faces, i) if faces else None,
                         ),
+                        faces[i] if faces else None,
                     )
                     for i, x in enumerate(current)
                 ]
@@ -208,6 +267,7 @@ def cross_fit(
     dev_labels: Mapping[str, np.ndarray],
     train_labels: Sequence[np.ndarray],
     cfg: ml_collections.ConfigDict,
+    dev_faces: Mapping[str, Face | None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Leave-one-dev-session-out fits: {session: parameters fitted on the other dev sessions}.
 
@@ -230,12 +290,20 @@ def cross_fit(
             {n: dev_labels[n] for n in others},
             train_labels,
             cfg,
+            None if dev_faces is None else {n: dev_faces.get(n) for n in others},
         )
     return folds
 
 
-def apply(outputs: np.ndarray, params: Mapping[str, Any] | None) -> np.ndarray:
-    """The fitted steps on one session's outputs [T, 2] (None: unchanged)."""
+def apply(
+    outputs: np.ndarray, params: Mapping[str, Any] | None, face: Face | None = None
+) -> np.ndarray:
+    """The fitted steps on one session's outputs [T, 2] (None: unchanged); `face`
+    (`face_of(...)`) for parameters with face_weight applied.
+
+    Raises:
+      ValueError: face_weight applied and no `face` given.
+    """
     outputs = np.asarray(outputs, np.float64)
     if params is None:
         return outputs.astype(np.float32)
@@ -245,7 +313,13 @@ def apply(outputs: np.ndarray, params: Mapping[str, Any] | None) -> np.ndarray:
         values = outputs[:, d]
         for step in STEPS:  # always in the fitted order
             if step in steps and steps[step]["applied"]:
-                values = _apply_step(step, values, steps[step])
+                if step == "face_weight" and face is None:
+                    raise ValueError(
+                        "post-processing with face_weight needs the model's face head outputs "
+                        "and the face-present flag (postprocess.face_of)"
+                    )
+                per_dim = (face[0][:, d], face[1]) if step == "face_weight" else None
+                values = _apply_step(step, values, steps[step], per_dim)
         result[:, d] = values
     return result.astype(np.float32)
 

@@ -196,7 +196,9 @@ def finish_recording(
     seconds = {**video["seconds"], **audio["seconds"], "model": time.perf_counter() - started}
     return {
         "time": np.arange(steps) * job.step_seconds,
-        "outputs": postprocess.apply(result["outputs"], params),
+        "outputs": postprocess.apply(
+            result["outputs"], params, postprocess.face_of(result, video["face_present"])
+        ),
         "raw_outputs": np.asarray(result["outputs"], np.float32),
         "audio_gate": (
             np.full(steps, np.nan, np.float32) if gate is None else np.asarray(gate, np.float32)

@@ -101,7 +101,7 @@ def test_fit_never_lowers_dev_ccc_and_apply_reproduces_it():
         steps = params["dimensions"][dim]
         raw = ccc(np.concatenate([preds[n][:, d] for n in sorted(preds)]),
                   np.concatenate([gold[n][:, d] for n in sorted(gold)]))  # fmt: skip
-        chain = [steps[s] for s in postprocess.STEPS]
+        chain = [steps[s] for s in postprocess.STEPS if s in steps]  # no face head: no weight
         assert chain[0]["ccc_before"] == pytest.approx(raw)
         for before, after in zip(chain, chain[1:], strict=False):
             assert after["ccc_before"] == pytest.approx(before["ccc_after"])
@@ -204,3 +204,75 @@ def test_config_rejects_an_unknown_keep_rule():
     config.postprocess.keep_rule = "always"
     with pytest.raises(config_lib.ConfigError, match="keep_rule"):
         config_lib.validate(config)
+
+
+def _face_sessions(rng, n=400, voice_noise=0.8, face_noise=0.1):
+    """Dev sessions whose model output carries a wrong (memorised) voice component while its
+    face head reads the gold standard closely; no face on the last quarter of each session."""
+    preds, gold, faces = {}, {}, {}
+    for i in range(3):
+        g = _pair(rng, n)
+        present = np.ones(n)
+        present[3 * n // 4 :] = 0.0
+        face_head = g + face_noise * _pair(rng, n)
+        preds[f"s{i}"] = g + voice_noise * _pair(rng, n)
+        gold[f"s{i}"] = g
+        faces[f"s{i}"] = (face_head, present)
+    return preds, gold, faces
+
+
+def test_face_weight_moves_toward_the_face_head_where_a_face_is_in_view():
+    rng = np.random.default_rng(5)
+    preds, gold, faces = _face_sessions(rng)
+    params = postprocess.fit(preds, gold, [], _cfg(face_weight=True), faces)
+    for d, dim in enumerate(("arousal", "valence")):
+        step = params["dimensions"][dim]["face_weight"]
+        assert step["applied"] and step["weight"] >= 0.8  # the face head is far better here
+        # the chosen weight is the grid's best pooled CCC (recomputed by hand)
+        best = max(
+            postprocess.FACE_WEIGHTS,
+            key=lambda w: ccc(
+                np.concatenate(
+                    [preds[n][:, d] + w * faces[n][1] * (faces[n][0][:, d] - preds[n][:, d])
+                     for n in sorted(preds)]
+                ),
+                np.concatenate([gold[n][:, d] for n in sorted(preds)]),
+            ),
+        )  # fmt: skip
+        assert step["weight"] == pytest.approx(best)
+    out = postprocess.apply(preds["s0"], params, faces["s0"])
+    w = np.array([params["dimensions"][d]["face_weight"]["weight"] for d in ("arousal", "valence")])
+    expected = preds["s0"] + w * faces["s0"][1][:, None] * (faces["s0"][0] - preds["s0"])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    # no face in view: the model's own output, untouched
+    np.testing.assert_allclose(out[300:], preds["s0"][300:], rtol=1e-6)
+
+
+def test_face_weight_is_dropped_when_the_face_head_does_not_help_held_out_sessions():
+    rng = np.random.default_rng(6)
+    # the model's output is already the gold standard; the face head is only noise
+    preds, gold, faces = _face_sessions(rng, voice_noise=0.0, face_noise=1.0)
+    params = postprocess.fit(
+        preds, gold, [], _cfg(face_weight=True, keep_rule="cross_fitted"), faces
+    )
+    for dim in ("arousal", "valence"):
+        step = params["dimensions"][dim]["face_weight"]
+        assert step["weight"] == 0.0 or not step["applied"]
+        np.testing.assert_allclose(
+            postprocess.apply(preds["s1"], params, faces["s1"]), preds["s1"], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_face_weight_without_a_face_head_is_skipped_and_apply_needs_the_face_it_was_fitted_with():
+    rng = np.random.default_rng(7)
+    preds, gold, faces = _face_sessions(rng)
+    params = postprocess.fit(preds, gold, [], _cfg(face_weight=True, bias=True))
+    assert all("face_weight" not in steps for steps in params["dimensions"].values())
+    assert postprocess.face_of({"outputs": preds["s0"]}, faces["s0"][1]) is None
+    fitted = postprocess.fit(preds, gold, [], _cfg(face_weight=True), faces)
+    with pytest.raises(ValueError, match="face_weight"):
+        postprocess.apply(preds["s0"], fitted)
+    face = postprocess.face_of(
+        {"outputs": preds["s0"], "video_outputs": faces["s0"][0]}, faces["s0"][1]
+    )
+    np.testing.assert_allclose(face[0], faces["s0"][0])

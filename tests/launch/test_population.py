@@ -127,3 +127,26 @@ def test_face_feature_map_outside_the_model_gives_the_same_outputs():
     fmap, _ = population.face_feature_map(model, alex, batch["faces"], False)
     outside = model.apply(variables, {**batch, "face_feature_map": fmap})["outputs"]
     np.testing.assert_allclose(outside, direct, rtol=1e-6, atol=1e-6)
+
+
+def test_member_predictions_keep_the_heads_a_single_model_keeps(tmp_path):
+    """What a population's evaluation predicts per member holds what `inference.load(...).predict`
+    of that member holds: the fused outputs, the gate and the modality heads' outputs (the
+    post-processing's face weight reads the face head; a population once dropped the heads, and
+    its reports then skipped that step where a member's own evaluation applied it)."""
+    from avemo import inference
+
+    configs = [_config(0, steps=2), _config(1, steps=2)]
+    members = [str(tmp_path / "a"), str(tmp_path / "b")]
+    population.train_population(configs, members, str(tmp_path / "_p"), data_order="member")
+    trainer, state, _, _ = population.restore_members(members)
+    sessions = [s for s in memory.make_sessions(configs[0].data.memory) if s.split == "dev"]
+    together = population.MemberPredictions(trainer, state).for_member(1)("normal", sessions)
+    alone = inference.load(members[1], "best").predict(sessions)
+    for s in sessions:
+        assert {"outputs", "audio_outputs", "video_outputs", "audio_gate"} <= together[
+            s.name
+        ].keys()
+        assert together[s.name].keys() == alone[s.name].keys()
+        for key, value in alone[s.name].items():
+            np.testing.assert_allclose(together[s.name][key], value, rtol=1e-5, atol=1e-6)
