@@ -259,6 +259,8 @@ def base_config() -> ml_collections.ConfigDict:
     # the stage runs the first face_stage_steps of a schedule of face_stage_steps + num_steps
     # steps and the fusion the rest, so the face stream's rate follows the single schedule the
     # video-only model of the same total length has (needs face_stage_steps and num_steps > 0).
+    # "face_continued": only the face tower (the layers the stage trained) continues the stage's
+    # schedule; the layers it did not train (voice, gates, output LSTMs) start their own.
     c.train.stage_schedule = "restart"
     # The schedule's own length (0 = schedule_start + the run's steps) and the step of it the run
     # starts at (0 = its beginning): "continued" sets both for its stage and its fusion; set by
@@ -460,20 +462,23 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if flat["train.face_stage_steps"] < 0:
         raise ConfigError("config.train.face_stage_steps must be >= 0 (0 = no video-only stage)")
-    if flat["train.stage_schedule"] not in ("restart", "continued"):
+    schedule = flat["train.stage_schedule"]
+    if schedule not in ("restart", "continued", "face_continued"):
         raise ConfigError(
-            f"config.train.stage_schedule={flat['train.stage_schedule']!r}: use 'restart' or "
-            "'continued'"
+            f"config.train.stage_schedule={schedule!r}: use 'restart', 'continued' or "
+            "'face_continued'"
         )
-    if flat["train.stage_schedule"] == "continued" and (
-        not flat["train.face_stage_steps"]
-        or flat["train.num_steps"] <= 0
-        or flat["train.audio_stage_steps"]
+    stage_named = flat["train.face_stage_steps"] or (
+        schedule == "face_continued" and flat["model.face_init"] and flat["train.schedule_start"]
+    )
+    if schedule != "restart" and (
+        not stage_named or flat["train.num_steps"] <= 0 or flat["train.audio_stage_steps"]
     ):
         raise ConfigError(
-            "config.train.stage_schedule='continued' runs one schedule over the face stage and the "
-            "fusion: it needs train.face_stage_steps > 0 and train.num_steps > 0, and no audio "
-            "stage (train.audio_stage_steps = 0)"
+            f"config.train.stage_schedule={schedule!r} continues the face stage's schedule in the "
+            "fusion: it needs train.face_stage_steps > 0 ('face_continued': or model.face_init "
+            "with train.schedule_start > 0) and train.num_steps > 0, and no audio stage "
+            "(train.audio_stage_steps = 0)"
         )
     if flat["train.schedule_steps"] < 0 or flat["train.schedule_start"] < 0:
         raise ConfigError(

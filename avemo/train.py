@@ -93,19 +93,29 @@ def example_batch(
 
 
 def learning_rate(
-    config: ml_collections.ConfigDict, total_steps: int, peak: float, bimodal: bool = True
+    config: ml_collections.ConfigDict,
+    total_steps: int,
+    peak: float,
+    bimodal: bool = True,
+    face_tower: bool = False,
 ) -> optax.ScalarOrSchedule:
-    """The learning rate of `config.train` with peak `peak`, per step of a run of `total_steps`.
+    """The learning rate of `config.train` with peak `peak`, per step of a run of `total_steps`
+    (`face_tower`: the rate of the warm-started face tower's group).
 
     The schedule's length and the step the run starts it at: a fusion after a face stage with
     `train.stage_schedule = "continued"` runs steps face_stage_steps ... of one schedule over
     both (its stage, `warm_start.stage_config`, the first face_stage_steps of the same one);
-    `train.schedule_start` / `schedule_steps` set them by hand."""
+    with "face_continued" only the face tower does, the layers the stage did not train starting
+    a schedule of their own; `train.schedule_start` / `schedule_steps` set them by hand (with
+    "face_continued", schedule_start is the face tower's start)."""
     t = config.train
     start = t.schedule_start
-    if bimodal and t.stage_schedule == "continued" and t.face_stage_steps:
+    face_only = bimodal and t.stage_schedule == "face_continued"
+    if face_only and not face_tower:
+        start = 0  # the layers the stage did not train: their own schedule
+    elif bimodal and t.stage_schedule in ("continued", "face_continued") and t.face_stage_steps:
         start = t.face_stage_steps
-    length = t.schedule_steps or start + total_steps
+    length = (t.schedule_steps if not face_only else 0) or start + total_steps
     if t.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(
             0.0, peak, t.warmup_steps, max(length, t.warmup_steps + 1)
@@ -127,8 +137,8 @@ def make_optimizer(
     3.7 GB per step). A frozen face branch (`model.freeze_video`) gets zero updates throughout."""
     t = config.train
 
-    def optimizer(scale: float, clip: bool) -> optax.GradientTransformation:
-        lr = learning_rate(config, total_steps, t.learning_rate * scale, bimodal)
+    def optimizer(scale: float, clip: bool, face: bool = False) -> optax.GradientTransformation:
+        lr = learning_rate(config, total_steps, t.learning_rate * scale, bimodal, face)
         if t.optimizer == "adam":
             opt = optax.adamw(lr, weight_decay=t.weight_decay) if t.weight_decay else optax.adam(lr)
         else:
@@ -144,7 +154,9 @@ def make_optimizer(
     unused_head = bimodal and config.model.mode in ("fusion", "video")
     # The warm-started face tower at its own rate (train.face_init_lr_scale).
     face_scale = t.face_init_lr_scale if bimodal else 1.0
-    face_tower = {fusion for _, fusion in FACE_STREAM_MAP} if face_scale != 1.0 else set()
+    # Its own schedule too with train.stage_schedule = "face_continued".
+    own_group = face_scale != 1.0 or (bimodal and t.stage_schedule == "face_continued")
+    face_tower = {fusion for _, fusion in FACE_STREAM_MAP} if own_group else set()
 
     def alexnet_labels(branch):
         if freeze_branch:
@@ -168,7 +180,7 @@ def make_optimizer(
     opt = optax.multi_transform(
         {
             "train": optimizer(1.0, clip=False),
-            "face": optimizer(face_scale, clip=False),
+            "face": optimizer(face_scale, clip=False, face=True),
             "frozen": optax.set_to_zero(),
         },
         labels,

@@ -132,7 +132,7 @@ def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     """
     c = _single_modality(config, "video", config.train.face_stage_steps)
     c.train.far_field_augment = 0.0
-    if config.train.stage_schedule == "continued":  # the first steps of one schedule over both
+    if config.train.stage_schedule != "restart":  # the first steps of one schedule over both
         c.train.schedule_steps = config.train.face_stage_steps + config.train.num_steps
     return config_lib.validate(c)
 

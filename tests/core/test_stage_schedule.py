@@ -1,6 +1,7 @@
 """`train.stage_schedule = "continued"`: one learning-rate schedule over the face stage and the
 fusion, the stage its first steps and the fusion the rest (issue 9)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -11,8 +12,9 @@ from avemo import train, warm_start
 from configs import default
 
 
-def _config(**train_keys):
+def _config(face_init="", **train_keys):
     c = default.get_config()
+    c.model.face_init = face_init
     for key, value in train_keys.items():
         setattr(c.train, key, value)
     return config_lib.validate(c)
@@ -57,14 +59,47 @@ def test_restart_schedule_gives_each_run_its_own_warm_up_and_cosine():
 
 def test_schedule_start_by_hand_continues_a_stage_named_by_face_init():
     """What a fusion warm-started by model.face_init from a "continued" stage sets by hand."""
-    config = _config(face_stage_steps=0, schedule_start=900)
-    config.model.face_init = "/some/stage"
+    config = _config("/some/stage", face_stage_steps=0, schedule_start=900)
     whole = _cosine(config, 1800)
     np.testing.assert_allclose(
         _rates(config, 900, [0, 400]),
         [float(whole(k)) for k in (900, 1300)],
         rtol=1e-5,
     )
+
+
+def test_face_continued_gives_the_face_tower_the_stage_schedule_and_the_rest_their_own():
+    config = _config(stage_schedule="face_continued")
+    stage = warm_start.stage_config(config)
+    whole, own = _cosine(config, 1800), _cosine(config, 900)
+    steps = [0, 25, 300, 899]
+    peak = config.train.learning_rate
+    np.testing.assert_allclose(
+        _rates(stage, 900, steps), [float(whole(k)) for k in steps], rtol=1e-5
+    )
+    tower = train.learning_rate(config, 900, peak, face_tower=True)
+    rest = train.learning_rate(config, 900, peak, face_tower=False)
+    np.testing.assert_allclose(
+        [float(tower(k)) for k in steps], [float(whole(900 + k)) for k in steps], rtol=1e-5
+    )
+    np.testing.assert_allclose([float(rest(k)) for k in steps], [float(own(k)) for k in steps])
+    # a fusion warm-started by model.face_init from such a stage: schedule_start by hand
+    by_hand = _config(
+        "/some/stage", stage_schedule="face_continued", face_stage_steps=0, schedule_start=900
+    )
+    tower = train.learning_rate(by_hand, 900, peak, face_tower=True)
+    rest = train.learning_rate(by_hand, 900, peak, face_tower=False)
+    assert float(tower(0)) == pytest.approx(float(whole(900)), rel=1e-5)
+    assert float(rest(25)) == pytest.approx(float(own(25)), rel=1e-5)
+    # in the optimizer: the face tower's first Adam update is its rate, the rest's is 0 (warm-up)
+    params = {"face_lstm": {"kernel": jnp.zeros((3, 2))}, "head_0": {"kernel": jnp.zeros((3, 2))}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    tx = train.make_optimizer(config, 900)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(
+        -np.asarray(updates["face_lstm"]["kernel"]), float(whole(900)), rtol=1e-5
+    )
+    np.testing.assert_allclose(np.asarray(updates["head_0"]["kernel"]), 0.0)
 
 
 def test_the_optimizer_applies_the_continued_rate_from_its_first_step():
@@ -84,6 +119,8 @@ def test_the_optimizer_applies_the_continued_rate_from_its_first_step():
         dict(stage_schedule="sometimes"),
         dict(stage_schedule="continued", face_stage_steps=0),
         dict(stage_schedule="continued", audio_stage_steps=100),
+        dict(stage_schedule="face_continued", face_stage_steps=0),
+        dict(stage_schedule="face_continued", face_stage_steps=0, schedule_start=900),
         dict(schedule_steps=-1),
         dict(schedule_start=-5),
     ],
