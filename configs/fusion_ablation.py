@@ -27,7 +27,9 @@ ROW (cumulative, in this order):
   label_delay     + the raters' delay at the source, 16 steps (data.label_delay_steps; the
                   default until the gate per dimension)
   gate_per_output + one gate per emotion dimension, each with its own Eq. (30), output LSTM and
-                  head (model.gate_per_output): the default (configs/default.py; alias "default")
+                  head (model.gate_per_output; the default until the face weight)
+  face_weight     + the post-processing's face weight, fitted on dev (postprocess.face_weight):
+                  the default (configs/default.py; alias "default")
   audio, video    single-modality models with the default's settings that apply to them (both:
                   the label delay; audio: with far-field augmentation and the speech-pooled
                   functionals, and its own
@@ -65,6 +67,7 @@ ROWS = (
     "speech_pool",
     "label_delay",
     "gate_per_output",
+    "face_weight",
 )
 
 
@@ -112,6 +115,7 @@ def _row(row):
         c.model.modality_heads = False
         c.model.output_residual = False
         c.model.gate_per_output = False
+        c.postprocess.face_weight = False  # no face head beside the output to weigh
         c.model.fusion_level = "features"
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
@@ -125,6 +129,8 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("face_weight"):
+        c.postprocess.face_weight = False
     if keep < ROWS.index("gate_per_output"):
         c.model.gate_per_output = False
     if keep < ROWS.index("label_delay"):

@@ -202,13 +202,19 @@ def test_fusion_ablation_rows_add_the_speech_pooled_functionals_the_label_delay_
     gate."""
     from configs import default, fusion_ablation
 
-    assert fusion_ablation.ROWS[-3:] == ("speech_pool", "label_delay", "gate_per_output")
+    assert fusion_ablation.ROWS[-4:] == (
+        "speech_pool", "label_delay", "gate_per_output", "face_weight"
+    )  # fmt: skip
     assert fusion_ablation.get_config("default") == default.get_config()
     assert default.get_config().model.gate_per_output
+    assert default.get_config().postprocess.face_weight
+    assert not fusion_ablation.get_config("gate_per_output").postprocess.face_weight
+    assert fusion_ablation.get_config("gate_per_output").model.gate_per_output
     assert not fusion_ablation.get_config("label_delay").model.gate_per_output
     assert fusion_ablation.get_config("label_delay").data.label_delay_steps > 0
     for row in ("audio", "video", "paper"):
         assert not fusion_ablation.get_config(row).model.gate_per_output
+        assert not fusion_ablation.get_config(row).postprocess.face_weight
     delay = default.get_config().data.label_delay_steps
     assert delay > 0 and fusion_ablation.get_config("speech_pool").data.label_delay_steps == 0
     assert fusion_ablation.get_config("paper").data.label_delay_steps == 0
