@@ -55,8 +55,8 @@ def face_of(result: Mapping[str, np.ndarray], face_present: np.ndarray) -> Face 
 def toward_face(values: np.ndarray, face: np.ndarray, present: np.ndarray, w: float) -> np.ndarray:
     """y + w n (f - y): the output moved by weight w toward the face head's f where a face is in
     view (n = 1) and left alone where none is (n = 0)."""
-    n = np.asarray(present, np.float64)[: len(values)]
-    return values + w * n * (np.asarray(face, np.float64)[: len(values)] - values)
+    n = np.asarray(present, np.float64)
+    return values + w * n * (np.asarray(face, np.float64) - values)
 
 
 def shift(values: np.ndarray, steps: int) -> np.ndarray:
