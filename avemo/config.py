@@ -260,7 +260,8 @@ def base_config() -> ml_collections.ConfigDict:
     # steps and the fusion the rest, so the face stream's rate follows the single schedule the
     # video-only model of the same total length has (needs face_stage_steps and num_steps > 0).
     # "face_continued": only the face tower (the layers the stage trained) continues the stage's
-    # schedule; the layers it did not train (voice, gates, output LSTMs) start their own.
+    # schedule; the layers it did not train (voice, gates, output LSTMs) start their own. A run
+    # with nothing to continue (no face stage, no model.face_init) runs the plain schedule.
     c.train.stage_schedule = "restart"
     # The schedule's own length (0 = schedule_start + the run's steps) and the step of it the run
     # starts at (0 = its beginning): "continued" sets both for its stage and its fusion; set by
@@ -468,17 +469,33 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"config.train.stage_schedule={schedule!r}: use 'restart', 'continued' or "
             "'face_continued'"
         )
-    stage_named = flat["train.face_stage_steps"] or (
-        schedule == "face_continued" and flat["model.face_init"] and flat["train.schedule_start"]
-    )
-    if schedule != "restart" and (
-        not stage_named or flat["train.num_steps"] <= 0 or flat["train.audio_stage_steps"]
-    ):
+    # A run with no face stage to continue (no train.face_stage_steps, no model.face_init) runs
+    # the plain schedule whatever stage_schedule says, so that turning the default's face stage
+    # off (a frozen stage-1 branch, a one-stage ablation) needs no second key; what a stage
+    # cannot run with is an error.
+    if schedule != "restart" and flat["train.face_stage_steps"] and flat["train.num_steps"] <= 0:
         raise ConfigError(
             f"config.train.stage_schedule={schedule!r} continues the face stage's schedule in the "
-            "fusion: it needs train.face_stage_steps > 0 ('face_continued': or model.face_init "
-            "with train.schedule_start > 0) and train.num_steps > 0, and no audio stage "
-            "(train.audio_stage_steps = 0)"
+            "fusion: it needs train.num_steps > 0"
+        )
+    if (
+        schedule == "continued"
+        and flat["train.face_stage_steps"]
+        and flat["train.audio_stage_steps"]
+    ):
+        raise ConfigError(
+            "config.train.stage_schedule='continued' runs one schedule over the face stage and "
+            "the whole fusion, which an audio stage's layers did not start: use 'face_continued' "
+            "or 'restart' with train.audio_stage_steps > 0"
+        )
+    if (
+        schedule == "face_continued"
+        and flat["train.schedule_start"]
+        and not (flat["train.face_stage_steps"] or flat["model.face_init"])
+    ):
+        raise ConfigError(
+            "config.train.stage_schedule='face_continued' with train.schedule_start > 0 starts "
+            "the face tower's schedule part-way, but no face stage or model.face_init trained it"
         )
     if flat["train.schedule_steps"] < 0 or flat["train.schedule_start"] < 0:
         raise ConfigError(

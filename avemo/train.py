@@ -155,7 +155,11 @@ def make_optimizer(
     # The warm-started face tower at its own rate (train.face_init_lr_scale).
     face_scale = t.face_init_lr_scale if bimodal else 1.0
     # Its own schedule too with train.stage_schedule = "face_continued".
-    own_group = face_scale != 1.0 or (bimodal and t.stage_schedule == "face_continued")
+    # (Not in a run with no face stage to continue: there both groups' schedules are the same.)
+    continues = t.face_stage_steps or (config.model.face_init and t.schedule_start)
+    own_group = face_scale != 1.0 or (
+        bimodal and t.stage_schedule == "face_continued" and bool(continues)
+    )
     face_tower = {fusion for _, fusion in FACE_STREAM_MAP} if own_group else set()
 
     def alexnet_labels(branch):

@@ -127,9 +127,11 @@ def _single_modality(
 def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The video-only first stage of `config` (`train.face_stage_steps` steps, same seed).
 
-    The single-modality settings of `configs/fusion_ablation.py:video` (tested equal): the face
-    stream alone, nothing to drop or to hear from afar; the face CNN, the LSTM and attention
-    widths, the optimiser, the data and the evaluation as the fusion has them.
+    The single-modality settings of `configs/fusion_ablation.py:video` (tested equal, save the
+    schedule's length under a continued `train.stage_schedule`: the stage then runs the first
+    face_stage_steps of one schedule over the stage and the fusion): the face stream alone,
+    nothing to drop or to hear from afar; the face CNN, the LSTM and attention widths, the
+    optimiser, the data and the evaluation as the fusion has them.
     """
     c = _single_modality(config, "video", config.train.face_stage_steps)
     c.train.far_field_augment = 0.0

@@ -28,8 +28,12 @@ ROW (cumulative, in this order):
                   default until the gate per dimension)
   gate_per_output + one gate per emotion dimension, each with its own Eq. (30), output LSTM and
                   head (model.gate_per_output; the default until the face weight)
-  face_weight     + the post-processing's face weight, fitted on dev (postprocess.face_weight):
-                  the default (configs/default.py; alias "default")
+  face_weight     + the post-processing's face weight, fitted on dev (postprocess.face_weight;
+                  the default until the face tower's continued schedule)
+  face_continued  + the face tower continues the face stage's learning-rate schedule, the
+                  layers the stage did not train start their own
+                  (train.stage_schedule="face_continued"): the default (configs/default.py;
+                  alias "default")
   audio, video    single-modality models with the default's settings that apply to them (both:
                   the label delay; audio: with far-field augmentation and the speech-pooled
                   functionals, and its own
@@ -68,6 +72,7 @@ ROWS = (
     "label_delay",
     "gate_per_output",
     "face_weight",
+    "face_continued",
 )
 
 
@@ -109,6 +114,7 @@ def _row(row):
         c.train.face_stage_steps = 0
         c.train.audio_stage_steps = 0
         c.train.face_init_lr_scale = 1.0
+        c.train.stage_schedule = "restart"  # no face stage to continue
         c.model.face_lstm_dense_features = 0
         c.model.mode = row
         c.train.modality_dropout = 0.0  # one stream: nothing to drop
@@ -129,6 +135,8 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("face_continued"):
+        c.train.stage_schedule = "restart"
     if keep < ROWS.index("face_weight"):
         c.postprocess.face_weight = False
     if keep < ROWS.index("gate_per_output"):

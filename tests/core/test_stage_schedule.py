@@ -13,6 +13,8 @@ from configs import default
 
 
 def _config(face_init="", **train_keys):
+    """The default with `train_keys` set (stage_schedule "restart" unless given)."""
+    train_keys.setdefault("stage_schedule", "restart")
     c = default.get_config()
     c.model.face_init = face_init
     for key, value in train_keys.items():
@@ -117,9 +119,8 @@ def test_the_optimizer_applies_the_continued_rate_from_its_first_step():
     "keys",
     [
         dict(stage_schedule="sometimes"),
-        dict(stage_schedule="continued", face_stage_steps=0),
         dict(stage_schedule="continued", audio_stage_steps=100),
-        dict(stage_schedule="face_continued", face_stage_steps=0),
+        dict(stage_schedule="continued", num_steps=0, num_epochs=1),
         dict(stage_schedule="face_continued", face_stage_steps=0, schedule_start=900),
         dict(schedule_steps=-1),
         dict(schedule_start=-5),
@@ -128,3 +129,21 @@ def test_the_optimizer_applies_the_continued_rate_from_its_first_step():
 def test_config_rejects_a_stage_schedule_it_cannot_run(keys):
     with pytest.raises(config_lib.ConfigError, match="schedule"):
         _config(**keys)
+
+
+@pytest.mark.parametrize("schedule", ["continued", "face_continued"])
+def test_a_run_without_a_face_stage_runs_the_plain_schedule(schedule):
+    """Nothing to continue (the face stage off, no face_init): every group's rate is the one
+    schedule of a restart run, so turning the stage off needs no second key."""
+    config = _config(stage_schedule=schedule, face_stage_steps=0)
+    plain = _config(face_stage_steps=0)
+    own = _cosine(plain, 1800)
+    steps = [0, 25, 900, 1799]
+    peak = config.train.learning_rate
+    for face_tower in (False, True):
+        rate = train.learning_rate(config, 1800, peak, face_tower=face_tower)
+        np.testing.assert_allclose([float(rate(k)) for k in steps], [float(own(k)) for k in steps])
+    # and one optimizer over all (no second group to run the same schedule)
+    params = {"face_lstm": {"kernel": jnp.zeros((3, 2))}, "head_0": {"kernel": jnp.zeros((3, 2))}}
+    states = [train.make_optimizer(c, 1800).init(params) for c in (config, plain)]
+    assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])

@@ -202,10 +202,14 @@ def test_fusion_ablation_rows_add_the_speech_pooled_functionals_the_label_delay_
     gate."""
     from configs import default, fusion_ablation
 
-    assert fusion_ablation.ROWS[-4:] == (
-        "speech_pool", "label_delay", "gate_per_output", "face_weight"
+    assert fusion_ablation.ROWS[-5:] == (
+        "speech_pool", "label_delay", "gate_per_output", "face_weight", "face_continued"
     )  # fmt: skip
     assert fusion_ablation.get_config("default") == default.get_config()
+    assert default.get_config().train.stage_schedule == "face_continued"
+    assert fusion_ablation.get_config("face_weight").train.stage_schedule == "restart"
+    for row in ("audio", "video", "face_tower", "paper"):  # no face stage to continue
+        assert fusion_ablation.get_config(row).train.stage_schedule == "restart"
     assert default.get_config().model.gate_per_output
     assert default.get_config().postprocess.face_weight
     assert not fusion_ablation.get_config("gate_per_output").postprocess.face_weight

@@ -206,7 +206,9 @@ def test_face_init_key_is_validated():
 
 
 def test_the_face_stage_is_the_video_only_ablation_row():
-    """`stage_config` of the default is `configs/fusion_ablation.py:video`, stage steps long."""
+    """`stage_config` of the default is `configs/fusion_ablation.py:video`, stage steps long,
+    save its schedule: the default's face tower continues it (train.stage_schedule), so the
+    stage runs the first 300 steps of one schedule over the stage and the fusion."""
     from configs import default, fusion_ablation
 
     fusion = default.get_config()
@@ -216,7 +218,12 @@ def test_the_face_stage_is_the_video_only_ablation_row():
     row = fusion_ablation.get_config("video")
     row.train.num_steps = 300
     row.eval.report_at_end = False
+    assert fusion.train.stage_schedule == "face_continued"
+    assert stage.train.schedule_steps == 300 + fusion.train.num_steps
+    stage.train.schedule_steps = 0  # the row's own schedule: its 300 steps
     assert stage.to_dict() == row.to_dict()
+    fusion.train.stage_schedule = "restart"
+    assert warm_start.stage_config(fusion).to_dict() == row.to_dict()
 
 
 @pytest.fixture(scope="module")
