@@ -7,21 +7,26 @@ import subprocess
 
 import numpy as np
 
+from avemo import inference
 from avemo.reporting.writers import read_metrics
-from configs import tiny
 from tests.conftest import ROOT
 from tests.core.test_train import _cli, _final_params
 from tests.processes import sigterm_after_steps
 
+# Every step logged, no evaluation or periodic checkpoint: SIGTERM's own save is the only one.
+_STEPWISE = [
+    "--config.train.log_every_steps=1",
+    "--config.train.eval_every_steps=100000",
+    "--config.train.checkpoint_every_steps=100000",
+]
 
-def test_sigterm_saves_exits_zero_and_resumes_identically(tmp_path):
-    total = 400
-    overrides = [
-        f"--config.train.num_steps={total}",
-        "--config.train.log_every_steps=1",
-        "--config.train.eval_every_steps=100000",
-        "--config.train.checkpoint_every_steps=100000",
-    ]
+
+def _stop_resume_and_run_straight(tmp_path, total, *overrides):
+    """configs/tiny.py with `overrides`, `total` steps: stopped by SIGTERM after step 5 and
+    resumed in tmp_path/run, then run straight through in tmp_path/straight; asserts that the
+    stop saved and exited 0 and that both end with the same parameters and optimizer state.
+    Returns the resumed run's workdir."""
+    overrides = [f"--config.train.num_steps={total}", *overrides, *_STEPWISE]
     workdir = tmp_path / "run"
     returncode, output, stopped = sigterm_after_steps(_cli(workdir, *overrides), workdir, 5)
     assert returncode == 0, output
@@ -31,23 +36,27 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(tmp_path):
     subprocess.run(_cli(workdir, *overrides), cwd=ROOT, check=True, capture_output=True)
     straight = tmp_path / "straight"
     subprocess.run(_cli(straight, *overrides), cwd=ROOT, check=True, capture_output=True)
-    config = tiny.get_config()
+    config = inference.load_config(str(workdir))
     for a, b in zip(
         _final_params(str(straight), config), _final_params(str(workdir), config), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+    return workdir
+
+
+def test_sigterm_saves_exits_zero_and_resumes_identically(tmp_path):
+    _stop_resume_and_run_straight(tmp_path, 400)
 
 
 def test_a_face_continued_fusion_stopped_by_sigterm_resumes_identically(tmp_path):
     """A fusion after its face stage with train.stage_schedule = "face_continued" (two optimizer
     groups: the face tower on the stage's schedule, the rest on their own) stopped half-way
-    resumes to the uninterrupted result, the groups' moments and step counts included; the
-    stage is not trained again."""
-    from avemo import inference
-
+    resumes to the uninterrupted result, the groups' moments and step counts included, logging
+    each step once; the stage is not trained again."""
     total = 200
-    overrides = [
-        f"--config.train.num_steps={total}",
+    workdir = _stop_resume_and_run_straight(
+        tmp_path,
+        total,
         "--config.train.face_stage_steps=2",
         "--config.train.stage_schedule=face_continued",
         "--config.model.video_lstm_features=16",
@@ -55,26 +64,9 @@ def test_a_face_continued_fusion_stopped_by_sigterm_resumes_identically(tmp_path
         "--config.model.face_context_lstm=True",
         "--config.model.modality_heads=True",
         "--config.model.attention_query=face",
-        "--config.train.log_every_steps=1",
-        "--config.train.eval_every_steps=100000",
-        "--config.train.checkpoint_every_steps=100000",
-    ]
-    workdir = tmp_path / "run"
-    returncode, output, stopped = sigterm_after_steps(_cli(workdir, *overrides), workdir, 5)
-    assert returncode == 0, output
-    assert "SIGTERM received" in output
-    assert 5 <= stopped < total
-    stage_metrics = (workdir / "face_stage" / "final_metrics.json").stat().st_mtime
-
-    subprocess.run(_cli(workdir, *overrides), cwd=ROOT, check=True, capture_output=True)
-    assert (workdir / "face_stage" / "final_metrics.json").stat().st_mtime == stage_metrics
+    )
+    assert inference.load_config(str(workdir)).train.stage_schedule == "face_continued"
+    stage = read_metrics(str(workdir / "face_stage"))
+    assert [r["step"] for r in stage if "train/loss" in r] == [1, 2]  # trained once
     logged = [r["step"] for r in read_metrics(str(workdir)) if "train/loss" in r]
-    assert logged == list(range(1, total + 1))  # resumed after `stopped`, not from the start
-    straight = tmp_path / "straight"
-    subprocess.run(_cli(straight, *overrides), cwd=ROOT, check=True, capture_output=True)
-    config = inference.load_config(str(workdir))
-    assert config.train.stage_schedule == "face_continued"
-    for a, b in zip(
-        _final_params(str(straight), config), _final_params(str(workdir), config), strict=True
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert logged == list(range(1, total + 1))  # resumed after the stop, not from the start
