@@ -11,7 +11,9 @@ of each map (through a dense layer + ReLU when `face_lstm_dense` > 0), the atten
 its state (`attention_query`), its projection added to c_t (`face_memory`), an LSTM over c_t
 (`face_context_lstm`), a gate that also reads m and n (`gate_availability`), and per-modality
 heads whose losses join the loss (`modality_heads`, `head_weight`; the face head's on steps with a
-face). Without those keys (or with them off) it is the model before the tower.
+face). Without those keys (or with them off) it is the model before the tower. With
+`gate_per_output` (the default's since issue 9) each emotion dimension has its own gate, Eq. (30),
+output LSTM and head, and Eq. (31) constrains the gates' mean.
 
 It depends on torch and numpy only -- torch is NOT a dependency of avemo -- and runs as a script
 with any Python that has torch (the benchmark starts it in a subprocess):
@@ -80,10 +82,20 @@ class TorchBimodal(nn.Module):
         self.W_g = nn.Linear(query_dim, a, bias=False)
         self.w_h = nn.Linear(a, 1, bias=False)
         self.W_v = nn.Linear(ch, h)
-        self.gate = nn.Linear(2 * h + (2 if self.availability else 0), 1)
-        self.out_lstm = nn.LSTM(h, s["output_lstm"], batch_first=True)
+        # One gate per emotion dimension (`gate_per_output`, the default's since issue 9): each
+        # dimension fused by its own Eq. (30) and read by its own output LSTM and head.
+        self.per_output = bool(s.get("gate_per_output"))
+        gates = 2 if self.per_output else 1
+        self.gate = nn.Linear(2 * h + (2 if self.availability else 0), gates)
         self.head_dropout = nn.Dropout(s["head_dropout"])
-        self.head = nn.Linear(s["output_lstm"], 2)
+        if self.per_output:
+            self.out_lstms = nn.ModuleList(
+                nn.LSTM(h, s["output_lstm"], batch_first=True) for _ in range(gates)
+            )
+            self.heads_out = nn.ModuleList(nn.Linear(s["output_lstm"], 1) for _ in range(gates))
+        else:
+            self.out_lstm = nn.LSTM(h, s["output_lstm"], batch_first=True)
+            self.head = nn.Linear(s["output_lstm"], 2)
         self.stride = s["frame_stride"]
 
     def forward(self, faces: torch.Tensor, audio: torch.Tensor, availability: torch.Tensor):
@@ -116,10 +128,18 @@ class TorchBimodal(nn.Module):
         if self.face_context is not None:
             context, _ = self.face_context(context)
         gate_in = [h, context] + ([availability] if self.availability else [])
-        beta = torch.sigmoid(self.gate(torch.cat(gate_in, dim=-1))).squeeze(-1)
-        fused = beta[..., None] * h + (1 - beta[..., None]) * context
-        fused, _ = self.out_lstm(fused)
-        outputs = {"outputs": self.head(self.head_dropout(fused)), "beta": beta}
+        betas = torch.sigmoid(self.gate(torch.cat(gate_in, dim=-1)))  # [B, L, gates]
+        if self.per_output:
+            columns = []
+            for d, (lstm, head) in enumerate(zip(self.out_lstms, self.heads_out, strict=True)):
+                b_d = betas[..., d : d + 1]
+                fused, _ = lstm(b_d * h + (1 - b_d) * context)
+                columns.append(head(self.head_dropout(fused)))
+            # Eq. (31) on the gates' mean, as avemo's model has it
+            outputs = {"outputs": torch.cat(columns, dim=-1), "beta": betas.mean(dim=-1)}
+        else:
+            fused, _ = self.out_lstm(betas * h + (1 - betas) * context)
+            outputs = {"outputs": self.head(self.head_dropout(fused)), "beta": betas.squeeze(-1)}
         if self.heads:
             outputs["audio_outputs"] = self.audio_head(h)
             outputs["video_outputs"] = self.video_head(context)

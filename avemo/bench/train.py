@@ -384,6 +384,7 @@ def torch_spec(config, feature_dim: int = 93) -> dict:
         "gate_availability": m.gate_inputs == "states+availability",
         "modality_heads": m.modality_heads,
         "head_weight": config.loss.modality_head_weight,
+        "gate_per_output": m.gate_per_output,
     }
 
 
