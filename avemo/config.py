@@ -258,7 +258,7 @@ def base_config() -> ml_collections.ConfigDict:
     # annealed and the fusion starts again at the peak). "continued": one schedule over both --
     # the stage runs the first face_stage_steps of a schedule of face_stage_steps + num_steps
     # steps and the fusion the rest, so the face stream's rate follows the single schedule the
-    # video-only model of the same total length has (needs face_stage_steps and num_steps > 0).
+    # video-only model of the same total length has (a face stage needs num_steps > 0 with it).
     # "face_continued": only the face tower (the layers the stage trained) continues the stage's
     # schedule; the layers it did not train (voice, gates, output LSTMs) start their own. A run
     # with nothing to continue (no face stage, no model.face_init) runs the plain schedule.
