@@ -171,6 +171,11 @@ def model_defaults() -> ml_collections.ConfigDict:
     # 1: the first layer on grey faces (CPU default step 0.160, 0.161 -> 0.136, 0.135 s,
     # alternating processes, docs/performance.md); 0 = off.
     m.phase_conv_channels = 1
+    # Such a block's convolution + pooling: "native" (one C++ call per pass on the CPU, float32,
+    # nothing of the convolution's full size in memory; "xla" on accelerators, in bfloat16,
+    # without a C++ compiler) | "xla" (phase_conv_pool's XLA form). Same parameters, values
+    # equal to float rounding. See avemo/models/layers.py: conv_pool.
+    m.conv_pool_impl = "native"
     # LSTMs: "native" ("fused" with its two loops over time as C++ calls on the CPU, compiled on
     # first use; "fused" on accelerators, in bfloat16 and without a C++ compiler) | "fused" (input
     # projection outside the scan, hand-written backward pass; 1.5-1.8x faster on XLA CPU than
@@ -402,6 +407,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(flat, "model.pool_impl", ("fast", "reduce_window"))
     _check_choice(flat, "model.lstm_impl", ("native", "fused", "flax"))
     _check_choice(flat, "model.attention_impl", ("native", "xla"))
+    _check_choice(flat, "model.conv_pool_impl", ("native", "xla"))
     _check_choice(flat, "model.gate", ("learned", "scalar", "fixed"))
     _check_choice(flat, "model.gate_inputs", ("states", "states+availability"))
     _check_choice(flat, "model.fusion_combine", ("sum", "concat"))

@@ -234,7 +234,7 @@ class Stage1Trainer:
                 )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
-        self.model = build_backbone(s.backbone, config)
+        self.model = build_backbone(s.backbone, config, self.mesh.size)
         tx = train_lib.make_optimizer(_stage1_train_config(config), s.num_steps, bimodal=False)
         self.base_rng = jax.random.key(config.seed)
         example = jnp.asarray(example_faces[:1])

@@ -279,11 +279,19 @@ class _Runner:
     def flops(self, feature_dim: int = 93) -> float:
         b, length = self.config.train.batch_size, self.config.train.window_steps
         m = self.config.model
-        if jax.default_backend() == "cpu" and "native" in (m.lstm_impl, m.attention_impl):
+        if jax.default_backend() == "cpu" and "native" in (
+            m.lstm_impl,
+            m.attention_impl,
+            m.conv_pool_impl,
+        ):
             # XLA's cost analysis counts the native kernels' custom calls as nothing: count the
             # same math as XLA's own ops (the fused scan, the literal attention scores)
             shapes = {k: [list(v.shape), str(v.dtype)] for k, v in self.batch.items()}
-            xla_ops = {"model.lstm_impl": "fused", "model.attention_impl": "xla"}
+            xla_ops = {
+                "model.lstm_impl": "fused",
+                "model.attention_impl": "xla",
+                "model.conv_pool_impl": "xla",
+            }
             flops = lowered_flops(
                 self.name, shapes, f"{b}x{length}", {**(self.overrides or {}), **xla_ops}
             )

@@ -110,6 +110,7 @@ class ConvBlock(nn.Module):
     # Inputs of <= this many channels (and a block `layers.phase_conv_applies` to): the
     # convolution and the pooling as one convolution yielding the pooling's four phases.
     phase_channels: int = 0
+    conv_pool_impl: str = "native"  # such a block: layers.phase_conv_pool's impl
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -125,7 +126,7 @@ class ConvBlock(nn.Module):
             if x.shape[-1] <= self.phase_channels and phase_conv_applies(
                 x.shape, self.kernel_size, self.stride
             ):
-                x = phase_conv_pool(x, kernel)
+                x = phase_conv_pool(x, kernel, self.conv_pool_impl)
             else:
                 x = (conv or jax.lax.conv_general_dilated)(
                     x,
@@ -191,6 +192,7 @@ class ImprovedAlexNet(nn.Module):
     pool_impl: str = "fast"
     patch_channels: int = 0  # see ConvBlock
     phase_channels: int = 0  # see ConvBlock
+    conv_pool_impl: str = "native"  # see ConvBlock
 
     @nn.compact
     def __call__(
@@ -209,6 +211,7 @@ class ImprovedAlexNet(nn.Module):
                 pool_impl=self.pool_impl,
                 patch_channels=self.patch_channels,
                 phase_channels=self.phase_channels,
+                conv_pool_impl=self.conv_pool_impl,
                 name=f"conv{i + 1}",
             )(x, train)
         feature_map = x

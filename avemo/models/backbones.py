@@ -184,13 +184,16 @@ class InceptionNet(nn.Module):
         return {"feature_map": x, "embedding": embedding, "outputs": outputs}
 
 
-def build_backbone(name: str, cfg: ml_collections.ConfigDict) -> nn.Module:
+def build_backbone(name: str, cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> nn.Module:
     """The backbone `name` (one of `BACKBONES`) sized by the full config `cfg`.
 
     `improved_alexnet` takes `cfg.model.alexnet` -- the very keys of the bimodal model's video
     branch, so its stage-1 weights fit that branch. The others take their convolutional sizes from
     `cfg.stage1.<name>` and share the head (`cfg.model.alexnet.fc_features`, `.dropout`,
     `.fc_impl`) and `cfg.model.num_outputs` / `cfg.model.dtype`.
+
+    `mesh_devices` > 1: the native convolution + pooling gives way to XLA's ops (see
+    `avemo.models.bimodal.build_model`).
 
     Raises:
       ValueError: for an unknown name.
@@ -211,6 +214,7 @@ def build_backbone(name: str, cfg: ml_collections.ConfigDict) -> nn.Module:
             conv_strides=tuple(m.alexnet.conv_strides),
             patch_channels=m.patch_conv_channels,
             phase_channels=m.phase_conv_channels,
+            conv_pool_impl=m.conv_pool_impl if mesh_devices == 1 else "xla",
             **head,
         )
     if name == "alexnet":

@@ -101,6 +101,7 @@ class BimodalModel(nn.Module):
     phase_channels: int = 0  # model.phase_conv_channels
     lstm_impl: str = "native"  # see avemo.models.recurrent (equal outputs and gradients)
     attention_impl: str = "native"  # see avemo.models.attention.SpatialAttention (the same)
+    conv_pool_impl: str = "native"  # model.conv_pool_impl (avemo.models.layers.conv_pool)
     # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
     freeze_video: bool = False
@@ -134,6 +135,7 @@ class BimodalModel(nn.Module):
             pool_impl=self.pool_impl,
             patch_channels=self.patch_channels,
             phase_channels=self.phase_channels,
+            conv_pool_impl=self.conv_pool_impl,
             name="alexnet",
         )
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
@@ -320,9 +322,10 @@ def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> 
     (correct, but redundant); XLA's own ops partition with the batch. (The dropout masks' bits
     stay native, `avemo.models.dropout`: replicated, they cost a pass over the mask's shape.)"""
     lstm_impl, attention_impl = model_cfg.lstm_impl, model_cfg.attention_impl
+    conv_pool_impl = model_cfg.conv_pool_impl
     if mesh_devices > 1:
         lstm_impl = "fused" if lstm_impl == "native" else lstm_impl
-        attention_impl = "xla"
+        attention_impl = conv_pool_impl = "xla"
     return BimodalModel(
         mode=model_cfg.mode,
         conv_features=tuple(model_cfg.alexnet.conv_features),
@@ -362,6 +365,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> 
         phase_channels=model_cfg.phase_conv_channels,
         lstm_impl=lstm_impl,
         attention_impl=attention_impl,
+        conv_pool_impl=conv_pool_impl,
         freeze_video=model_cfg.freeze_video,
     )
 
@@ -382,6 +386,7 @@ def face_cnn(model: BimodalModel) -> ImprovedAlexNet:
         pool_impl=model.pool_impl,
         patch_channels=model.patch_channels,
         phase_channels=model.phase_channels,
+        conv_pool_impl=model.conv_pool_impl,
     )
 
 

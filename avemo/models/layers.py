@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from avemo.models import native
+
 
 def _pads(shape: Sequence[int], window: Sequence[int], strides: Sequence[int], padding):
     if isinstance(padding, str):
@@ -265,7 +267,7 @@ def phase_conv_applies(x_shape: Sequence[int], kernel_size: int, stride: int) ->
     return stride == 1 and kernel_size % 2 == 1 and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0
 
 
-def phase_conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def phase_conv_pool(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
     """max_pool_2x2/2(conv(x, kernel, stride 1, SAME)) for NHWC `x` and an odd k x k HWIO kernel.
 
     The convolution's output at the four positions of each pooling window -- its four *phases*
@@ -280,11 +282,28 @@ def phase_conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
     strided pooling took more time than the convolution itself; docs/performance.md.) Same
     parameters, the same sums in another order (outputs equal to rounding; ties in the pooling
     go to the first position of the window, row-major, as `nn.max_pool`'s gradient does).
+
+    `impl="native"`: on the CPU in float32, the whole block as one C++ call per pass
+    (`conv_pool`, `avemo/models/native/conv_pool_cpu.cc`), nothing of the convolution's full
+    size in memory; elsewhere (other platforms, bfloat16, no compiler) this XLA form.
     """
     n, h, w, c = x.shape
     k, k2, c_in, f = kernel.shape
     if k != k2 or c_in != c or not phase_conv_applies(x.shape, k, 1):
         raise ValueError(f"phase_conv_pool: input {x.shape} and kernel {kernel.shape} do not fit")
+    if impl == "native" and _conv_pool_native_usable(x, kernel):
+        return conv_pool(x, kernel)
+    if impl not in ("xla", "native"):
+        raise ValueError(f"phase_conv_pool impl must be 'xla' or 'native', got {impl!r}")
+    return _block_max(_phases(x, kernel), (3,), (4,))
+
+
+def _phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The stride-1 SAME convolution's output at the four positions of each 2x2 pooling window,
+    [N, H/2, W/2, 4, F] (window position 2 di + dj), as one VALID convolution of the
+    space-to-depth input (`phase_conv_pool`)."""
+    n, h, w, c = x.shape
+    k, _, _, f = kernel.shape
     p, q = (k - 1) // 2, (k + 1) // 2
     xp = jnp.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
     hp, wp = (h + k - 1) // 2, (w + k - 1) // 2
@@ -295,11 +314,10 @@ def phase_conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
     # [k+1, k+1, C, 4, F] -> rows (2 di + i', 2 dj + j') -> [q, q, (i', j', C), (phase, F)]
     big = jnp.stack(phases, axis=3).reshape(q, 2, q, 2, c, 4, f)
     big = big.transpose(0, 2, 1, 3, 4, 5, 6).reshape(q, q, 4 * c, 4 * f)
-    y = _s2d_conv(s2d, big)
-    # The maximum over the phases by reductions (`_block_max`): computed elementwise, XLA fused
-    # it into its consumers -- the next layer's transposed weight-gradient input among them --
-    # and recomputed it there from the four phases, in transposed order.
-    return _block_max(y.reshape(n, h // 2, w // 2, 4, f), (3,), (4,))
+    # (The maximum over the phases is taken by reductions, `_block_max`: computed elementwise,
+    # XLA fused it into its consumers -- the next layer's transposed weight-gradient input among
+    # them -- and recomputed it there from the four phases, in transposed order.)
+    return _s2d_conv(s2d, big).reshape(n, h // 2, w // 2, 4, f)
 
 
 def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -332,3 +350,87 @@ def _s2d_conv_bwd(residuals, g):
 
 
 _s2d_conv.defvjp(_s2d_conv_fwd, _s2d_conv_bwd)
+
+
+# ----------------------------------------- the convolution + pooling block as native CPU calls
+
+# Fixed chunks of frames of the native backward pass's kernel gradient (summed here): the sum
+# does not depend on the number of threads.
+_CONV_POOL_CHUNKS = 16
+
+
+def _conv_pool_native_usable(x: jax.Array, kernel: jax.Array) -> bool:
+    return (
+        x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and native.available("conv_pool_cpu")
+    )
+
+
+@jax.custom_vjp
+def conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """max_pool_2x2/2(conv(x, kernel, stride 1, SAME)) for NHWC `x` (H, W even) and an odd k x k
+    HWIO kernel: `phase_conv_pool`'s values, with both passes as one native call each on the
+    CPU (float32; the XLA form elsewhere). The backward pass gives the kernel's gradient from
+    the input and each window's maximum position (int8), without the convolution's full-size
+    output or gradient; the input's gradient (XLA, from those positions) is left out of the
+    program when nothing asks for it, as for an image."""
+    return _conv_pool_fwd(x, kernel)[0]
+
+
+def _xla_conv_pool(x, kernel):
+    return _block_max_fwd(_phases(x, kernel), (3,), (4,))
+
+
+def _ffi_conv_pool(x, kernel):
+    n, h, w, _ = x.shape[-4:]
+    f = kernel.shape[-1]
+    shape = x.shape[:-4] + (n, h // 2, w // 2, f)
+    return jax.ffi.ffi_call(
+        "avemo_conv_pool",
+        (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.int8)),
+        vmap_method="broadcast_all",  # vmapped (population members): leading dimensions
+    )(x, kernel)
+
+
+def _conv_pool_fwd(x, kernel):
+    cpu = _ffi_conv_pool if _conv_pool_native_usable(x, kernel) else _xla_conv_pool
+    pooled, first = lax.platform_dependent(x, kernel, cpu=cpu, default=_xla_conv_pool)
+    return pooled, (x, kernel, first)
+
+
+def _xla_conv_pool_dk(x, kernel, d_phases):
+    _, kernel_vjp = jax.vjp(lambda k: _phases(x, k), kernel)
+    return kernel_vjp(d_phases)[0]
+
+
+def _ffi_conv_pool_dk(x, kernel, d_phases, first, g):
+    chunks = min(_CONV_POOL_CHUNKS, x.shape[-4])
+    parts = jax.ffi.ffi_call(
+        "avemo_conv_pool_bwd",
+        jax.ShapeDtypeStruct(x.shape[:-4] + (chunks,) + kernel.shape[-4:], jnp.float32),
+        vmap_method="broadcast_all",
+    )(x, first, g)
+    return parts.sum(axis=-5)
+
+
+def _conv_pool_bwd(residuals, g):
+    x, kernel, first = residuals
+    # each window's gradient, all of it, to its first maximum (`_block_max`'s rule)
+    picked = lax.broadcasted_iota(jnp.int8, first.shape[:-1] + (4, first.shape[-1]), 3)
+    d_phases = jnp.where(picked == first[..., None, :], g[..., None, :], jnp.zeros((), g.dtype))
+    _, input_vjp = jax.vjp(lambda v: _phases(v, kernel), x)  # unused (DCE'd) for an image
+    if _conv_pool_native_usable(x, kernel):
+        d_kernel = lax.platform_dependent(
+            x,
+            kernel,
+            d_phases,
+            first,
+            g,
+            cpu=_ffi_conv_pool_dk,
+            default=lambda x, k, d, *_: _xla_conv_pool_dk(x, k, d),
+        )
+    else:
+        d_kernel = _xla_conv_pool_dk(x, kernel, d_phases)
+    return input_vjp(d_phases)[0], d_kernel.astype(kernel.dtype)
+
+
+conv_pool.defvjp(_conv_pool_fwd, _conv_pool_bwd)

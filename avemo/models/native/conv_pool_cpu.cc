@@ -1,0 +1,278 @@
+// A stride-1 SAME convolution followed by the 2x2/2 max-pooling, as two XLA FFI handlers for the
+// CPU (avemo/models/layers.py, `conv_pool`; the face CNN's first block on grey faces):
+//
+//   avemo_conv_pool(x [G, N, H, W, C], kernel [G, k, k, C, F])
+//       -> pooled [G, N, H/2, W/2, F], first [G, N, H/2, W/2, F] (int8)
+//     pooled[n, i, j, f] = max over (di, dj) in {0, 1}^2 of conv(x, kernel)[n, 2i+di, 2j+dj, f]
+//     first: the window position (2 di + dj) of that maximum, the first one on ties (row-major,
+//     as `nn.max_pool`'s gradient sends it)
+//   avemo_conv_pool_bwd(x, first, d_pooled [G, N, H/2, W/2, F]) -> d_kernel [G, P, k, k, C, F]
+//     d_kernel[a, b, c, f] = sum over (n, i, j) of d_pooled[n, i, j, f] x_pad[n, 2i+di+a, 2j+dj+b, c]
+//     with (di, dj) the window position in `first`; P fixed chunks of frames (the caller sums
+//     them, so the result does not depend on the number of threads)
+//
+// G: leading copies (vmap, population members); any number of leading dimensions, flattened. k
+// odd; H and W even; zero padding of (k - 1) / 2 on each side (SAME). No bias: the caller adds
+// it after the pooling (max(y + b) = max(y) + b).
+//
+// In XLA the same block writes the convolution's full-size output (four times the pooled size),
+// reads it back for the maximum and again for the window positions, and in the backward pass
+// scatters the gradient to full size and multiplies it with the input's patches laid out for a
+// matmul: for the default's 304 grey 64 x 64 frames and 8 channels, ~40 MB passes of memory that
+// took ~30 ms of a ~0.13 s train step (docs/performance.md), for ~0.2 GFLOP of arithmetic. Here
+// each pooled position is computed from the 4 x 4 input patch under its window, in registers
+// (one vector of 8 output channels), and nothing of full size exists in either pass. The sums
+// run over the kernel taps in another order than XLA's convolution: values equal to float
+// rounding (tests/models/test_conv_pool_native.py).
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+
+namespace ffi = xla::ffi;
+using namespace avemo_native;  // NOLINT: this file's own helpers
+
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t i8v __attribute__((vector_size(32)));
+constexpr int64_t kV = 8;
+
+inline v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v8));
+  return v;
+}
+inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v8)); }
+inline v8 splat8(float x) { return v8{} + x; }
+
+struct Dims {
+  int64_t g, n, h, w, c, f, k;  // copies, frames, input size, channels in and out, kernel size
+  int64_t ho, wo, hp, wp, nv;  // pooled size, padded input size, vectors of 8 output channels
+};
+
+// One frame's input with its zero border: [hp, wp, c].
+void pad_frame(const Dims& d, const float* x, float* xp) {
+  const int64_t p = (d.k - 1) / 2;
+  std::fill(xp, xp + d.hp * d.wp * d.c, 0.0f);
+  for (int64_t y = 0; y < d.h; ++y)
+    std::memcpy(xp + ((y + p) * d.wp + p) * d.c, x + y * d.w * d.c, d.w * d.c * sizeof(float));
+}
+
+// The kernel [k, k, c, f] with its output channels padded to nv vectors: [k, k, c, nv * 8].
+std::vector<float> padded_kernel(const Dims& d, const float* kernel) {
+  std::vector<float> out(d.k * d.k * d.c * d.nv * kV, 0.0f);
+  for (int64_t t = 0; t < d.k * d.k * d.c; ++t)
+    std::copy(kernel + t * d.f, kernel + (t + 1) * d.f, out.begin() + t * d.nv * kV);
+  return out;
+}
+
+// One frame's pooled output channels v * 8 .. v * 8 + 7 and their window positions. K, C: the
+// kernel size and input channels as compile-time constants (0: read them from d); `wv` the
+// kernel's taps for these channels, a local array (in registers when K and C are known) or
+// memory.
+template <int K, int C, typename Wv>
+void forward_frame(const Dims& d, const float* __restrict xp, const Wv& wv, int64_t v,
+                   float* __restrict pooled, int8_t* __restrict first) {
+  const int64_t k = K ? K : d.k, c = C ? C : d.c, wp = d.wp;
+  const int64_t lanes = std::min(kV, d.f - v * kV);
+  for (int64_t i = 0; i < d.ho; ++i)
+    for (int64_t j = 0; j < d.wo; ++j) {
+      v8 best = splat8(0.0f);
+      i8v arg = i8v{} + 0;
+      for (int q = 0; q < 4; ++q) {
+        const float* base = xp + ((2 * i + q / 2) * wp + 2 * j + q % 2) * c;
+        v8 acc = splat8(0.0f);
+        for (int64_t a = 0; a < k; ++a)
+          for (int64_t b = 0; b < k; ++b)
+            for (int64_t ch = 0; ch < c; ++ch)
+              acc += base[(a * wp + b) * c + ch] * wv[(a * k + b) * c + ch];
+        if (q == 0) {
+          best = acc;
+        } else {  // a later position wins only if strictly larger: ties keep the first
+          const i8v more = acc > best;
+          best = more ? acc : best;
+          arg = more ? (i8v{} + q) : arg;
+        }
+      }
+      const int64_t out = (i * d.wo + j) * d.f + v * kV;
+      if (lanes == kV) {
+        store8(pooled + out, best);
+      } else {
+        for (int64_t l = 0; l < lanes; ++l) pooled[out + l] = best[l];
+      }
+      for (int64_t l = 0; l < lanes; ++l) first[out + l] = static_cast<int8_t>(arg[l]);
+    }
+}
+
+// Adds the kernel gradient of output channels v * 8 .. v * 8 + 7 of one frame to acc[tap] (tap =
+// (a k + b) c + ch): `acc` a local array (K and C known: the compiler keeps it in registers) or
+// memory.
+template <int K, int C, typename Acc>
+void backward_frame(const Dims& d, const float* xp, const int8_t* first, const float* g, int64_t v,
+                    Acc& acc) {
+  const int64_t k = K ? K : d.k, c = C ? C : d.c, wp = d.wp;
+  const int64_t lanes = std::min(kV, d.f - v * kV);
+  for (int64_t i = 0; i < d.ho; ++i)
+    for (int64_t j = 0; j < d.wo; ++j) {
+      const int64_t at = (i * d.wo + j) * d.f + v * kV;
+      v8 gv = splat8(0.0f);
+      i8v pos = i8v{} - 1;
+      for (int64_t l = 0; l < lanes; ++l) {
+        gv[l] = g[at + l];
+        pos[l] = first[at + l];
+      }
+      for (int q = 0; q < 4; ++q) {
+        const v8 gq = (pos == q) ? gv : splat8(0.0f);
+        const float* base = xp + ((2 * i + q / 2) * wp + 2 * j + q % 2) * c;
+        for (int64_t a = 0; a < k; ++a)
+          for (int64_t b = 0; b < k; ++b)
+            for (int64_t ch = 0; ch < c; ++ch)
+              acc[(a * k + b) * c + ch] += base[(a * wp + b) * c + ch] * gq;
+      }
+    }
+}
+
+bool read_dims(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel, Dims* d) {
+  if (x.size() < 4 || kernel.size() < 4 || x.size() - 4 != kernel.size() - 4) return false;
+  d->g = 1;
+  for (size_t i = 0; i + 4 < x.size(); ++i) {
+    if (x[i] != kernel[i]) return false;
+    d->g *= x[i];
+  }
+  const size_t r = x.size() - 4;
+  d->n = x[r];
+  d->h = x[r + 1];
+  d->w = x[r + 2];
+  d->c = x[r + 3];
+  d->k = kernel[r];
+  d->f = kernel[r + 3];
+  if (kernel[r + 1] != d->k || kernel[r + 2] != d->c || d->k % 2 == 0 || d->h % 2 || d->w % 2)
+    return false;
+  d->ho = d->h / 2;
+  d->wo = d->w / 2;
+  d->hp = d->h + d->k - 1;
+  d->wp = d->w + d->k - 1;
+  d->nv = (d->f + kV - 1) / kV;
+  return true;
+}
+
+template <typename F>
+void dispatch(const Dims& d, F&& fn) {  // fn.template operator()<K, C>() for the common shapes
+  if (d.k == 3 && d.c == 1) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 1>{});
+  if (d.k == 3 && d.c == 3) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 3>{});
+  fn(std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
+}
+
+ffi::Error ConvPoolImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                        ffi::ResultBuffer<ffi::F32> pooled, ffi::ResultBuffer<ffi::S8> first) {
+  Dims d;
+  if (!read_dims(x.dimensions(), kernel.dimensions(), &d))
+    return ffi::Error::InvalidArgument(
+        "avemo_conv_pool: x must be [..., N, H, W, C] (H, W even) and kernel [..., k, k, C, F] "
+        "(k odd) with the same leading dimensions");
+  std::vector<std::vector<float>> kernels;
+  for (int64_t m = 0; m < d.g; ++m)
+    kernels.push_back(padded_kernel(d, kernel.typed_data() + m * d.k * d.k * d.c * d.f));
+  const int64_t frame_in = d.h * d.w * d.c, frame_out = d.ho * d.wo * d.f;
+  dispatch(d, [&](auto kk, auto cc) {
+    parallel_for(pool, d.g * d.n, [&](int64_t item) {
+      thread_local std::vector<float> xp;
+      xp.resize(d.hp * d.wp * d.c);
+      pad_frame(d, x.typed_data() + item * frame_in, xp.data());
+      const std::vector<float>& wk = kernels[item / d.n];
+      constexpr int kTaps = decltype(kk)::value * decltype(kk)::value * decltype(cc)::value;
+      const int64_t taps = d.k * d.k * d.c;
+      for (int64_t v = 0; v < d.nv; ++v) {
+        auto run = [&](const auto& wv) {
+          forward_frame<decltype(kk)::value, decltype(cc)::value>(
+              d, xp.data(), wv, v, pooled->typed_data() + item * frame_out,
+              first->typed_data() + item * frame_out);
+        };
+        if constexpr (kTaps > 0) {
+          v8 wv[kTaps];
+          for (int t = 0; t < kTaps; ++t) wv[t] = load8(wk.data() + (t * d.nv + v) * kV);
+          run(wv);
+        } else {
+          std::vector<v8> wv(taps);
+          for (int64_t t = 0; t < taps; ++t) wv[t] = load8(wk.data() + (t * d.nv + v) * kV);
+          run(wv);
+        }
+      }
+    });
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvPoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> first,
+                           ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> d_kernel) {
+  // d_kernel [..., P, k, k, C, F]: its shape gives k, F and the number of chunks P.
+  const auto dk = d_kernel->dimensions();
+  const auto xd = x.dimensions();
+  if (dk.size() != xd.size() + 1)
+    return ffi::Error::InvalidArgument("avemo_conv_pool_bwd: d_kernel must be [..., P, k, k, C, F]");
+  const int64_t chunks = dk[dk.size() - 5];
+  std::vector<int64_t> kshape(xd.begin(), xd.end() - 4);
+  kshape.insert(kshape.end(), dk.end() - 4, dk.end());
+  Dims d;
+  if (!read_dims(xd, ffi::Span<const int64_t>(kshape.data(), kshape.size()), &d) || chunks < 1 ||
+      static_cast<int64_t>(g.element_count()) != d.g * d.n * d.ho * d.wo * d.f ||
+      static_cast<int64_t>(first.element_count()) != d.g * d.n * d.ho * d.wo * d.f)
+    return ffi::Error::InvalidArgument(
+        "avemo_conv_pool_bwd: x [..., N, H, W, C], first and d_pooled [..., N, H/2, W/2, F] "
+        "and d_kernel [..., P, k, k, C, F] do not fit");
+  const int64_t frame_in = d.h * d.w * d.c, frame_out = d.ho * d.wo * d.f;
+  const int64_t taps = d.k * d.k * d.c;
+  dispatch(d, [&](auto kk, auto cc) {
+    parallel_for(pool, d.g * chunks, [&](int64_t item) {
+      const int64_t m = item / chunks, p = item % chunks;
+      const int64_t n0 = p * d.n / chunks, n1 = (p + 1) * d.n / chunks;  // fixed split
+      constexpr int kTaps = decltype(kk)::value * decltype(kk)::value * decltype(cc)::value;
+      std::vector<float> xp(d.hp * d.wp * d.c), acc(taps * d.nv * kV, 0.0f);
+      for (int64_t v = 0; v < d.nv; ++v) {
+        auto run = [&](auto& a) {
+          for (int64_t n = n0; n < n1; ++n) {
+            const int64_t frame = m * d.n + n;
+            pad_frame(d, x.typed_data() + frame * frame_in, xp.data());
+            backward_frame<decltype(kk)::value, decltype(cc)::value>(
+                d, xp.data(), first.typed_data() + frame * frame_out,
+                g.typed_data() + frame * frame_out, v, a);
+          }
+          for (int64_t t = 0; t < taps; ++t) store8(acc.data() + (t * d.nv + v) * kV, a[t]);
+        };
+        if constexpr (kTaps > 0) {
+          v8 a[kTaps];
+          for (auto& e : a) e = splat8(0.0f);
+          run(a);
+        } else {
+          std::vector<v8> a(taps, splat8(0.0f));
+          run(a);
+        }
+      }
+      float* out = d_kernel->typed_data() + item * taps * d.f;
+      for (int64_t t = 0; t < taps; ++t)
+        std::copy(acc.begin() + t * d.nv * kV, acc.begin() + t * d.nv * kV + d.f, out + t * d.f);
+    });
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AvemoConvPool, ConvPoolImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S8>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AvemoConvPoolBwd, ConvPoolBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
