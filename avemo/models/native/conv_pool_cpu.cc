@@ -73,38 +73,55 @@ std::vector<float> padded_kernel(const Dims& d, const float* kernel) {
 // kernel size and input channels as compile-time constants (0: read them from d); `wv` the
 // kernel's taps for these channels, a local array (in registers when K and C are known) or
 // memory.
+template <int K, int C, int NP, typename Wv>
+inline void forward_positions(const Dims& d, const float* __restrict xp, const Wv& wv, int64_t v,
+                              int64_t i, int64_t j, float* __restrict pooled,
+                              int8_t* __restrict first) {
+  // NP horizontally adjacent pooled positions at once: 4 NP independent sums in flight
+  const int64_t k = K ? K : d.k, c = C ? C : d.c, wp = d.wp;
+  v8 acc[NP][4];
+  for (int p = 0; p < NP; ++p)
+    for (int q = 0; q < 4; ++q) acc[p][q] = splat8(0.0f);
+  const float* base = xp + (2 * i * wp + 2 * j) * c;
+  for (int64_t a = 0; a < k; ++a)
+    for (int64_t b = 0; b < k; ++b)
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const v8 w = wv[(a * k + b) * c + ch];
+        const float* at = base + (a * wp + b) * c + ch;
+        for (int p = 0; p < NP; ++p)
+          for (int q = 0; q < 4; ++q) acc[p][q] += at[((q / 2) * wp + 2 * p + q % 2) * c] * w;
+      }
+  const int64_t lanes = std::min(kV, d.f - v * kV);
+  for (int p = 0; p < NP; ++p) {
+    v8 best = acc[p][0];
+    i8v arg = i8v{} + 0;
+    for (int q = 1; q < 4; ++q) {  // a later position wins only if strictly larger: ties keep
+      const i8v more = acc[p][q] > best;  // the first
+      best = more ? acc[p][q] : best;
+      arg = more ? (i8v{} + q) : arg;
+    }
+    const int64_t out = (i * d.wo + j + p) * d.f + v * kV;
+    if (lanes == kV) {
+      store8(pooled + out, best);
+    } else {
+      for (int64_t l = 0; l < lanes; ++l) pooled[out + l] = best[l];
+    }
+    for (int64_t l = 0; l < lanes; ++l) first[out + l] = static_cast<int8_t>(arg[l]);
+  }
+}
+
+// One frame's pooled output channels v * 8 .. v * 8 + 7 and their window positions. K, C: the
+// kernel size and input channels as compile-time constants (0: read them from d); `wv` the
+// kernel's taps for these channels, a local array (in registers when K and C are known) or
+// memory.
 template <int K, int C, typename Wv>
 void forward_frame(const Dims& d, const float* __restrict xp, const Wv& wv, int64_t v,
                    float* __restrict pooled, int8_t* __restrict first) {
-  const int64_t k = K ? K : d.k, c = C ? C : d.c, wp = d.wp;
-  const int64_t lanes = std::min(kV, d.f - v * kV);
-  for (int64_t i = 0; i < d.ho; ++i)
-    for (int64_t j = 0; j < d.wo; ++j) {
-      v8 best = splat8(0.0f);
-      i8v arg = i8v{} + 0;
-      for (int q = 0; q < 4; ++q) {
-        const float* base = xp + ((2 * i + q / 2) * wp + 2 * j + q % 2) * c;
-        v8 acc = splat8(0.0f);
-        for (int64_t a = 0; a < k; ++a)
-          for (int64_t b = 0; b < k; ++b)
-            for (int64_t ch = 0; ch < c; ++ch)
-              acc += base[(a * wp + b) * c + ch] * wv[(a * k + b) * c + ch];
-        if (q == 0) {
-          best = acc;
-        } else {  // a later position wins only if strictly larger: ties keep the first
-          const i8v more = acc > best;
-          best = more ? acc : best;
-          arg = more ? (i8v{} + q) : arg;
-        }
-      }
-      const int64_t out = (i * d.wo + j) * d.f + v * kV;
-      if (lanes == kV) {
-        store8(pooled + out, best);
-      } else {
-        for (int64_t l = 0; l < lanes; ++l) pooled[out + l] = best[l];
-      }
-      for (int64_t l = 0; l < lanes; ++l) first[out + l] = static_cast<int8_t>(arg[l]);
-    }
+  for (int64_t i = 0; i < d.ho; ++i) {
+    int64_t j = 0;
+    for (; j + 2 <= d.wo; j += 2) forward_positions<K, C, 2>(d, xp, wv, v, i, j, pooled, first);
+    if (j < d.wo) forward_positions<K, C, 1>(d, xp, wv, v, i, j, pooled, first);
+  }
 }
 
 // Adds the kernel gradient of output channels v * 8 .. v * 8 + 7 of one frame to acc[tap] (tap =
