@@ -20,7 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avemo.models.layers import conv_function, phase_conv_applies, phase_conv_pool, pool_max
+from avemo.models.layers import (
+    conv_function,
+    conv_pool,
+    phase_conv_applies,
+    phase_conv_pool,
+    pool_max,
+)
 
 
 class FullyConnectedAsConv(nn.Module):
@@ -110,7 +116,9 @@ class ConvBlock(nn.Module):
     # Inputs of <= this many channels (and a block `layers.phase_conv_applies` to): the
     # convolution and the pooling as one convolution yielding the pooling's four phases.
     phase_channels: int = 0
-    conv_pool_impl: str = "native"  # such a block: layers.phase_conv_pool's impl
+    # A block with stride 1, an odd kernel and an even map: "native" = `layers.conv_pool` (the
+    # convolution and the pooling as native calls on the CPU), "xla" = XLA's ops.
+    conv_pool_impl: str = "native"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -123,10 +131,12 @@ class ConvBlock(nn.Module):
             # 179 -> 157 ms). Same parameters as nn.Conv's (`ConvParams`).
             kernel, bias = ConvParams(self.features, window, name="Conv_0")(x.shape[-1])
             x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-            if x.shape[-1] <= self.phase_channels and phase_conv_applies(
-                x.shape, self.kernel_size, self.stride
-            ):
-                x = phase_conv_pool(x, kernel, self.conv_pool_impl)
+            applies = phase_conv_applies(x.shape, self.kernel_size, self.stride)
+            phase = x.shape[-1] <= self.phase_channels
+            if applies and self.conv_pool_impl == "native":
+                x = conv_pool(x, kernel, phase)  # native calls on the CPU; else XLA's ops
+            elif applies and phase:
+                x = phase_conv_pool(x, kernel)
             else:
                 x = (conv or jax.lax.conv_general_dilated)(
                     x,

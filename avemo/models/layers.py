@@ -267,7 +267,7 @@ def phase_conv_applies(x_shape: Sequence[int], kernel_size: int, stride: int) ->
     return stride == 1 and kernel_size % 2 == 1 and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0
 
 
-def phase_conv_pool(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.Array:
+def phase_conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """max_pool_2x2/2(conv(x, kernel, stride 1, SAME)) for NHWC `x` and an odd k x k HWIO kernel.
 
     The convolution's output at the four positions of each pooling window -- its four *phases*
@@ -282,20 +282,16 @@ def phase_conv_pool(x: jax.Array, kernel: jax.Array, impl: str = "xla") -> jax.A
     strided pooling took more time than the convolution itself; docs/performance.md.) Same
     parameters, the same sums in another order (outputs equal to rounding; ties in the pooling
     go to the first position of the window, row-major, as `nn.max_pool`'s gradient does).
-
-    `impl="native"`: on the CPU in float32, the whole block as one C++ call per pass
-    (`conv_pool`, `avemo/models/native/conv_pool_cpu.cc`), nothing of the convolution's full
-    size in memory; elsewhere (other platforms, bfloat16, no compiler) this XLA form.
+    (`conv_pool` computes the same block as native calls on the CPU.)
     """
-    n, h, w, c = x.shape
-    k, k2, c_in, f = kernel.shape
-    if k != k2 or c_in != c or not phase_conv_applies(x.shape, k, 1):
-        raise ValueError(f"phase_conv_pool: input {x.shape} and kernel {kernel.shape} do not fit")
-    if impl == "native" and _conv_pool_native_usable(x, kernel):
-        return conv_pool(x, kernel)
-    if impl not in ("xla", "native"):
-        raise ValueError(f"phase_conv_pool impl must be 'xla' or 'native', got {impl!r}")
+    _check_conv_pool(x, kernel, "phase_conv_pool")
     return _block_max(_phases(x, kernel), (3,), (4,))
+
+
+def _check_conv_pool(x: jax.Array, kernel: jax.Array, name: str) -> None:
+    k, k2, c_in, _ = kernel.shape
+    if k != k2 or c_in != x.shape[-1] or not phase_conv_applies(x.shape[-4:], k, 1):
+        raise ValueError(f"{name}: input {x.shape} and kernel {kernel.shape} do not fit")
 
 
 def _phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -365,25 +361,50 @@ def _conv_pool_native_usable(x: jax.Array, kernel: jax.Array) -> bool:
     )
 
 
-@jax.custom_vjp
-def conv_pool(x: jax.Array, kernel: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_pool(x: jax.Array, kernel: jax.Array, phase: bool = False) -> jax.Array:
     """max_pool_2x2/2(conv(x, kernel, stride 1, SAME)) for NHWC `x` (H, W even) and an odd k x k
-    HWIO kernel: `phase_conv_pool`'s values, with both passes as one native call each on the
-    CPU (float32; the XLA form elsewhere). The backward pass gives the kernel's gradient from
-    the input and each window's maximum position (int8), without the convolution's full-size
-    output or gradient; the input's gradient (XLA, from those positions) is left out of the
-    program when nothing asks for it, as for an image."""
-    return _conv_pool_fwd(x, kernel)[0]
+    HWIO kernel (no bias: add it after the pooling), with every pass as one native call on the
+    CPU in float32 (`avemo/models/native/conv_pool_cpu.cc`): nothing of the convolution's full
+    size exists in memory, forward or backward. The backward pass gives the kernel's gradient
+    from the input and each window's maximum position (int8, the first on ties, as
+    `nn.max_pool`'s gradient), and the input's gradient as a separate call that is left out of
+    the program when nothing asks for it (an image). Elsewhere (other platforms, bfloat16, no
+    C++ compiler) XLA's ops: the convolution and the pooling, or `phase_conv_pool`'s phase form
+    with `phase` (the grey first layer on the CPU). Values equal to float rounding either way."""
+    return _conv_pool_fwd(x, kernel, phase)[0]
 
 
-def _xla_conv_pool(x, kernel):
-    return _block_max_fwd(_phases(x, kernel), (3,), (4,))
+def _pre_pool(x: jax.Array, kernel: jax.Array, phase: bool) -> jax.Array:
+    """The convolution's output, laid out for the pooling: [N, H/2, W/2, 4, F] (the phase form)
+    or [N, H/2, 2, W/2, 2, F]; linear in x and in the kernel."""
+    if phase:
+        return _phases(x, kernel)
+    y = lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    n, h, w, f = y.shape
+    return y.reshape(n, h // 2, 2, w // 2, 2, f)
+
+
+def _pool_axes(phase: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    # the window axes of `_pre_pool`'s layout; either way a window's position is 2 di + dj
+    return ((3,), (4,)) if phase else ((2, 4), (2, 2))
+
+
+def _conv_pool_native_usable(x: jax.Array, kernel: jax.Array) -> bool:
+    return (
+        x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and native.available("conv_pool_cpu")
+    )
+
+
+def _xla_conv_pool(x, kernel, phase):
+    return _block_max_fwd(_pre_pool(x, kernel, phase), *_pool_axes(phase))
 
 
 def _ffi_conv_pool(x, kernel):
     n, h, w, _ = x.shape[-4:]
-    f = kernel.shape[-1]
-    shape = x.shape[:-4] + (n, h // 2, w // 2, f)
+    shape = x.shape[:-4] + (n, h // 2, w // 2, kernel.shape[-1])
     return jax.ffi.ffi_call(
         "avemo_conv_pool",
         (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.int8)),
@@ -391,46 +412,42 @@ def _ffi_conv_pool(x, kernel):
     )(x, kernel)
 
 
-def _conv_pool_fwd(x, kernel):
-    cpu = _ffi_conv_pool if _conv_pool_native_usable(x, kernel) else _xla_conv_pool
-    pooled, first = lax.platform_dependent(x, kernel, cpu=cpu, default=_xla_conv_pool)
+def _conv_pool_fwd(x, kernel, phase):
+    _check_conv_pool(x, kernel, "conv_pool")
+    xla = functools.partial(_xla_conv_pool, phase=phase)
+    cpu = _ffi_conv_pool if _conv_pool_native_usable(x, kernel) else xla
+    pooled, first = lax.platform_dependent(x, kernel, cpu=cpu, default=xla)
     return pooled, (x, kernel, first)
 
 
-def _xla_conv_pool_dk(x, kernel, d_phases):
-    _, kernel_vjp = jax.vjp(lambda k: _phases(x, k), kernel)
-    return kernel_vjp(d_phases)[0]
+def _xla_conv_pool_bwd(x, kernel, first, g, phase):
+    axes, sizes = _pool_axes(phase)
+    (d_pre,) = _block_max_bwd(axes, sizes, first, g)  # all of a window's gradient to its first max
+    _, vjp = jax.vjp(lambda x, k: _pre_pool(x, k, phase), x, kernel)
+    return vjp(d_pre)
 
 
-def _ffi_conv_pool_dk(x, kernel, d_phases, first, g):
+def _ffi_conv_pool_bwd(x, kernel, first, g):
     chunks = min(_CONV_POOL_CHUNKS, x.shape[-4])
     parts = jax.ffi.ffi_call(
         "avemo_conv_pool_bwd",
         jax.ShapeDtypeStruct(x.shape[:-4] + (chunks,) + kernel.shape[-4:], jnp.float32),
         vmap_method="broadcast_all",
     )(x, first, g)
-    return parts.sum(axis=-5)
+    d_x = jax.ffi.ffi_call(  # a call of its own: dropped when x needs no gradient
+        "avemo_conv_pool_bwd_x",
+        jax.ShapeDtypeStruct(x.shape, jnp.float32),
+        vmap_method="broadcast_all",
+    )(first, g, kernel)
+    return d_x, parts.sum(axis=-5)
 
 
-def _conv_pool_bwd(residuals, g):
+def _conv_pool_bwd(phase, residuals, g):
     x, kernel, first = residuals
-    # each window's gradient, all of it, to its first maximum (`_block_max`'s rule)
-    picked = lax.broadcasted_iota(jnp.int8, first.shape[:-1] + (4, first.shape[-1]), 3)
-    d_phases = jnp.where(picked == first[..., None, :], g[..., None, :], jnp.zeros((), g.dtype))
-    _, input_vjp = jax.vjp(lambda v: _phases(v, kernel), x)  # unused (DCE'd) for an image
-    if _conv_pool_native_usable(x, kernel):
-        d_kernel = lax.platform_dependent(
-            x,
-            kernel,
-            d_phases,
-            first,
-            g,
-            cpu=_ffi_conv_pool_dk,
-            default=lambda x, k, d, *_: _xla_conv_pool_dk(x, k, d),
-        )
-    else:
-        d_kernel = _xla_conv_pool_dk(x, kernel, d_phases)
-    return input_vjp(d_phases)[0], d_kernel.astype(kernel.dtype)
+    xla = functools.partial(_xla_conv_pool_bwd, phase=phase)
+    cpu = _ffi_conv_pool_bwd if _conv_pool_native_usable(x, kernel) else xla
+    d_x, d_kernel = lax.platform_dependent(x, kernel, first, g, cpu=cpu, default=xla)
+    return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
 
 
 conv_pool.defvjp(_conv_pool_fwd, _conv_pool_bwd)

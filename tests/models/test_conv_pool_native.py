@@ -36,8 +36,8 @@ def _literal(x, kernel):
     return nn.max_pool(y, (2, 2), strides=(2, 2))
 
 
-def _native(x, kernel):
-    return layers.phase_conv_pool(x, kernel, impl="native")
+def _native(x, kernel, phase=False):
+    return layers.conv_pool(x, kernel, phase)
 
 
 def _inputs(n, h, w, c, k, f, seed=0):
@@ -54,10 +54,13 @@ def _grads(f, x, kernel, target):
 
 
 # (grey, 8 channels: the default's first layer; RGB with channels that leave a part vector;
-# a 5 x 5 kernel and 2 channels: the generic loops; 12 channels: two vectors)
+# a 5 x 5 kernel and 2 channels: the generic loops; 17 channels: three vectors, one partial;
+# 8 -> 16 and 16 -> 32: the default's second and third layers (the scatter form of the backward
+# pass); 5 and 12 input channels: padded channel vectors; 8 channels with a 5 x 5 kernel)
 @pytest.mark.parametrize(
     "n,h,w,c,k,f", [(6, 16, 12, 1, 3, 8), (3, 8, 10, 3, 3, 5), (2, 12, 8, 2, 5, 12),
-                    (4, 6, 6, 1, 3, 17)],
+                    (4, 6, 6, 1, 3, 17), (5, 12, 12, 8, 3, 16), (3, 8, 8, 16, 3, 32),
+                    (2, 8, 6, 5, 3, 7), (2, 6, 10, 12, 3, 9), (2, 10, 8, 8, 5, 8)],
 )  # fmt: skip
 def test_native_block_equals_the_literal_layers(n, h, w, c, k, f):
     x, kernel, target = _inputs(n, h, w, c, k, f, seed=h * f + c)
@@ -67,17 +70,25 @@ def test_native_block_equals_the_literal_layers(n, h, w, c, k, f):
     np.testing.assert_allclose(l_n, l_l, rtol=1e-5)
     np.testing.assert_allclose(dk_n, dk_l, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dx_n, dx_l, rtol=1e-4, atol=1e-5)
-    # and XLA's form of the same block, the fallback on other platforms
-    np.testing.assert_allclose(
-        dk_n, _grads(lambda x, k: layers.phase_conv_pool(x, k), x, kernel, target)[1][1],
-        rtol=1e-4, atol=1e-5,
-    )  # fmt: skip
+    # the phase form (on the CPU the same native calls) and XLA's forms of the same block, the
+    # fallback on other platforms
+    for f in (
+        lambda x, k: _native(x, k, phase=True),
+        lambda x, k: jax.lax.platform_dependent(
+            x, k, cpu=layers.phase_conv_pool, default=layers.phase_conv_pool
+        ),
+        lambda x, k: layers._xla_conv_pool(x, k, False)[0],
+    ):
+        (_, (dx, dk)) = _grads(f, x, kernel, target)
+        np.testing.assert_allclose(dk, dk_l, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(dx, dx_l, rtol=1e-4, atol=1e-5)
 
 
-def test_ties_send_the_gradient_to_the_first_position_of_each_window():
+@pytest.mark.parametrize("c,f", [(1, 8), (8, 16)])
+def test_ties_send_the_gradient_to_the_first_position_of_each_window(c, f):
     """Blank frames (absent faces are zeros) and a constant patch tie everywhere: each window's
     gradient goes to its first position, row-major, as `nn.max_pool`'s does -- not split."""
-    x, kernel, target = _inputs(3, 8, 8, 1, 3, 8, seed=5)
+    x, kernel, target = _inputs(3, 8, 8, c, 3, f, seed=5)
     x = x.at[0].set(0.0).at[1, 2:6, 2:6].set(0.7)
     kernel = kernel.at[:, :, :, 3].set(0.0)  # a channel whose output ties at 0 everywhere
     np.testing.assert_array_equal(jax.jit(_native)(x, kernel)[0], 0.0)
@@ -101,10 +112,14 @@ def test_native_block_under_vmap_runs_each_copy_with_its_own_kernel():
 
 
 def test_the_program_holds_the_native_calls_and_no_full_size_output():
-    x, kernel, target = _inputs(2, 8, 8, 1, 3, 8)
-    text = jax.jit(jax.grad(lambda k: jnp.sum(_native(x, k) * target))).lower(kernel).as_text()
+    x, kernel, target = _inputs(2, 8, 8, 8, 3, 16)
+    grad = jax.jit(jax.grad(lambda k: jnp.sum(_native(x, k) * target)))
+    text = grad.lower(kernel).compile().as_text()
     assert "avemo_conv_pool" in text and "avemo_conv_pool_bwd" in text
-    assert "convolution" not in text  # the input's gradient (XLA) is left out: x is a constant
+    assert "convolution" not in text
+    assert "avemo_conv_pool_bwd_x" not in text  # the input's gradient is left out: x is constant
+    both = jax.jit(jax.grad(lambda x, k: jnp.sum(_native(x, k) * target), (0, 1)))
+    assert "avemo_conv_pool_bwd_x" in both.lower(x, kernel).compile().as_text()
 
 
 def test_face_cnn_and_model_with_the_native_block_equal_the_xla_ones():

@@ -36,7 +36,7 @@ HANDLERS = {
     "lstm_cpu": ("AvemoLstmFwd", "AvemoLstmBwd"),
     "attention_cpu": ("AvemoAttentionPool", "AvemoAttentionPoolBwd"),
     "random_cpu": ("AvemoThreefryBits",),
-    "conv_pool_cpu": ("AvemoConvPool", "AvemoConvPoolBwd"),
+    "conv_pool_cpu": ("AvemoConvPool", "AvemoConvPoolBwd", "AvemoConvPoolBwdX"),
 }
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
 _ARCH_FLAGS = ("-march=native",)

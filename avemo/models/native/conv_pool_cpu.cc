@@ -152,6 +152,85 @@ void backward_frame(const Dims& d, const float* xp, const int8_t* first, const f
     }
 }
 
+// The scatter forms of the backward pass, for inputs of >= kScatterChannels channels: each pooled
+// output's gradient g[f] reaches only its window's maximum position (2i + di, 2j + dj), so
+//   d_kernel[a, b, :, f] += g[f] x_pad[2i + di + a, 2j + dj + b, :]
+//   d_x_pad[2i + di + a, 2j + dj + b, :] += g[f] kernel[a, b, :, f]
+// -- vectors over the input channels (padded to cp, a multiple of 8), no work for the three
+// positions of a window that get nothing, and none for a zero gradient (ReLU's inactive half).
+// (For one or two input channels a vector over them would be mostly padding: the masked form
+// above, vectors over the output channels, is used there.)
+constexpr int64_t kScatterChannels = 4;
+
+inline int64_t up8(int64_t n) { return (n + kV - 1) / kV * kV; }
+
+// One frame's input with its zero border and channels padded to cp: [hp, wp, cp].
+void pad_frame_cp(const Dims& d, int64_t cp, const float* x, float* xp) {
+  const int64_t p = (d.k - 1) / 2;
+  std::fill(xp, xp + d.hp * d.wp * cp, 0.0f);
+  for (int64_t y = 0; y < d.h; ++y)
+    for (int64_t xx = 0; xx < d.w; ++xx)
+      std::memcpy(xp + ((y + p) * d.wp + xx + p) * cp, x + (y * d.w + xx) * d.c,
+                  d.c * sizeof(float));
+}
+
+// acc [k, k, f, cp] += one frame's kernel gradient (scatter form).
+template <int K, int CV>
+void backward_frame_scatter(const Dims& d, int64_t cp, const float* __restrict xp,
+                            const int8_t* __restrict first, const float* __restrict g,
+                            float* __restrict acc) {
+  const int64_t k = K ? K : d.k, nc = CV ? CV : cp / kV, wp = d.wp, f_n = d.f;
+  for (int64_t i = 0; i < d.ho; ++i)
+    for (int64_t j = 0; j < d.wo; ++j) {
+      const int64_t at = (i * d.wo + j) * f_n;
+      for (int64_t f = 0; f < f_n; ++f) {
+        const float gv = g[at + f];
+        if (gv == 0.0f) continue;
+        const int q = first[at + f];
+        const float* base = xp + ((2 * i + q / 2) * wp + 2 * j + q % 2) * cp;
+        for (int64_t a = 0; a < k; ++a)
+          for (int64_t b = 0; b < k; ++b) {
+            const float* src = base + (a * wp + b) * cp;
+            float* dst = acc + ((a * k + b) * f_n + f) * cp;
+            for (int64_t v = 0; v < nc; ++v)
+              store8(dst + v * kV, load8(dst + v * kV) + gv * load8(src + v * kV));
+          }
+      }
+    }
+}
+
+// dxp [hp, wp, cp] += one frame's input gradient (scatter form); wt [k, k, f, cp].
+template <int K, int CV>
+void input_frame_scatter(const Dims& d, int64_t cp, const float* __restrict wt,
+                         const int8_t* __restrict first, const float* __restrict g,
+                         float* __restrict dxp) {
+  const int64_t k = K ? K : d.k, nc = CV ? CV : cp / kV, wp = d.wp, f_n = d.f;
+  for (int64_t i = 0; i < d.ho; ++i)
+    for (int64_t j = 0; j < d.wo; ++j) {
+      const int64_t at = (i * d.wo + j) * f_n;
+      for (int64_t f = 0; f < f_n; ++f) {
+        const float gv = g[at + f];
+        if (gv == 0.0f) continue;
+        const int q = first[at + f];
+        float* base = dxp + ((2 * i + q / 2) * wp + 2 * j + q % 2) * cp;
+        for (int64_t a = 0; a < k; ++a)
+          for (int64_t b = 0; b < k; ++b) {
+            float* dst = base + (a * wp + b) * cp;
+            const float* src = wt + ((a * k + b) * f_n + f) * cp;
+            for (int64_t v = 0; v < nc; ++v)
+              store8(dst + v * kV, load8(dst + v * kV) + gv * load8(src + v * kV));
+          }
+      }
+    }
+}
+
+template <typename F>
+void dispatch_cv(const Dims& d, int64_t cp, F&& fn) {  // K = 3 and 1 or 2 channel vectors
+  if (d.k == 3 && cp == 8) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 1>{});
+  if (d.k == 3 && cp == 16) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 2>{});
+  fn(std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
+}
+
 bool read_dims(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel, Dims* d) {
   if (x.size() < 4 || kernel.size() < 4 || x.size() - 4 != kernel.size() - 4) return false;
   d->g = 1;
@@ -180,6 +259,8 @@ template <typename F>
 void dispatch(const Dims& d, F&& fn) {  // fn.template operator()<K, C>() for the common shapes
   if (d.k == 3 && d.c == 1) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 1>{});
   if (d.k == 3 && d.c == 3) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 3>{});
+  if (d.k == 3 && d.c == 8) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 8>{});
+  if (d.k == 3 && d.c == 16) return fn(std::integral_constant<int, 3>{}, std::integral_constant<int, 16>{});
   fn(std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
 }
 
@@ -242,6 +323,29 @@ ffi::Error ConvPoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
         "and d_kernel [..., P, k, k, C, F] do not fit");
   const int64_t frame_in = d.h * d.w * d.c, frame_out = d.ho * d.wo * d.f;
   const int64_t taps = d.k * d.k * d.c;
+  if (d.c >= kScatterChannels) {
+    const int64_t cp = up8(d.c), kk2 = d.k * d.k;
+    dispatch_cv(d, cp, [&](auto kk, auto cv) {
+      parallel_for(pool, d.g * chunks, [&](int64_t item) {
+        const int64_t m = item / chunks, p = item % chunks;
+        const int64_t n0 = p * d.n / chunks, n1 = (p + 1) * d.n / chunks;  // fixed split
+        std::vector<float> xp(d.hp * d.wp * cp), acc(kk2 * d.f * cp, 0.0f);
+        for (int64_t n = n0; n < n1; ++n) {
+          const int64_t frame = m * d.n + n;
+          pad_frame_cp(d, cp, x.typed_data() + frame * frame_in, xp.data());
+          backward_frame_scatter<decltype(kk)::value, decltype(cv)::value>(
+              d, cp, xp.data(), first.typed_data() + frame * frame_out,
+              g.typed_data() + frame * frame_out, acc.data());
+        }
+        float* out = d_kernel->typed_data() + item * taps * d.f;  // [k, k, c, f]
+        for (int64_t t = 0; t < kk2; ++t)
+          for (int64_t ch = 0; ch < d.c; ++ch)
+            for (int64_t f = 0; f < d.f; ++f)
+              out[(t * d.c + ch) * d.f + f] = acc[(t * d.f + f) * cp + ch];
+      });
+    });
+    return ffi::Error::Success();
+  }
   dispatch(d, [&](auto kk, auto cc) {
     parallel_for(pool, d.g * chunks, [&](int64_t item) {
       const int64_t m = item / chunks, p = item % chunks;
@@ -276,6 +380,43 @@ ffi::Error ConvPoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   return ffi::Error::Success();
 }
 
+ffi::Error ConvPoolBwdXImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> first, ffi::Buffer<ffi::F32> g,
+                            ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> d_x) {
+  Dims d;
+  if (!read_dims(d_x->dimensions(), kernel.dimensions(), &d) ||
+      static_cast<int64_t>(g.element_count()) != d.g * d.n * d.ho * d.wo * d.f ||
+      static_cast<int64_t>(first.element_count()) != d.g * d.n * d.ho * d.wo * d.f)
+    return ffi::Error::InvalidArgument(
+        "avemo_conv_pool_bwd_x: first and d_pooled [..., N, H/2, W/2, F], kernel "
+        "[..., k, k, C, F] and d_x [..., N, H, W, C] do not fit");
+  const int64_t cp = up8(d.c), kk2 = d.k * d.k, p = (d.k - 1) / 2;
+  const int64_t frame_in = d.h * d.w * d.c, frame_out = d.ho * d.wo * d.f;
+  std::vector<std::vector<float>> wts;  // each copy's kernel as [k, k, f, cp]
+  for (int64_t m = 0; m < d.g; ++m) {
+    const float* w = kernel.typed_data() + m * kk2 * d.c * d.f;
+    std::vector<float> wt(kk2 * d.f * cp, 0.0f);
+    for (int64_t t = 0; t < kk2; ++t)
+      for (int64_t ch = 0; ch < d.c; ++ch)
+        for (int64_t f = 0; f < d.f; ++f) wt[(t * d.f + f) * cp + ch] = w[(t * d.c + ch) * d.f + f];
+    wts.push_back(std::move(wt));
+  }
+  dispatch_cv(d, cp, [&](auto kk, auto cv) {
+    parallel_for(pool, d.g * d.n, [&](int64_t frame) {
+      thread_local std::vector<float> dxp;
+      dxp.assign(d.hp * d.wp * cp, 0.0f);
+      input_frame_scatter<decltype(kk)::value, decltype(cv)::value>(
+          d, cp, wts[frame / d.n].data(), first.typed_data() + frame * frame_out,
+          g.typed_data() + frame * frame_out, dxp.data());
+      float* out = d_x->typed_data() + frame * frame_in;
+      for (int64_t y = 0; y < d.h; ++y)
+        for (int64_t xx = 0; xx < d.w; ++xx)
+          std::memcpy(out + (y * d.w + xx) * d.c, dxp.data() + ((y + p) * d.wp + xx + p) * cp,
+                      d.c * sizeof(float));
+    });
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AvemoConvPool, ConvPoolImpl,
@@ -291,5 +432,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AvemoConvPoolBwd, ConvPoolBwdImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AvemoConvPoolBwdX, ConvPoolBwdXImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
