@@ -171,10 +171,12 @@ def model_defaults() -> ml_collections.ConfigDict:
     # 1: the first layer on grey faces (CPU default step 0.160, 0.161 -> 0.136, 0.135 s,
     # alternating processes, docs/performance.md); 0 = off.
     m.phase_conv_channels = 1
-    # Such a block's convolution + pooling: "native" (one C++ call per pass on the CPU, float32,
-    # nothing of the convolution's full size in memory; "xla" on accelerators, in bfloat16,
-    # without a C++ compiler) | "xla" (phase_conv_pool's XLA form). Same parameters, values
-    # equal to float rounding. See avemo/models/layers.py: conv_pool.
+    # A face-CNN block with stride 1 (every block of the default): its convolution and 2x2
+    # pooling as "native" calls on the CPU in float32 (forward, kernel gradient, input gradient;
+    # nothing of the convolution's full size in memory; XLA's ops on accelerators, in bfloat16,
+    # without a C++ compiler) | "xla" (the convolution + pooling, or the phase form above). Same
+    # parameters, values equal to float rounding. Default CPU step 0.1347 -> 0.0843 s (one
+    # run, docs/performance.md). See avemo/models/layers.py: conv_pool.
     m.conv_pool_impl = "native"
     # LSTMs: "native" ("fused" with its two loops over time as C++ calls on the CPU, compiled on
     # first use; "fused" on accelerators, in bfloat16 and without a C++ compiler) | "fused" (input

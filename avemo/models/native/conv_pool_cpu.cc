@@ -1,5 +1,5 @@
-// A stride-1 SAME convolution followed by the 2x2/2 max-pooling, as two XLA FFI handlers for the
-// CPU (avemo/models/layers.py, `conv_pool`; the face CNN's first block on grey faces):
+// A stride-1 SAME convolution followed by the 2x2/2 max-pooling, as three XLA FFI handlers for
+// the CPU (avemo/models/layers.py, `conv_pool`; the face CNN's blocks, `alexnet.ConvBlock`):
 //
 //   avemo_conv_pool(x [G, N, H, W, C], kernel [G, k, k, C, F])
 //       -> pooled [G, N, H/2, W/2, F], first [G, N, H/2, W/2, F] (int8)
@@ -10,6 +10,9 @@
 //     d_kernel[a, b, c, f] = sum over (n, i, j) of d_pooled[n, i, j, f] x_pad[n, 2i+di+a, 2j+dj+b, c]
 //     with (di, dj) the window position in `first`; P fixed chunks of frames (the caller sums
 //     them, so the result does not depend on the number of threads)
+//   avemo_conv_pool_bwd_x(first, d_pooled, kernel) -> d_x [G, N, H, W, C]
+//     d_x_pad[n, 2i+di+a, 2j+dj+b, c] += d_pooled[n, i, j, f] kernel[a, b, c, f] (a call of its
+//     own, so that XLA drops it where the input needs no gradient: the image of the first layer)
 //
 // G: leading copies (vmap, population members); any number of leading dimensions, flattened. k
 // odd; H and W even; zero padding of (k - 1) / 2 on each side (SAME). No bias: the caller adds
@@ -17,13 +20,16 @@
 //
 // In XLA the same block writes the convolution's full-size output (four times the pooled size),
 // reads it back for the maximum and again for the window positions, and in the backward pass
-// scatters the gradient to full size and multiplies it with the input's patches laid out for a
-// matmul: for the default's 304 grey 64 x 64 frames and 8 channels, ~40 MB passes of memory that
-// took ~30 ms of a ~0.13 s train step (docs/performance.md), for ~0.2 GFLOP of arithmetic. Here
-// each pooled position is computed from the 4 x 4 input patch under its window, in registers
-// (one vector of 8 output channels), and nothing of full size exists in either pass. The sums
-// run over the kernel taps in another order than XLA's convolution: values equal to float
-// rounding (tests/models/test_conv_pool_native.py).
+// scatters the gradient to full size, transposes it and the input to [C, H, W, N]-like layouts
+// for the weight gradient and runs the input gradient as a convolution over the full-size
+// gradient, three quarters of it zeros. For the default's 304 face frames per step (64 x 64 grey,
+// 8 -> 16 -> 32 channels) the three blocks took ~125 ms of XLA ops against ~65 ms here
+// (docs/performance.md). Here the forward pass computes each pooled position from the input
+// patch under its window, vectors over the output channels in registers, and the backward passes
+// send each pooled output's gradient only to its window's maximum position (the scatter form,
+// vectors over the input channels; one or two input channels: masked sums over the output
+// channels), skipping zero gradients (ReLU's inactive half). The sums run in another order than
+// XLA's convolutions: values equal to float rounding (tests/models/test_conv_pool_native.py).
 
 #include <cstdint>
 #include <cstring>
