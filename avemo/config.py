@@ -171,7 +171,9 @@ def model_defaults() -> ml_collections.ConfigDict:
     # 1: the first layer on grey faces (CPU default step 0.160, 0.161 -> 0.136, 0.135 s,
     # alternating processes, docs/performance.md); 0 = off.
     m.phase_conv_channels = 1
-    # A face-CNN block with stride 1 (every block of the default): its convolution and 2x2
+    # A face-CNN block with stride 1 and at most 16 input and 64 output channels (every block of
+    # the default; not the paper's wide ones, where XLA's convolutions are faster,
+    # avemo/models/layers.py: CONV_POOL_MAX_CHANNELS): its convolution and 2x2
     # pooling as "native" calls on the CPU in float32 (forward, kernel gradient, input gradient;
     # nothing of the convolution's full size in memory; XLA's ops on accelerators, in bfloat16,
     # without a C++ compiler) | "xla" (the convolution + pooling, or the phase form above). Same

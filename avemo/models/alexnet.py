@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from avemo.models.layers import (
     conv_function,
     conv_pool,
+    conv_pool_suits,
     phase_conv_applies,
     phase_conv_pool,
     pool_max,
@@ -116,8 +117,9 @@ class ConvBlock(nn.Module):
     # Inputs of <= this many channels (and a block `layers.phase_conv_applies` to): the
     # convolution and the pooling as one convolution yielding the pooling's four phases.
     phase_channels: int = 0
-    # A block with stride 1, an odd kernel and an even map: "native" = `layers.conv_pool` (the
-    # convolution and the pooling as native calls on the CPU), "xla" = XLA's ops.
+    # A block with stride 1, an odd kernel, an even map and few channels
+    # (`layers.conv_pool_suits`): "native" = `layers.conv_pool` (the convolution and the pooling
+    # as native calls on the CPU), "xla" = XLA's ops.
     conv_pool_impl: str = "native"
 
     @nn.compact
@@ -133,7 +135,8 @@ class ConvBlock(nn.Module):
             x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
             applies = phase_conv_applies(x.shape, self.kernel_size, self.stride)
             phase = x.shape[-1] <= self.phase_channels
-            if applies and self.conv_pool_impl == "native":
+            native = self.conv_pool_impl == "native" and conv_pool_suits(x.shape[-1], self.features)
+            if applies and native:
                 x = conv_pool(x, kernel, phase)  # native calls on the CPU; else XLA's ops
             elif applies and phase:
                 x = phase_conv_pool(x, kernel)

@@ -350,6 +350,21 @@ _s2d_conv.defvjp(_s2d_conv_fwd, _s2d_conv_bwd)
 
 # ----------------------------------------- the convolution + pooling block as native CPU calls
 
+# The native calls are direct convolutions (vectors over channels, no matmul blocking): they beat
+# XLA's convolution + pooling for few input channels and lose for many. Block fwd + bwd
+# (input gradient included), 304 frames, one run each on the 2-core CPU, XLA / native time:
+# the default's 1 -> 8 at 64 x 64 1.8x (no input gradient), 8 -> 16 at 32 x 32 2.5x, 16 -> 32
+# at 16 x 16 1.3x; 16 -> 32 at 32 x 32 1.60x, 16 -> 64 at 16 x 16 1.48x; 32 -> 32 at
+# 16 x 16 0.60x, 32 -> 64 at 16 x 16 0.69x, 64 -> 128 0.65x, 96 -> 256 (the paper's conv2, 64
+# frames of 28 x 28) 0.60x. So `conv_pool_suits`: at most 16 input and 64 output channels.
+CONV_POOL_MAX_CHANNELS = (16, 64)
+
+
+def conv_pool_suits(in_channels: int, out_channels: int) -> bool:
+    """Whether `conv_pool`'s native calls are the faster form of a block of these channels."""
+    return in_channels <= CONV_POOL_MAX_CHANNELS[0] and out_channels <= CONV_POOL_MAX_CHANNELS[1]
+
+
 # Fixed chunks of frames of the native backward pass's kernel gradient (summed here): the sum
 # does not depend on the number of threads.
 _CONV_POOL_CHUNKS = 16

@@ -16,7 +16,7 @@ import pytest
 
 from avemo import config as config_lib
 from avemo.models import layers, native
-from avemo.models.alexnet import ImprovedAlexNet
+from avemo.models.alexnet import ConvBlock, ImprovedAlexNet
 from avemo.models.bimodal import BimodalModel, build_model
 from configs import default, tiny
 from tests.models.model_pairs import assert_same_train_step
@@ -142,6 +142,22 @@ def test_face_cnn_and_model_with_the_native_block_equal_the_xla_ones():
     assert_same_train_step(
         BimodalModel(conv_pool_impl="native", **kw), BimodalModel(conv_pool_impl="xla", **kw), batch
     )
+
+
+def test_blocks_with_many_channels_keep_xla_convolutions():
+    """The native calls serve the blocks they are faster for (few channels, `conv_pool_suits`):
+    the default's three blocks, not the paper's 96 -> 256 (XLA's convolution is faster there)."""
+
+    def program(block, shape):
+        x = jnp.zeros(shape)
+        variables = block.init(jax.random.key(0), x, True)
+        fn = lambda x: block.apply(variables, x, True, mutable=["batch_stats"])[0]  # noqa: E731
+        return jax.jit(fn).lower(x).as_text()
+
+    for c, f in ((1, 8), (8, 16), (16, 32)):
+        assert "avemo_conv_pool" in program(ConvBlock(f, phase_channels=1), (2, 8, 8, c))
+    text = program(ConvBlock(256, phase_channels=1), (2, 8, 8, 96))
+    assert "avemo_conv_pool" not in text and "convolution" in text
 
 
 def test_the_default_model_uses_it_on_one_device_and_not_on_a_mesh():
