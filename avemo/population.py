@@ -306,7 +306,9 @@ class PopulationTrainer:
 
     # ------------------------------------------------------------------------ the face CNN
 
-    def _face_maps(self, params, batch_stats, faces, rngs, train_mode, per_member_faces):
+    def _face_maps(
+        self, params, batch_stats, faces, rngs, train_mode, per_member_faces, steps=None
+    ):
         """Per-member feature maps [K, B, L, k, C] and new alexnet batch stats (train mode)."""
         alex_vars = {"params": params["alexnet"]}
         if "alexnet" in batch_stats:
@@ -316,7 +318,7 @@ class PopulationTrainer:
 
         def one(variables, member_faces, rng):
             fmap, stats = face_feature_map(
-                self.model, variables, member_faces, train_mode and not frozen, rng
+                self.model, variables, member_faces, train_mode and not frozen, rng, steps=steps
             )
             return (jax.lax.stop_gradient(fmap), None) if frozen else (fmap, stats)
 
@@ -335,7 +337,7 @@ class PopulationTrainer:
         """Whether this step runs a face CNN (no: audio mode, or cached frozen maps)."""
         return self.has_face and "faces" in batch
 
-    def _shared_face_map(self, state, faces):
+    def _shared_face_map(self, state, faces, steps=None):
         """The frozen branch, shared by all members (identical stage-1 weights): run once.
 
         As in `BimodalModel._face_maps`, the frozen CNN runs in inference mode (its stage-1
@@ -345,7 +347,7 @@ class PopulationTrainer:
         if "alexnet" in state.batch_stats:
             alex_vars["batch_stats"] = _take(state.batch_stats["alexnet"], 0)
         alex_vars = jax.lax.stop_gradient(alex_vars)
-        fmap, _ = face_feature_map(self.model, alex_vars, faces, False, None)
+        fmap, _ = face_feature_map(self.model, alex_vars, faces, False, None, steps=steps)
         return jax.lax.stop_gradient(fmap)
 
     # --------------------------------------------------------------------------- the step
@@ -361,11 +363,12 @@ class PopulationTrainer:
 
         def total_loss(params):
             fmaps, fmap_axis, alex_stats = None, None, None
+            steps = batch["mask"].shape[-1]  # training faces may be every s-th step's only
             if self._live_face(batch) and self.shared_face:
-                fmaps = self._shared_face_map(state, batch["faces"])
+                fmaps = self._shared_face_map(state, batch["faces"], steps)
             elif self._live_face(batch):
                 fmaps, alex_stats = self._face_maps(
-                    params, state.batch_stats, batch["faces"], rngs, True, batch_axis == 0
+                    params, state.batch_stats, batch["faces"], rngs, True, batch_axis == 0, steps
                 )
                 fmap_axis = 0
 

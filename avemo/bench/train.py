@@ -234,6 +234,9 @@ class _Runner:
             # every s-th step's maps, as the pipeline cuts them for training
             held = np.asarray(maps[: length : config.model.video_frame_stride])
             batch[frozen.FEATURES_KEY] = np.broadcast_to(held, (b,) + held.shape).copy()
+        elif "faces" in batch and config.model.video_frame_stride > 1:
+            # every s-th step's crops, as the pipeline cuts training windows (`pipeline._cut`)
+            batch = {**batch, "faces": batch["faces"][:, :: config.model.video_frame_stride]}
         self.batch = self.trainer.to_global(batch)
         # Modality dropout's silent window: zeros (the training mean) do for timing.
         silence = augment.silent_window(

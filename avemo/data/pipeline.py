@@ -90,13 +90,16 @@ def _cut(
     spectrogram: Any | None,
     step_seconds: float = 0.04,
     face_stride: int = 1,
+    strided_keys: tuple[str, ...] = ("face_features",),
 ) -> dict:
     """Arrays of steps [start, start + window), zero-padded past the end with mask 0.
 
     `step_seconds` (`config.data.step_seconds`) places the spectrogram patches on the label grid.
-    `face_stride` (`config.model.video_frame_stride`): cached frozen maps (`face_features`) only
-    of the steps start, start + s, ... -- the only ones the model reads (it holds each for s
-    steps) -- so ceil(window / s) of them: s times fewer bytes to cut, batch and move.
+    `face_stride` (`config.model.video_frame_stride`): the `strided_keys` -- cached frozen maps
+    (`face_features`), and in training windows the face crops (`faces`) too -- only of the steps
+    start, start + s, ... -- the only ones the model reads (it holds each for s steps) -- so
+    ceil(window / s) of them: s times fewer bytes to cut, batch and move (the model takes either
+    form, `BimodalModel._face_maps`).
     """
     stop = min(start + window, session.num_steps)
     valid = stop - start
@@ -105,7 +108,7 @@ def _cut(
         if key not in session.arrays:
             continue
         stride, length = 1, window
-        if key == "face_features" and face_stride > 1:
+        if key in strided_keys and face_stride > 1:
             stride, length = face_stride, -(-window // face_stride)
         part = np.asarray(session.arrays[key][start:stop:stride])
         if len(part) < length:
@@ -171,6 +174,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
             self._spectrogram_cfg,
             self._step_seconds,
             self._face_stride,
+            ("faces", "face_features"),  # training windows: the crops the CNN sees, only
         )
         if session.name in self._far_field:
             from avemo.data.augment import FAR_FIELD_PREFIX

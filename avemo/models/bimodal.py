@@ -53,8 +53,9 @@ from avemo.models.recurrent import SequenceLSTM
 
 
 def _face_steps(batch: Mapping[str, jax.Array]) -> int:
-    """L, the steps of a batch (cached `face_features` may hold only every s-th step's maps)."""
-    for key in ("faces", "face_present", "mask"):
+    """L, the steps of a batch (`faces` and cached `face_features` may hold only every s-th
+    step's: training windows, `pipeline._cut`)."""
+    for key in ("face_present", "mask", "audio_features", "labels", "faces"):
         if key in batch:
             return batch[key].shape[1]
     return batch["face_features"].shape[1]
@@ -122,7 +123,8 @@ class BimodalModel(nn.Module):
                 maps = maps[:, ::stride]
             return maps.astype(self.dtype), stride
         faces = batch["faces"]
-        faces = faces[:, ::stride]
+        if faces.shape[1] == _face_steps(batch):  # of every step (else already every s-th)
+            faces = faces[:, ::stride]
         b, length = faces.shape[:2]
         net = ImprovedAlexNet(
             conv_features=self.conv_features,
@@ -413,8 +415,12 @@ def face_feature_map(
     train_mode: bool,
     rng: jax.Array | None = None,
     chunk_frames: int = 0,
+    steps: int | None = None,
 ) -> tuple[jax.Array, object]:
     """Maps [B, ceil(L/s), k, C] of every s-th step, as `BimodalModel._face_maps` computes them.
+
+    `faces` [B, L, ...] of every step, or (`steps` = L given and faces.shape[1] != L) already
+    of every s-th step only (training windows, `pipeline._cut`).
 
     Computed outside the model (evaluation in chunks, population training) and passed in as
     `face_feature_map`. `variables` are the `alexnet` entries of the model's params (and batch
@@ -424,7 +430,8 @@ def face_feature_map(
     (`jax.lax.map`), so a long evaluation batch of large faces never holds all frames'
     activations at once; the maps are the same (per-frame computation, running statistics).
     """
-    faces = faces[:, :: model.video_frame_stride]
+    if steps is None or faces.shape[1] == steps:
+        faces = faces[:, :: model.video_frame_stride]
     b, length = faces.shape[:2]
     frames = faces.reshape((b * length,) + faces.shape[2:])
     net = face_cnn(model)

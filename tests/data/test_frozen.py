@@ -154,3 +154,44 @@ def test_training_on_cached_features_runs_and_keeps_the_branch(tmp_path):
     metrics = train.train_and_evaluate(config, str(tmp_path / "w"))
     assert np.isfinite(metrics["dev/ccc_pooled/mean"])
     assert len(list(frozen.frozen_root(config).iterdir())) == 4  # 3 train + 1 dev sessions
+
+
+def test_training_windows_carry_every_sth_face_and_the_model_reads_them_alike(tmp_path):
+    """Training windows cut only the crops of every s-th step (the ones the CNN sees); the live
+    model gives the same outputs and gradients from them as from every step's crops, and a
+    population member's face maps (`face_feature_map` with `steps`) are the same too."""
+    from avemo.models.bimodal import face_feature_map
+
+    stride = 3
+    config = _config(tmp_path, stride)
+    config.model.freeze_video = False
+    sessions = memory.make_sessions(config.data.memory)
+    model, variables = _variables(config, sessions)
+    full = _window_batch(sessions, config)
+    strided = _window_batch(sessions, config, face_stride=stride)
+    length = config.train.window_steps
+    assert full["faces"].shape[1] == length
+    assert strided["faces"].shape[1] == -(-length // stride)
+    np.testing.assert_array_equal(strided["faces"], full["faces"][:, ::stride])
+    for key in ("face_present", "audio_features", "labels", "mask"):  # every step, as before
+        np.testing.assert_array_equal(strided[key], full[key])
+    rngs = {"dropout": jax.random.key(3)}
+
+    def loss(params, batch):
+        out, _ = model.apply(
+            {**variables, "params": params}, batch, train=True, rngs=rngs, mutable=["batch_stats"]
+        )
+        return jnp.sum(out["outputs"] ** 2), out["outputs"]
+
+    (l_full, o_full), g_full = jax.value_and_grad(loss, has_aux=True)(variables["params"], full)
+    (l_str, o_str), g_str = jax.value_and_grad(loss, has_aux=True)(variables["params"], strided)
+    np.testing.assert_allclose(o_str, o_full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_str), jax.tree.leaves(g_full), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    alex = {c: v["alexnet"] for c, v in variables.items() if "alexnet" in v}
+    maps_full, _ = face_feature_map(model, alex, full["faces"], False)
+    maps_str, _ = face_feature_map(model, alex, strided["faces"], False, steps=length)
+    np.testing.assert_array_equal(maps_str, maps_full)
+    # evaluation windows keep every step's crops
+    plan = pipeline._cut(sessions[0], 0, length, None, 0.04, stride)
+    assert plan["faces"].shape[0] == length

@@ -124,9 +124,15 @@ def test_face_feature_map_outside_the_model_gives_the_same_outputs():
     variables = model.init(jax.random.key(0), batch)
     direct = model.apply(variables, batch)["outputs"]
     alex = {c: v["alexnet"] for c, v in variables.items()}
-    fmap, _ = population.face_feature_map(model, alex, batch["faces"], False)
+    # training windows carry every s-th step's crops only: `steps` says how many steps they span
+    length = batch["mask"].shape[1]
+    assert batch["faces"].shape[1] == -(-length // 2)
+    fmap, _ = population.face_feature_map(model, alex, batch["faces"], False, steps=length)
     outside = model.apply(variables, {**batch, "face_feature_map": fmap})["outputs"]
     np.testing.assert_allclose(outside, direct, rtol=1e-6, atol=1e-6)
+    # and every step's crops (evaluation windows) give the same maps
+    every, _ = population.face_feature_map(model, alex, jnp.repeat(batch["faces"], 2, 1), False)
+    np.testing.assert_array_equal(every[:, : fmap.shape[1]], fmap)
 
 
 def test_member_predictions_keep_the_heads_a_single_model_keeps(tmp_path):
