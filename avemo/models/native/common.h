@@ -47,13 +47,20 @@ inline float tanh_r(float x) { return tanh_t(x); }
 typedef float vf __attribute__((vector_size(64)));
 constexpr int64_t kW = 16;
 
-inline vf loadv(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(vf));
+// Unaligned loads and stores of a vector type V of floats (memcpy: one vector move).
+template <typename V>
+inline V load_as(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
   return v;
 }
-inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
+template <typename V>
+inline void store_as(float* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
 
+inline vf loadv(const float* p) { return load_as<vf>(p); }
+inline void storev(float* p, vf v) { store_as(p, v); }
 inline vf splat(float x) { return vf{} + x; }
 
 // Runs fn(0) .. fn(total - 1) on the calling thread and up to `pool.num_threads()` helpers of

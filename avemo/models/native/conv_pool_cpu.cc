@@ -42,16 +42,13 @@ using namespace avemo_native;  // NOLINT: this file's own helpers
 
 namespace {
 
+// 8-float vectors (one AVX2 register): the default's channel counts are multiples of 8.
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t i8v __attribute__((vector_size(32)));
 constexpr int64_t kV = 8;
 
-inline v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof(v8));
-  return v;
-}
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v8)); }
+inline v8 load8(const float* p) { return load_as<v8>(p); }
+inline void store8(float* p, v8 v) { store_as(p, v); }
 inline v8 splat8(float x) { return v8{} + x; }
 
 struct Dims {
