@@ -13,6 +13,10 @@ of one window tie exactly at the maximum (split between them instead of given to
 `alexnet.ConvBlock`'s fast path applies ReLU (and the conv bias) after the pooling: max-pooling
 and ReLU commute (ReLU is monotone), so the result equals ReLU -> pool, with the elementwise ReLU
 on a quarter of the values.
+
+Convolution + pooling blocks: `phase_conv_pool` (one convolution yielding the pooling's four
+phases, for a grey first layer) and `conv_pool` (the block as native CPU calls, forward and
+backward, for blocks of few channels), each equal to the literal layers to float rounding.
 """
 
 from __future__ import annotations
@@ -368,12 +372,6 @@ def conv_pool_suits(in_channels: int, out_channels: int) -> bool:
 # Fixed chunks of frames of the native backward pass's kernel gradient (summed here): the sum
 # does not depend on the number of threads.
 _CONV_POOL_CHUNKS = 16
-
-
-def _conv_pool_native_usable(x: jax.Array, kernel: jax.Array) -> bool:
-    return (
-        x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and native.available("conv_pool_cpu")
-    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
