@@ -56,12 +56,20 @@ struct Dims {
   int64_t ho, wo, hp, wp, nv;  // pooled size, padded input size, vectors of 8 output channels
 };
 
-// One frame's input with its zero border: [hp, wp, c].
-void pad_frame(const Dims& d, const float* x, float* xp) {
+// One frame's input with its zero border and its channels padded to cp >= c: [hp, wp, cp].
+void pad_frame(const Dims& d, int64_t cp, const float* x, float* xp) {
   const int64_t p = (d.k - 1) / 2;
-  std::fill(xp, xp + d.hp * d.wp * d.c, 0.0f);
-  for (int64_t y = 0; y < d.h; ++y)
-    std::memcpy(xp + ((y + p) * d.wp + p) * d.c, x + y * d.w * d.c, d.w * d.c * sizeof(float));
+  std::fill(xp, xp + d.hp * d.wp * cp, 0.0f);
+  for (int64_t y = 0; y < d.h; ++y) {
+    float* row = xp + ((y + p) * d.wp + p) * cp;
+    const float* in = x + y * d.w * d.c;
+    if (cp == d.c) {  // a row at once
+      std::memcpy(row, in, d.w * d.c * sizeof(float));
+    } else {
+      for (int64_t xx = 0; xx < d.w; ++xx)
+        std::memcpy(row + xx * cp, in + xx * d.c, d.c * sizeof(float));
+    }
+  }
 }
 
 // The kernel [k, k, c, f] with its output channels padded to nv vectors: [k, k, c, nv * 8].
@@ -72,10 +80,8 @@ std::vector<float> padded_kernel(const Dims& d, const float* kernel) {
   return out;
 }
 
-// One frame's pooled output channels v * 8 .. v * 8 + 7 and their window positions. K, C: the
-// kernel size and input channels as compile-time constants (0: read them from d); `wv` the
-// kernel's taps for these channels, a local array (in registers when K and C are known) or
-// memory.
+// Pooled positions (i, j) .. (i, j + NP - 1) of `forward_frame`, output channels v * 8 ..
+// v * 8 + 7: their maxima and window positions.
 template <int K, int C, int NP, typename Wv>
 inline void forward_positions(const Dims& d, const float* __restrict xp, const Wv& wv, int64_t v,
                               int64_t i, int64_t j, float* __restrict pooled,
@@ -161,21 +167,11 @@ void backward_frame(const Dims& d, const float* xp, const int8_t* first, const f
 //   d_x_pad[2i + di + a, 2j + dj + b, :] += g[f] kernel[a, b, :, f]
 // -- vectors over the input channels (padded to cp, a multiple of 8), no work for the three
 // positions of a window that get nothing, and none for a zero gradient (ReLU's inactive half).
-// (For one or two input channels a vector over them would be mostly padding: the masked form
-// above, vectors over the output channels, is used there.)
+// (For fewer input channels a vector over them would be mostly padding: the masked form above,
+// vectors over the output channels, is used there.)
 constexpr int64_t kScatterChannels = 4;
 
 inline int64_t up8(int64_t n) { return (n + kV - 1) / kV * kV; }
-
-// One frame's input with its zero border and channels padded to cp: [hp, wp, cp].
-void pad_frame_cp(const Dims& d, int64_t cp, const float* x, float* xp) {
-  const int64_t p = (d.k - 1) / 2;
-  std::fill(xp, xp + d.hp * d.wp * cp, 0.0f);
-  for (int64_t y = 0; y < d.h; ++y)
-    for (int64_t xx = 0; xx < d.w; ++xx)
-      std::memcpy(xp + ((y + p) * d.wp + xx + p) * cp, x + (y * d.w + xx) * d.c,
-                  d.c * sizeof(float));
-}
 
 // acc [k, k, f, cp] += one frame's kernel gradient (scatter form).
 template <int K, int CV>
@@ -282,7 +278,7 @@ ffi::Error ConvPoolImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     parallel_for(pool, d.g * d.n, [&](int64_t item) {
       thread_local std::vector<float> xp;
       xp.resize(d.hp * d.wp * d.c);
-      pad_frame(d, x.typed_data() + item * frame_in, xp.data());
+      pad_frame(d, d.c, x.typed_data() + item * frame_in, xp.data());
       const std::vector<float>& wk = kernels[item / d.n];
       constexpr int kTaps = decltype(kk)::value * decltype(kk)::value * decltype(cc)::value;
       const int64_t taps = d.k * d.k * d.c;
@@ -335,7 +331,7 @@ ffi::Error ConvPoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
         std::vector<float> xp(d.hp * d.wp * cp), acc(kk2 * d.f * cp, 0.0f);
         for (int64_t n = n0; n < n1; ++n) {
           const int64_t frame = m * d.n + n;
-          pad_frame_cp(d, cp, x.typed_data() + frame * frame_in, xp.data());
+          pad_frame(d, cp, x.typed_data() + frame * frame_in, xp.data());
           backward_frame_scatter<decltype(kk)::value, decltype(cv)::value>(
               d, cp, xp.data(), first.typed_data() + frame * frame_out,
               g.typed_data() + frame * frame_out, acc.data());
@@ -359,7 +355,7 @@ ffi::Error ConvPoolBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
         auto run = [&](auto& a) {
           for (int64_t n = n0; n < n1; ++n) {
             const int64_t frame = m * d.n + n;
-            pad_frame(d, x.typed_data() + frame * frame_in, xp.data());
+            pad_frame(d, d.c, x.typed_data() + frame * frame_in, xp.data());
             backward_frame<decltype(kk)::value, decltype(cc)::value>(
                 d, xp.data(), first.typed_data() + frame * frame_out,
                 g.typed_data() + frame * frame_out, v, a);
