@@ -151,6 +151,14 @@ def model_defaults() -> ml_collections.ConfigDict:
     # from a video-only run's workdir (best-by-dev checkpoint; "{seed}" = this run's seed), layer
     # for layer (avemo/warm_start.py); loaded at initialisation (not on resume). "" = none.
     m.face_init = ""
+    # Issues 9 and 10: the whole face stream above kept fixed in the fusion (the two-stage recipe
+    # with the video-only model as stage 1): face CNN, face LSTM, attention, face memory, face
+    # context LSTM and face head get zero updates and run in inference mode under stop_gradient;
+    # with attention_query="face" the stream is a function of the face alone, so its states c_t
+    # (and the face head's outputs) are computed once per training window before the fusion
+    # trains (avemo/data/frozen.py: stream_windows), and a fusion step costs what the voice, the
+    # gates and the output LSTMs cost. Needs train.face_stage_steps or model.face_init.
+    m.freeze_face_stream = False
     # issue 9: the fusion's audio stream (audio_lstm, and audio_cnn if enabled) from an audio-only
     # run's workdir, as face_init does for the face ("{seed}", "{workdir}" allowed; best-by-dev
     # checkpoint; at initialisation only). "" = none (the paper: the voice starts from scratch).
@@ -555,6 +563,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 "config.model.face_init / train.face_stage_steps set the face CNN too: use them "
                 "without model.video_init and model.freeze_video"
             )
+        if flat["model.freeze_face_stream"] and flat["model.attention_query"] != "face":
+            raise ConfigError(
+                "config.model.freeze_face_stream needs model.attention_query='face': with the "
+                "voice in the attention's query the face stream's states depend on the voice "
+                "and cannot be kept fixed"
+            )
         if flat["train.face_stage_steps"] and (
             flat["model.video_lstm_features"] != flat["model.lstm_features"]
             or flat["model.face_lstm_dense_features"] != flat["model.audio_dense_features"]
@@ -564,6 +578,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 "model.audio_dense_features -> model.lstm_features wide; set "
                 "model.face_lstm_dense_features and model.video_lstm_features to match"
             )
+    if flat["model.freeze_face_stream"] and not (
+        flat["model.face_init"] or flat["train.face_stage_steps"]
+    ):
+        raise ConfigError(
+            "config.model.freeze_face_stream keeps a trained face stream fixed: it needs "
+            "train.face_stage_steps > 0 or model.face_init (the video-only run it comes from)"
+        )
     if flat["loss.modality_head_weight"] < 0:
         raise ConfigError("config.loss.modality_head_weight must be >= 0")
     if flat["loss.audio_head_weight"] < 0:

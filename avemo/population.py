@@ -183,6 +183,11 @@ class PopulationTrainer:
             raise PopulationError(f"data_order={data_order!r} is not one of {DATA_ORDERS}")
         if member_conv not in MEMBER_CONVS:
             raise PopulationError(f"member_conv={member_conv!r} is not one of {MEMBER_CONVS}")
+        if configs[0].model.freeze_face_stream:
+            raise PopulationError(
+                "model.freeze_face_stream (each member's fixed face stream, its states per "
+                "training window) runs one member per process: use --executor local or slurm"
+            )
         self.configs = list(configs)
         self.config = config = configs[0]
         self.k = k = len(configs)

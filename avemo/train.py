@@ -31,7 +31,13 @@ from avemo import checkpointing, hostmem, objectives, sharding
 from avemo import config as config_lib
 from avemo import metrics as metrics_lib
 from avemo.data import pipeline
-from avemo.models.bimodal import BimodalModel, build_model, face_chunk_frames, face_feature_map
+from avemo.models.bimodal import (
+    FROZEN_FACE_STREAM,
+    BimodalModel,
+    build_model,
+    face_chunk_frames,
+    face_feature_map,
+)
 from avemo.reporting.writers import MetricWriter
 from avemo.warm_start import FACE_STREAM_MAP
 
@@ -151,6 +157,7 @@ def make_optimizer(
         return opt
 
     freeze_branch = config.model.freeze_video  # stage-1 video branch kept fixed
+    frozen_modules = set(_frozen_modules(config))
     unused_head = bimodal and config.model.mode in ("fusion", "video")
     # The warm-started face tower at its own rate (train.face_init_lr_scale).
     face_scale = t.face_init_lr_scale if bimodal else 1.0
@@ -171,13 +178,19 @@ def make_optimizer(
 
     def labels(params):
         return {
-            k: alexnet_labels(v) if k == "alexnet" else "face" if k in face_tower else "train"
+            k: "frozen"
+            if k in frozen_modules
+            else alexnet_labels(v)
+            if k == "alexnet"
+            else "face"
+            if k in face_tower
+            else "train"
             for k, v in params.items()
         }
 
     if not face_tower:
         opt = optimizer(1.0, clip=True)
-        if freeze_branch or unused_head:
+        if frozen_modules or unused_head:
             opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
         return opt
     # Two rates: one clip over all gradients first, then each group its own schedule.
@@ -274,7 +287,7 @@ def train_step(
     else:
         grads, (parts, batch_stats, outputs) = jax.grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
-    if config.model.freeze_video and "alexnet" in batch_stats:  # frozen: keep stage-1 BN stats
+    if _frozen_modules(config) and "alexnet" in batch_stats:  # frozen: keep its BN statistics
         batch_stats = {**batch_stats, "alexnet": state.batch_stats["alexnet"]}
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = dict(parts, grad_norm=grad_norm)
@@ -286,11 +299,17 @@ def train_step(
     return new_state, metrics
 
 
+def _frozen_modules(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The modules kept fixed: the face CNN (`model.freeze_video`), or the whole face stream
+    (`model.freeze_face_stream`, `bimodal.FROZEN_FACE_STREAM`)."""
+    if config.model.freeze_face_stream:
+        return FROZEN_FACE_STREAM
+    return ("alexnet",) if config.model.freeze_video else ()
+
+
 def _frozen_params(params: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict:
-    """The frozen video branch's parameters ({} unless `model.freeze_video`)."""
-    if config.model.freeze_video and "alexnet" in params:
-        return {"alexnet": params["alexnet"]}
-    return {}
+    """The parameters of the frozen modules ({} unless a branch or the face stream is frozen)."""
+    return {k: params[k] for k in _frozen_modules(config) if k in params}
 
 
 def eval_step(
@@ -577,15 +596,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, f
     """The training loop of `train_and_evaluate`; returns (last dev metrics, whether the run
     reached its last step). Its own function so that the pipeline, the trainer and the state are
     released when it returns, before the reports load the chosen checkpoint."""
-    from avemo import warm_start
-
     is_chief = jax.process_index() == 0
     sessions = load_sessions(config, workdir)
     total_steps = num_train_steps(config, pipeline.num_train_windows(sessions, config))
     trainer = Trainer(config, example_batch(sessions, config, 1), total_steps)
     from avemo.data import frozen
 
-    if frozen.enabled(config):  # frozen face branch: its feature maps once, cached (Sec. 6.4)
+    fresh, face_stream = None, None
+    if config.model.freeze_face_stream:
+        # The fixed stream is the warm start's (the face stage's, or model.face_init's), whether
+        # this run starts or resumes: computed now, so that its maps and states can be.
+        fresh = _fresh_state(config, workdir, trainer)
+        if frozen.enabled(config):
+            branch = frozen.branch_variables(fresh.params, fresh.batch_stats)
+            sessions = frozen.attach(sessions, config, jax.device_get(branch))
+        face_stream = frozen.stream_windows(trainer.model, model_variables(fresh))
+    elif frozen.enabled(config):  # frozen face branch: its feature maps once, cached (Sec. 6.4)
         sessions = frozen.attach(sessions, config, frozen.initial_branch_variables(config, trainer))
     eval_sets = eval_split_sessions(sessions, config)
     data_iter = iter(
@@ -596,6 +622,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, f
             jax.process_count(),
             silence=silent_window(config, workdir, sessions),
             far_field=far_field_inputs(config, workdir, sessions),
+            face_stream=face_stream,
         )
     )
     if config.train.device_prefetch:  # batches on the device ahead of the step
@@ -622,20 +649,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, f
         )
         log.info("Resumed from %s at step %d.", ckpt.directory, start_step)
     else:
-        state = trainer.init_state()
-        if config.model.video_init:  # stage-1 face-feature weights (avemo.stage1), fresh runs only
-            from avemo import stage1
-
-            params, batch_stats = stage1.load_into(
-                state.params, state.batch_stats, config.model.video_init
-            )
-            state = state.replace(params=params, batch_stats=batch_stats)
-            log.info("Video branch initialised from %s.", config.model.video_init)
-        # The face / audio stream of a video- / audio-only run (issue 9), fresh runs only.
-        params, batch_stats = warm_start.load_streams(
-            config, workdir, state.params, state.batch_stats
-        )
-        state = state.replace(params=params, batch_stats=batch_stats)
+        state = fresh if fresh is not None else _fresh_state(config, workdir, trainer)
         if is_chief:
             params = sum(x.size for x in jax.tree.leaves(state.params))
             log.info(
@@ -711,6 +725,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, f
             json.dump(summary, f, indent=2)
         os.replace(tmp, os.path.join(workdir, "final_metrics.json"))
     return last_eval, step >= total_steps
+
+
+def _fresh_state(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer) -> TrainState:
+    """The state a fresh run starts from: initialised from the seed, then the warm starts
+    (`model.video_init`; the face / audio stream of a video- / audio-only run, issue 9)."""
+    from avemo import warm_start
+
+    state = trainer.init_state()
+    if config.model.video_init:  # stage-1 face-feature weights (avemo.stage1)
+        from avemo import stage1
+
+        params, batch_stats = stage1.load_into(
+            state.params, state.batch_stats, config.model.video_init
+        )
+        state = state.replace(params=params, batch_stats=batch_stats)
+        log.info("Video branch initialised from %s.", config.model.video_init)
+    params, batch_stats = warm_start.load_streams(config, workdir, state.params, state.batch_stats)
+    return state.replace(params=params, batch_stats=batch_stats)
 
 
 def _flat_items(cfg: Mapping[str, Any], prefix: str = ""):

@@ -113,6 +113,7 @@ def _single_modality(
     c.model.attention_query = "audio"  # video mode: the query is the video LSTM's own state
     c.model.face_init = ""
     c.model.audio_init = ""
+    c.model.freeze_face_stream = False  # the stage trains the stream the fusion may keep fixed
     c.train.modality_dropout = 0.0
     c.train.num_steps = steps
     c.train.face_stage_steps = 0
@@ -135,7 +136,9 @@ def stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     """
     c = _single_modality(config, "video", config.train.face_stage_steps)
     c.train.far_field_augment = 0.0
-    if config.train.stage_schedule != "restart":  # the first steps of one schedule over both
+    # The first steps of one schedule over both -- unless the fusion keeps the stream fixed
+    # (`model.freeze_face_stream`): nothing continues it, so the stage anneals on its own.
+    if config.train.stage_schedule != "restart" and not config.model.freeze_face_stream:
         c.train.schedule_steps = config.train.face_stage_steps + config.train.num_steps
     return config_lib.validate(c)
 

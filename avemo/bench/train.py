@@ -6,6 +6,8 @@ Per model it times, in one process and in alternating rounds (the machine may be
   * end-to-end: the train step on a pre-made batch and with the real Grain pipeline (windows cut
     from prepared-shaped sessions held like the preparation cache's arrays, uint8 faces);
   * frozen: the two-stage path (`model.freeze_video` + cached feature maps, Sec. 6.4);
+  * frozen_stream: the whole face stream of a video-only first stage kept fixed
+    (`model.freeze_face_stream`): its states per training window come with the batch;
   * bf16: `model.dtype="bfloat16"` (accelerators only; XLA CPU has no fast bf16 matmul);
   * torch: the same model in PyTorch eager (`avemo/bench/torch_reference.py`) when a Python with
     torch is given (`--torch PY`, $AVEMO_TORCH_PYTHON, or this interpreter if it imports torch),
@@ -63,9 +65,11 @@ def _lstm_flops(config, feature_dim: int) -> float:
         layers.append((m.audio_dense_features or feature_dim, m.lstm_features))
     if m.mode == "video":
         layers.append((m.audio_dense_features or m.alexnet.conv_features[-1], m.lstm_features))
-    if m.mode == "fusion" and m.video_lstm_features:  # the face LSTM over the pooled map
+    # (a frozen face stream's states come with the batch: its two LSTMs do not run)
+    stream = m.mode == "fusion" and not m.freeze_face_stream
+    if stream and m.video_lstm_features:  # the face LSTM over the pooled map
         layers.append((m.alexnet.conv_features[-1], m.video_lstm_features))
-    if m.mode == "fusion" and m.face_context_lstm:
+    if stream and m.face_context_lstm:
         layers.append((m.lstm_features, m.lstm_features))
     if m.output_lstm_features:
         layers.append((m.lstm_features, m.output_lstm_features))
@@ -225,6 +229,7 @@ class _Runner:
         self.label = name  # as printed (a model variant with --alt overrides names them)
         self.trainer = train.Trainer(config, batch, 10_000)
         self.state = self.trainer.init_state()
+        face_stream = None
         if frozen.enabled(config):
             branch = frozen.initial_branch_variables(config, self.trainer)
             sessions = frozen.attach(sessions, config, branch)
@@ -234,6 +239,16 @@ class _Runner:
             # every s-th step's maps, as the pipeline cuts them for training
             held = np.asarray(maps[: length : config.model.video_frame_stride])
             batch[frozen.FEATURES_KEY] = np.broadcast_to(held, (b,) + held.shape).copy()
+        if config.model.freeze_face_stream:  # the stream's states instead of its inputs
+            from avemo.models.bimodal import FACE_STREAM_KEYS
+
+            variables = train.model_variables(self.state)
+            out = jax.jit(lambda v, b: self.trainer.model.apply(v, b, train=False))(
+                variables, batch
+            )
+            batch = {k: v for k, v in batch.items() if k not in ("faces", frozen.FEATURES_KEY)}
+            batch.update({k: np.asarray(out[k]) for k in FACE_STREAM_KEYS})
+            face_stream = frozen.stream_windows(self.trainer.model, variables)
         elif "faces" in batch and config.model.video_frame_stride > 1:
             # every s-th step's crops, as the pipeline cuts training windows (`pipeline._cut`)
             batch = {**batch, "faces": batch["faces"][:, :: config.model.video_frame_stride]}
@@ -242,7 +257,9 @@ class _Runner:
         silence = augment.silent_window(
             config, None, int(sessions[0].arrays["audio_features"].shape[-1])
         )
-        self.iterator = iter(pipeline.train_dataset(sessions, config, silence=silence))
+        self.iterator = iter(
+            pipeline.train_dataset(sessions, config, silence=silence, face_stream=face_stream)
+        )
         if config.train.device_prefetch:  # as the training loop does it
             self.iterator = pipeline.DevicePrefetch(
                 self.iterator, self.trainer.to_global, config.train.device_prefetch
@@ -306,26 +323,29 @@ class _Runner:
 
 
 def _variant_config(name: str, batch_shape: str = "", overrides: dict | None = None):
-    """`model[:variant]` with variant e2e (default), frozen or bf16; `batch_shape` "BxL" and
-    `overrides` ({flat key: value}, `--set`) change the model's config."""
+    """`model[:variant]` with variant e2e (default), frozen, frozen_stream or bf16;
+    `batch_shape` "BxL" and `overrides` ({flat key: value}, `--set`) change the model's config."""
     base, _, variant = name.partition(":")
     config = _config(base)
     if batch_shape:
         config.train.batch_size, config.train.window_steps = map(int, batch_shape.split("x"))
     if overrides:
         config.update_from_flattened_dict(overrides)
-    if variant == "frozen":
+    if variant in ("frozen", "frozen_stream"):
         import tempfile
 
+        config.data.cache_dir = tempfile.mkdtemp(prefix="avemo-bench-")
+    if variant == "frozen":
         config.model.freeze_video = True
         config.train.face_stage_steps = 0  # a frozen stage-1 CNN instead of a face stage
         # as the README's stage 1 -> frozen recipe runs it: the face LSTM reads the pooled map
         config.model.face_lstm_dense_features = 0
-        config.data.cache_dir = tempfile.mkdtemp(prefix="avemo-bench-")
+    elif variant == "frozen_stream":  # the face stage's whole stream kept fixed
+        config.model.freeze_face_stream = True
     elif variant == "bf16":
         config.model.dtype = "bfloat16"
-    elif variant not in ("", "e2e"):
-        raise ValueError(f"unknown variant {variant!r} (e2e, frozen, bf16)")
+    elif variant not in ("", "e2e", "frozen"):
+        raise ValueError(f"unknown variant {variant!r} (e2e, frozen, frozen_stream, bf16)")
     return config
 
 
@@ -438,7 +458,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m avemo.bench train")
     parser.add_argument("--models", default="default,paper")
     parser.add_argument(
-        "--variants", default="e2e,frozen,bf16", help="of each model: e2e, frozen, bf16"
+        "--variants",
+        default="e2e,frozen,bf16",
+        help="of each model: e2e, frozen, frozen_stream, bf16",
     )
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
@@ -554,9 +576,10 @@ def main(argv: list[str]) -> None:
             f"({'bf16' if dtype == 'bfloat16' else 'f32'}) |",
             flush=True,
         )
-    if "default" in results and "default:frozen" in results:
-        ratio = results["default"]["step_s"] / results["default:frozen"]["step_s"]
-        print(f"frozen-face step: {ratio:.1f}x faster than the end-to-end default step")
+    for variant, what in (("frozen", "frozen-face"), ("frozen_stream", "frozen-face-stream")):
+        if "default" in results and f"default:{variant}" in results:
+            ratio = results["default"]["step_s"] / results[f"default:{variant}"]["step_s"]
+            print(f"{what} step: {ratio:.1f}x faster than the end-to-end default step")
     for name, times in torch_times.items():
         info = torch_info[name]
         ours = results[name]["step_s"]

@@ -92,15 +92,26 @@ def silence_voice(
 class ModalityDropout:
     """Grain random map: per window, drop the face or the voice with probability `rate`."""
 
-    def __init__(self, rate: float, silence: Mapping[str, np.ndarray]):
+    def __init__(
+        self,
+        rate: float,
+        silence: Mapping[str, np.ndarray],
+        faceless: Mapping[str, np.ndarray] | None = None,
+    ):
+        """`faceless`: a frozen face stream's states on a window without a face
+        (`avemo.data.frozen.stream_windows`), which a window carrying such states gets when its
+        face is removed (zero states would not be what the stream computes from no face)."""
         self.rate = float(rate)
         self.silence = {k: np.asarray(v) for k, v in silence.items()}
+        self.faceless = {k: np.asarray(v) for k, v in (faceless or {}).items()}
 
     def __call__(self, window: dict, rng: np.random.Generator) -> dict:
         if rng.uniform() >= self.rate:
             return window
         if rng.uniform() < 0.5:
-            return remove_face(window)
+            out = remove_face(window)
+            out.update({k: v for k, v in self.faceless.items() if k in window})
+            return out
         return silence_voice(window, self.silence)
 
     def __repr__(self) -> str:  # Grain compares reprs when restoring iterator state
@@ -182,9 +193,15 @@ class FarFieldVoice:
         return f"FarFieldVoice(rate={self.rate})"
 
 
-def apply(ds: Any, config: ml_collections.ConfigDict, silence: Mapping[str, np.ndarray] | None):
+def apply(
+    ds: Any,
+    config: ml_collections.ConfigDict,
+    silence: Mapping[str, np.ndarray] | None,
+    faceless: Mapping[str, np.ndarray] | None = None,
+):
     """`ds` (a Grain MapDataset of windows) with far-field voices and modality dropout when the
-    config asks for them (far field first: a far-field window may then lose a modality too)."""
+    config asks for them (far field first: a far-field window may then lose a modality too).
+    `faceless`: see `ModalityDropout`."""
     if config.train.far_field_augment > 0:
         ds = ds.random_map(FarFieldVoice(config.train.far_field_augment), seed=config.seed + 6007)
     rate = config.train.modality_dropout
@@ -192,4 +209,4 @@ def apply(ds: Any, config: ml_collections.ConfigDict, silence: Mapping[str, np.n
         return ds
     if silence is None:
         raise ValueError("train.modality_dropout > 0 needs the silent window (silent_window)")
-    return ds.random_map(ModalityDropout(rate, silence), seed=config.seed + 7919)
+    return ds.random_map(ModalityDropout(rate, silence, faceless), seed=config.seed + 7919)

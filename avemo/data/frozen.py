@@ -29,7 +29,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -48,9 +48,11 @@ _FILE = "feature_maps.npy"
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
-    """Whether training runs on cached frozen feature maps instead of the live face CNN."""
+    """Whether training runs on cached frozen feature maps instead of the live face CNN (a
+    frozen face CNN, alone or as part of a frozen face stream)."""
     m = config.model
-    return bool(m.freeze_video and m.frozen_feature_cache and m.mode != "audio")
+    frozen_cnn = m.freeze_video or m.freeze_face_stream
+    return bool(frozen_cnn and m.frozen_feature_cache and m.mode != "audio")
 
 
 def branch_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any] | None) -> dict:
@@ -221,3 +223,56 @@ def attach(
         root,
     )
     return out
+
+
+# ------------------------------------------------------- a frozen face stream, per window
+
+
+def stream_windows(
+    model: Any, variables: Mapping[str, Any], batch_size: int = 32
+) -> Callable[[Any], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """source -> (states, faceless): a frozen face stream's outputs for every training window.
+
+    `model.freeze_face_stream` keeps the face stream fixed, and with the attention queried by the
+    face's own state (`attention_query="face"`) the stream is a function of a window's face
+    inputs alone: its states c_t and its face head's outputs (`bimodal.FACE_STREAM_KEYS`) are
+    the same at every step of training. They are computed here once, by the model itself
+    (inference mode; the stream runs as it does in a train step, from a zero state at the
+    window's start), for every window of the training `pipeline.WindowSource` -- states
+    {key: [num_windows, L, ...]} in the source's index order -- and for a window with the face
+    removed (`augment.remove_face`, the modality dropout's transform) -- faceless {key: [L, ...]},
+    the same for every window, since nothing of the window but its face inputs reaches the
+    stream. The pipeline then carries them instead of the face inputs and the fusion's step
+    runs none of the stream (outputs equal the live frozen stream's: tests/data/test_frozen.py).
+    """
+    from avemo.data import augment
+    from avemo.models.bimodal import FACE_STREAM_KEYS
+
+    @jax.jit
+    def apply(batch):
+        out = model.apply(variables, batch, train=False)
+        return {k: out[k].astype(jnp.float32) for k in FACE_STREAM_KEYS if k in out}
+
+    def inputs(window: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v for k, v in window.items() if not k.startswith(augment.FAR_FIELD_PREFIX)}
+
+    def run(windows: list[dict]) -> dict[str, np.ndarray]:
+        valid = len(windows)
+        windows = windows + [windows[-1]] * (batch_size - valid)  # one compiled shape
+        batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+        return {k: np.asarray(v)[:valid] for k, v in apply(batch).items()}
+
+    def compute(source: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        n = len(source)
+        states: dict[str, np.ndarray] = {}
+        for start in range(0, n, batch_size):
+            part = run([inputs(source[i]) for i in range(start, min(start + batch_size, n))])
+            for k, v in part.items():
+                if k not in states:
+                    states[k] = np.empty((n,) + v.shape[1:], np.float32)
+                states[k][start : start + len(v)] = v
+        faceless = {k: v[0] for k, v in run([augment.remove_face(inputs(source[0]))]).items()}
+        log.info("Frozen face stream: states of %d training windows computed.", n)
+        return states, faceless
+
+    return compute

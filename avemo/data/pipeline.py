@@ -13,7 +13,7 @@ import dataclasses
 import json
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -145,6 +145,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
         the clean ones under `augment.FAR_FIELD_PREFIX`. `face_stride`: see `_cut`."""
         self._sessions = list(sessions)
         self._face_stride = face_stride
+        self._face_stream: dict[str, np.ndarray] = {}
         self._far_field = dict(far_field or {})
         self._window = window
         self._spectrogram_cfg = spectrogram_cfg
@@ -164,9 +165,22 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     def __len__(self) -> int:
         return len(self._index)
 
+    def set_face_stream(self, states: Mapping[str, np.ndarray]) -> None:
+        """A frozen face stream's states {key: [len(self), L, ...]} in index order
+        (`avemo.data.frozen.stream_windows`): windows then carry them instead of their face
+        inputs (crops or cached maps), which nothing reads any more."""
+        if any(len(v) != len(self) for v in states.values()):
+            raise ValueError(f"face stream states for {len(self)} windows expected")
+        self._face_stream = dict(states)
+        self._repr = self._repr[:-1] + f", face_stream={sorted(states)})"
+
     def __getitem__(self, index: int) -> dict:
         session_index, start = self._index[index]
         session = self._sessions[session_index]
+        if self._face_stream:
+            face_inputs = ("faces", "face_features")
+            arrays = {k: v for k, v in session.arrays.items() if k not in face_inputs}
+            session = PreparedSession(session.name, session.split, arrays)
         out = _cut(
             session,
             start,
@@ -176,6 +190,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
             self._face_stride,
             ("faces", "face_features"),  # training windows: the crops the CNN sees, only
         )
+        out.update({k: v[index] for k, v in self._face_stream.items()})
         if session.name in self._far_field:
             from avemo.data.augment import FAR_FIELD_PREFIX
 
@@ -198,6 +213,7 @@ def train_dataset(
     read_options: grain.ReadOptions | None = None,
     silence: Mapping[str, np.ndarray] | None = None,
     far_field: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    face_stream: Callable[[WindowSource], tuple[dict, dict]] | None = None,
 ) -> grain.IterDataset:
     """Shuffled, repeated, process-sharded, batched training windows.
 
@@ -205,6 +221,9 @@ def train_dataset(
     and `train.prefetch_batches`); the data order does not depend on them.
     `silence`: the inputs of a silent window, for modality dropout (`avemo.data.augment`).
     `far_field`: the training sessions' far-field audio inputs, for far-field augmentation.
+    `face_stream`: source -> (states, faceless) of a frozen face stream
+    (`avemo.data.frozen.stream_windows`): the windows carry the states, and a window whose face
+    modality dropout removes carries the faceless ones.
     """
     train = [
         delay_targets(s, config.data.label_delay_steps)
@@ -227,11 +246,15 @@ def train_dataset(
         far_field if config.train.far_field_augment > 0 else None,
         config.model.video_frame_stride,
     )
+    faceless = None
+    if face_stream is not None:
+        states, faceless = face_stream(source)
+        source.set_face_stream(states)
     # Grain's shuffle order, computed an epoch at a time (avemo/data/shuffle.py)
     ds = EpochShuffleMapDataset(grain.MapDataset.source(source), config.seed).repeat()
     from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)
 
-    ds = augment.apply(ds, config, silence)
+    ds = augment.apply(ds, config, silence, faceless)
     # Process p reads the p-th contiguous block of every global batch, which is where the mesh
     # puts its rows: the global batch (content and order, hence dropout masks) is the same for
     # any number of processes.

@@ -51,6 +51,20 @@ from avemo.models.audio_cnn import AudioCNN
 from avemo.models.dropout import Dropout, is_active
 from avemo.models.recurrent import SequenceLSTM
 
+# The modules of the face stream (warm_start.FACE_STREAM_MAP's fusion side and the face memory)
+# that `model.freeze_face_stream` keeps fixed.
+FROZEN_FACE_STREAM = (
+    "alexnet",
+    "face_lstm",
+    "attention",
+    "face_memory",
+    "face_context_lstm",
+    "video_head",
+)
+# A frozen face stream's outputs, as the model emits them and a batch may carry them: the face
+# vector c_t [B, L, lstm_features] and the face head's (A, V) [B, L, num_outputs].
+FACE_STREAM_KEYS = ("face_stream", "face_stream_outputs")
+
 
 def _face_steps(batch: Mapping[str, jax.Array]) -> int:
     """L, the steps of a batch (`faces` and cached `face_features` may hold only every s-th
@@ -106,6 +120,10 @@ class BimodalModel(nn.Module):
     # A frozen face branch (stage-1 weights kept fixed, Sec. 6.4) runs in inference mode (BN
     # running statistics, no dropout) under stop_gradient, in training as in evaluation.
     freeze_video: bool = False
+    # The whole face stream kept fixed (`model.freeze_face_stream`, FROZEN_FACE_STREAM): it runs
+    # as a frozen branch does, and a batch may carry its states (FACE_STREAM_KEYS, computed once
+    # per training window: `avemo.data.frozen.stream_windows`) instead of the face inputs.
+    freeze_face_stream: bool = False
 
     def _face_maps(self, batch: Mapping[str, jax.Array], train: bool) -> tuple[jax.Array, int]:
         """(maps [B, ceil(L/s), k, C] of every s-th step, s): the CNN over the face crops
@@ -142,7 +160,7 @@ class BimodalModel(nn.Module):
         )
         # The conv feature map feeds the attention (Eq. 28); the AlexNet's FC layers and output
         # serve stage-1 feature learning (Sec. 6.4) and keep their parameters for it.
-        frozen = self.freeze_video
+        frozen = self.freeze_video or self.freeze_face_stream
         # The FC layers run only at initialisation, which creates their parameters (stage-1
         # checkpoints load into them); nothing of the bimodal model reads them, so a train or
         # eval step neither computes them nor counts their FLOPs (their updates are zero:
@@ -219,7 +237,14 @@ class BimodalModel(nn.Module):
         out: dict[str, jax.Array] = {}
         if self.mode in ("fusion", "audio"):
             h = self._audio_stream(batch, train)
-        if self.mode in ("fusion", "video"):
+        # A frozen face stream's states given with the batch (training windows): nothing of the
+        # face stream runs (its parameters exist from initialisation and stay as they are).
+        cached = self.freeze_face_stream and FACE_STREAM_KEYS[0] in batch
+        if cached:
+            context = batch[FACE_STREAM_KEYS[0]].astype(self.dtype)
+            if self.modality_heads:
+                out["video_outputs"] = batch[FACE_STREAM_KEYS[1]].astype(jnp.float32)
+        if self.mode in ("fusion", "video") and not cached:
             maps, stride = (  # maps computed outside (population training: per member) or here
                 (batch["face_feature_map"], self.video_frame_stride)
                 if "face_feature_map" in batch
@@ -248,6 +273,14 @@ class BimodalModel(nn.Module):
                 )(face_state)
             if self.mode == "fusion" and self.face_context_lstm:
                 context = self._lstm(self.lstm_features, "face_context_lstm")(context)
+            if self.mode == "fusion" and self.modality_heads:
+                out["video_outputs"] = self._stream_head(context, "video_head")
+            if self.freeze_face_stream:  # fixed: no gradient into it, its states as outputs
+                context = jax.lax.stop_gradient(context)
+                out[FACE_STREAM_KEYS[0]] = context
+                if self.modality_heads:
+                    out["video_outputs"] = jax.lax.stop_gradient(out["video_outputs"])
+                    out[FACE_STREAM_KEYS[1]] = out["video_outputs"]
         if self.mode == "fusion":
             availability = None
             if self.gate_inputs == "states+availability":
@@ -274,7 +307,6 @@ class BimodalModel(nn.Module):
                 out["audio_gate"] = beta
             if self.modality_heads:
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
-                out["video_outputs"] = self._stream_head(context, "video_head")
             levels = fusion_levels(self.fusion_level, self.num_outputs)
             if len(set(levels)) > 1 and not self.gate_per_output:
                 raise ValueError(f"fusion_level {self.fusion_level!r} needs gate_per_output")
@@ -369,6 +401,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, mesh_devices: int = 1) -> 
         attention_impl=attention_impl,
         conv_pool_impl=conv_pool_impl,
         freeze_video=model_cfg.freeze_video,
+        freeze_face_stream=model_cfg.freeze_face_stream,
     )
 
 
