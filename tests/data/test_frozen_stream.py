@@ -10,23 +10,21 @@ from avemo import config as config_lib
 from avemo import train, warm_start
 from avemo.data import augment, frozen, memory, pipeline
 from avemo.models.bimodal import FACE_STREAM_KEYS, FROZEN_FACE_STREAM
-from configs import tiny
+from tests.models.test_face_init import (
+    _fusion_config,
+    assert_resume_skips_stage,
+    started_from_stage,
+)
 
 
 def _config(stride=2):
-    c = tiny.get_config()
-    c.model.video_lstm_features = c.model.lstm_features
-    c.model.face_lstm_dense_features = c.model.audio_dense_features
-    c.model.face_context_lstm = True
-    c.model.modality_heads = True
-    c.model.attention_query = "face"
+    c = _fusion_config()  # the tiny face tower that mirrors the video-only model
     c.model.gate_inputs = "states+availability"
     c.model.gate_per_output = True
     c.model.video_frame_stride = stride
     c.model.freeze_face_stream = True
     c.train.face_stage_steps = 3
     c.train.grad_clip_norm = 0.0
-    c.checkpoint.async_save = False
     return config_lib.validate(c)
 
 
@@ -162,8 +160,6 @@ def test_a_population_refuses_a_frozen_face_stream():
 
 @pytest.mark.slow
 def test_training_keeps_the_face_stages_stream_and_resumes(tmp_path):
-    from tests.models.test_face_init import assert_resume_skips_stage, started_from_stage
-
     config = _config()
     config.train.modality_dropout = 0.5
     workdir = tmp_path / "w"
