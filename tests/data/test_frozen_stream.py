@@ -171,3 +171,20 @@ def test_training_keeps_the_face_stages_stream_and_resumes(tmp_path):
     config.train.num_steps += 2  # resumed: the same stream, the stage not trained again
     assert_resume_skips_stage(config, workdir, warm_start.STAGE_DIR)
     started_from_stage(workdir, warm_start.STAGE_DIR, "face_lstm", "video_lstm")
+
+
+def test_the_recipes_config_is_the_default_with_the_stream_fixed():
+    from configs import default, fixed_stream
+
+    recipe = config_lib.validate(fixed_stream.get_config())
+    base = default.get_config()
+    assert recipe.model.freeze_face_stream and not base.model.freeze_face_stream
+    flat_base = base.to_dict()
+    differing = {
+        (section, key)
+        for section, values in recipe.to_dict().items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if flat_base[section][key] != value
+    }
+    assert differing == {("model", "freeze_face_stream")}
