@@ -341,6 +341,8 @@ def _variant_config(name: str, batch_shape: str = "", overrides: dict | None = N
         # as the README's stage 1 -> frozen recipe runs it: the face LSTM reads the pooled map
         config.model.face_lstm_dense_features = 0
     elif variant == "frozen_stream":  # the face stage's whole stream kept fixed
+        if config.model.attention_query != "face":
+            raise ValueError(f"{name}: its face stream reads the voice and cannot be kept fixed")
         config.model.freeze_face_stream = True
     elif variant == "bf16":
         config.model.dtype = "bfloat16"
@@ -459,7 +461,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--models", default="default,paper")
     parser.add_argument(
         "--variants",
-        default="e2e,frozen,bf16",
+        default="e2e,frozen,frozen_stream,bf16",
         help="of each model: e2e, frozen, frozen_stream, bf16",
     )
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
@@ -510,6 +512,8 @@ def main(argv: list[str]) -> None:
         for variant in args.variants.split(","):
             if variant == "bf16" and not accelerator:
                 continue
+            if variant == "frozen_stream" and _config(model).model.attention_query != "face":
+                continue  # a face stream that reads the voice (the paper's) cannot be kept fixed
             names.append(model if variant == "e2e" else f"{model}:{variant}")
     alts = [("", {})] + [(alt, _overrides(alt.split(","))) for alt in args.alt]
     runners = []
