@@ -243,7 +243,8 @@ def stream_windows(
     removed (`augment.remove_face`, the modality dropout's transform) -- faceless {key: [L, ...]},
     the same for every window, since nothing of the window but its face inputs reaches the
     stream. The pipeline then carries them instead of the face inputs and the fusion's step
-    runs none of the stream (outputs equal the live frozen stream's: tests/data/test_frozen.py).
+    runs none of the stream (outputs equal the live frozen stream's:
+    tests/data/test_frozen_stream.py).
     """
     from avemo.data import augment
     from avemo.models.bimodal import FACE_STREAM_KEYS

@@ -173,14 +173,17 @@ class WindowSource(grain.sources.RandomAccessDataSource):
             raise ValueError(f"face stream states for {len(self)} windows expected")
         self._face_stream = dict(states)
         self._repr = self._repr[:-1] + f", face_stream={sorted(states)})"
+        face_inputs = ("faces", "face_features")
+        self._sessions = [
+            dataclasses.replace(
+                s, arrays={k: v for k, v in s.arrays.items() if k not in face_inputs}
+            )
+            for s in self._sessions
+        ]
 
     def __getitem__(self, index: int) -> dict:
         session_index, start = self._index[index]
         session = self._sessions[session_index]
-        if self._face_stream:
-            face_inputs = ("faces", "face_features")
-            arrays = {k: v for k, v in session.arrays.items() if k not in face_inputs}
-            session = PreparedSession(session.name, session.split, arrays)
         out = _cut(
             session,
             start,
