@@ -273,14 +273,14 @@ class BimodalModel(nn.Module):
                 )(face_state)
             if self.mode == "fusion" and self.face_context_lstm:
                 context = self._lstm(self.lstm_features, "face_context_lstm")(context)
-            if self.mode == "fusion" and self.modality_heads:
-                out["video_outputs"] = self._stream_head(context, "video_head")
-            if self.freeze_face_stream:  # fixed: no gradient into it, its states as outputs
+            if self.mode == "fusion" and self.freeze_face_stream:  # fixed: no gradient into
+                # it; its states (and its face head's outputs) are outputs too
+                if self.modality_heads:
+                    face_outputs = self._stream_head(context, "video_head")
+                    out["video_outputs"] = jax.lax.stop_gradient(face_outputs)
+                    out[FACE_STREAM_KEYS[1]] = out["video_outputs"]
                 context = jax.lax.stop_gradient(context)
                 out[FACE_STREAM_KEYS[0]] = context
-                if self.modality_heads:
-                    out["video_outputs"] = jax.lax.stop_gradient(out["video_outputs"])
-                    out[FACE_STREAM_KEYS[1]] = out["video_outputs"]
         if self.mode == "fusion":
             availability = None
             if self.gate_inputs == "states+availability":
@@ -307,6 +307,8 @@ class BimodalModel(nn.Module):
                 out["audio_gate"] = beta
             if self.modality_heads:
                 out["audio_outputs"] = self._stream_head(h, "audio_head")
+                if "video_outputs" not in out:  # (a fixed stream's: above, or with the batch)
+                    out["video_outputs"] = self._stream_head(context, "video_head")
             levels = fusion_levels(self.fusion_level, self.num_outputs)
             if len(set(levels)) > 1 and not self.gate_per_output:
                 raise ValueError(f"fusion_level {self.fusion_level!r} needs gate_per_output")
