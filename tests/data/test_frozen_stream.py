@@ -188,3 +188,22 @@ def test_the_recipes_config_is_the_default_with_the_stream_fixed():
         if flat_base[section][key] != value
     }
     assert differing == {("model", "freeze_face_stream")}
+
+
+@pytest.mark.slow
+def test_a_fixed_stream_from_an_existing_video_only_run(tmp_path):
+    """`model.face_init` instead of a face stage: one video-only run serves many fusion runs."""
+    from tests.models.test_face_init import _video_config
+
+    video = tmp_path / "video"
+    train.train_and_evaluate(_video_config(), str(video))
+    config = _config()
+    config.train.face_stage_steps = 0
+    config.model.face_init = str(video)
+    config = config_lib.validate(config)
+    workdir = tmp_path / "fusion"
+    metrics = train.train_and_evaluate(config, str(workdir))
+    assert np.isfinite(metrics["dev/ccc_pooled/mean"])
+    for module in ("alexnet", "face_lstm", "attention", "face_context_lstm", "video_head"):
+        stage_layer = dict((f, v) for v, f in warm_start.FACE_STREAM_MAP)[module]
+        started_from_stage(workdir, "../video", module, stage_layer)
