@@ -183,10 +183,11 @@ class PopulationTrainer:
             raise PopulationError(f"data_order={data_order!r} is not one of {DATA_ORDERS}")
         if member_conv not in MEMBER_CONVS:
             raise PopulationError(f"member_conv={member_conv!r} is not one of {MEMBER_CONVS}")
-        if configs[0].model.freeze_face_stream:
+        if configs[0].model.freeze_face_stream and data_order != "member":
             raise PopulationError(
-                "model.freeze_face_stream (each member's fixed face stream, its states per "
-                "training window) runs one member per process: use --executor local or slurm"
+                "model.freeze_face_stream: each member's fixed face stream gives its own states "
+                "per training window, so each member needs its own pipeline: use --data-order "
+                "member"
             )
         self.configs = list(configs)
         self.config = config = configs[0]
@@ -319,7 +320,8 @@ class PopulationTrainer:
         if "alexnet" in batch_stats:
             alex_vars["batch_stats"] = batch_stats["alexnet"]
 
-        frozen = self.config.model.freeze_video  # inference mode, no gradient (as the model)
+        m = self.config.model  # a frozen CNN: inference mode, no gradient (as the model)
+        frozen = m.freeze_video or m.freeze_face_stream
 
         def one(variables, member_faces, rng):
             fmap, stats = face_feature_map(
@@ -400,8 +402,9 @@ class PopulationTrainer:
             )
             if alex_stats is not None:
                 new_stats["alexnet"] = alex_stats
-            if config.model.freeze_video and "alexnet" in state.batch_stats:
-                new_stats["alexnet"] = state.batch_stats["alexnet"]  # frozen: stage-1 stats
+            frozen_cnn = config.model.freeze_video or config.model.freeze_face_stream
+            if frozen_cnn and "alexnet" in state.batch_stats:
+                new_stats["alexnet"] = state.batch_stats["alexnet"]  # frozen: its own stats
             return jnp.sum(parts["loss"]), (parts, new_stats, extra)
 
         grads, (parts, batch_stats, extra) = jax.grad(total_loss, has_aux=True)(state.params)
@@ -534,7 +537,9 @@ def attach_frozen_features(
     from avemo.data import frozen
 
     config = trainer.config
-    if not frozen.enabled(config):
+    if not frozen.enabled(config) or config.model.freeze_face_stream:
+        # (each member's fixed stream has its own CNN: its states come per member, see
+        # `train_population`, and evaluation runs each member's CNN)
         return list(sessions)
     if not config.model.video_init:
         raise PopulationError(
@@ -708,6 +713,15 @@ def train_population(
     # A small read-ahead per pipeline: Grain's default buffers 500 batches per iterator (GBs for
     # K member pipelines, or for cached frozen maps); the data order does not depend on it.
     far_field = train.far_field_inputs(config, workdirs[0], sessions)  # the same for all members
+    fresh, streams = None, [None] * k
+    if config.model.freeze_face_stream:  # each member's fixed stream: its states, its pipeline
+        from avemo.data import frozen
+
+        fresh = trainer.init_state(workdirs)  # the warm starts, also when resuming
+        streams = [
+            frozen.stream_windows(trainer.model, train.model_variables(trainer.member(fresh, m)))
+            for m in range(k)
+        ]
     iters = [
         iter(
             pipeline.train_dataset(
@@ -716,9 +730,10 @@ def train_population(
                 read_options=READ_OPTIONS,
                 silence=train.silent_window(c, workdirs[0], sessions),  # modality dropout
                 far_field=far_field,
+                face_stream=stream,
             )
         )
-        for c in (configs if data_order == "member" else configs[:1])
+        for c, stream in zip(configs if data_order == "member" else configs[:1], streams)
     ]
     plan = pipeline.eval_plan(eval_sessions, config) if eval_sessions else None
     writers = [MetricWriter(w) for w in workdirs]
@@ -753,7 +768,7 @@ def train_population(
             _reconcile(ckpt, start_step)
         log.info("Resumed the population of %d from %s at step %d.", k, population_dir, start_step)
     else:
-        state = trainer.init_state(workdirs)
+        state = fresh if fresh is not None else trainer.init_state(workdirs)
         params = sum(x.size for x in jax.tree.leaves(state.params)) // k
         log.info(
             "Initialised a population of %d %s models (%s parameters each) on a %s mesh; "

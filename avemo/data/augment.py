@@ -78,6 +78,20 @@ def remove_face(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def drop_face(
+    window: Mapping[str, np.ndarray], faceless: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Modality dropout's face removal on one window: `remove_face`, then the inputs that stand
+    for "no face" where zeros would not (`faceless`, broadcast to the window's shapes: a frozen
+    CNN's map of a blank crop for cached maps, a frozen face stream's states on such a window;
+    `pipeline.WindowSource.faceless`, `avemo.data.frozen.stream_windows`)."""
+    out = remove_face(window)
+    for key, value in faceless.items():
+        if key in window:
+            out[key] = np.broadcast_to(value, window[key].shape).astype(window[key].dtype)
+    return out
+
+
 def silence_voice(
     window: Mapping[str, np.ndarray], silence: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -98,9 +112,7 @@ class ModalityDropout:
         silence: Mapping[str, np.ndarray],
         faceless: Mapping[str, np.ndarray] | None = None,
     ):
-        """`faceless`: a frozen face stream's states on a window without a face
-        (`avemo.data.frozen.stream_windows`), which a window carrying such states gets when its
-        face is removed (zero states would not be what the stream computes from no face)."""
+        """`faceless`: see `drop_face`."""
         self.rate = float(rate)
         self.silence = {k: np.asarray(v) for k, v in silence.items()}
         self.faceless = {k: np.asarray(v) for k, v in (faceless or {}).items()}
@@ -109,9 +121,7 @@ class ModalityDropout:
         if rng.uniform() >= self.rate:
             return window
         if rng.uniform() < 0.5:
-            out = remove_face(window)
-            out.update({k: v for k, v in self.faceless.items() if k in window})
-            return out
+            return drop_face(window, self.faceless)
         return silence_voice(window, self.silence)
 
     def __repr__(self) -> str:  # Grain compares reprs when restoring iterator state

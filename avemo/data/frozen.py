@@ -43,6 +43,11 @@ log = logging.getLogger("avemo")
 
 BRANCH = "alexnet"  # the video branch's name inside BimodalModel
 FEATURES_KEY = "face_features"
+# A session's (not a step's) array beside the cached maps: the frozen CNN's map of a blank crop
+# [k, C], what a step without a face gives (crops are zeros where no face is found). Windows
+# whose face modality dropout removes get it instead of zero maps (`pipeline.WindowSource.
+# faceless`), as the live CNN sees zero crops there and in the face-removed protocol.
+BLANK_KEY = "blank_face_features"
 CACHE_VERSION = 1
 _FILE = "feature_maps.npy"
 
@@ -191,6 +196,7 @@ def attach(
     digest = weights_digest(variables)
     variables = jax.device_get(variables)
     extract = None
+    blank = None
     out, computed = [], 0
     for session in sessions:
         if "faces" not in session.arrays:
@@ -212,8 +218,13 @@ def attach(
             _write_entry(entry, maps, meta)
             computed += 1
         maps = np.load(entry / _FILE, mmap_mode="r")
+        if blank is None:
+            if extract is None:
+                extract = feature_extractor(config, batch_size)
+            blank = extract(variables, np.zeros((1,) + faces.shape[1:], faces.dtype))[0]
         arrays = {k: v for k, v in session.arrays.items() if k != "faces"}
         arrays[FEATURES_KEY] = maps
+        arrays[BLANK_KEY] = blank
         out.append(PreparedSession(session.name, session.split, arrays))
     log.info(
         "Frozen face features (weights %s): %d of %d sessions computed, the rest cached in %s.",
@@ -240,7 +251,7 @@ def stream_windows(
     (inference mode; the stream runs as it does in a train step, from a zero state at the
     window's start), for every window of the training `pipeline.WindowSource` -- states
     {key: [num_windows, L, ...]} in the source's index order -- and for a window with the face
-    removed (`augment.remove_face`, the modality dropout's transform) -- faceless {key: [L, ...]},
+    removed (`augment.drop_face`, the modality dropout's transform) -- faceless {key: [L, ...]},
     the same for every window, since nothing of the window but its face inputs reaches the
     stream. The pipeline then carries them instead of the face inputs and the fusion's step
     runs none of the stream (outputs equal the live frozen stream's:
@@ -272,7 +283,8 @@ def stream_windows(
                 if k not in states:
                     states[k] = np.empty((n,) + v.shape[1:], np.float32)
                 states[k][start : start + len(v)] = v
-        faceless = {k: v[0] for k, v in run([augment.remove_face(inputs(source[0]))]).items()}
+        no_face = augment.drop_face(inputs(source[0]), source.faceless())
+        faceless = {k: v[0] for k, v in run([no_face]).items()}
         log.info("Frozen face stream: states of %d training windows computed.", n)
         return states, faceless
 

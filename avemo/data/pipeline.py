@@ -165,6 +165,15 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     def __len__(self) -> int:
         return len(self._index)
 
+    def faceless(self) -> dict[str, np.ndarray]:
+        """What stands for "no face" in this source's windows where zeros would not: the frozen
+        CNN's map of a blank crop for cached maps (`avemo.data.frozen.BLANK_KEY`), else nothing
+        (a face-removed window's crops are zeros, as the protocol's)."""
+        from avemo.data import frozen
+
+        arrays = self._sessions[0].arrays
+        return {frozen.FEATURES_KEY: arrays[frozen.BLANK_KEY]} if frozen.BLANK_KEY in arrays else {}
+
     def set_face_stream(self, states: Mapping[str, np.ndarray]) -> None:
         """A frozen face stream's states {key: [len(self), L, ...]} in index order
         (`avemo.data.frozen.stream_windows`): windows then carry them instead of their face
@@ -226,7 +235,7 @@ def train_dataset(
     `far_field`: the training sessions' far-field audio inputs, for far-field augmentation.
     `face_stream`: source -> (states, faceless) of a frozen face stream
     (`avemo.data.frozen.stream_windows`): the windows carry the states, and a window whose face
-    modality dropout removes carries the faceless ones.
+    modality dropout removes carries the faceless ones (`augment.drop_face`).
     """
     train = [
         delay_targets(s, config.data.label_delay_steps)
@@ -249,10 +258,11 @@ def train_dataset(
         far_field if config.train.far_field_augment > 0 else None,
         config.model.video_frame_stride,
     )
-    faceless = None
+    faceless = source.faceless()
     if face_stream is not None:
-        states, faceless = face_stream(source)
+        states, stream_faceless = face_stream(source)
         source.set_face_stream(states)
+        faceless.update(stream_faceless)
     # Grain's shuffle order, computed an epoch at a time (avemo/data/shuffle.py)
     ds = EpochShuffleMapDataset(grain.MapDataset.source(source), config.seed).repeat()
     from avemo.data import augment  # issue 9: modality dropout (train.modality_dropout)

@@ -195,3 +195,42 @@ def test_training_windows_carry_every_sth_face_and_the_model_reads_them_alike(tm
     # evaluation windows keep every step's crops
     plan = pipeline._cut(sessions[0], 0, length, None, 0.04, stride)
     assert plan["faces"].shape[0] == length
+
+
+def test_a_face_dropped_window_of_cached_maps_gets_the_cnns_map_of_no_face(tmp_path):
+    """Modality dropout on cached maps: the frozen CNN's map of a blank crop, as the live CNN
+    computes from the zero crops that `remove_face` (and a step without a face) gives -- not zero
+    maps, which the model never sees at test time."""
+    from avemo.data import augment
+
+    config = _config(tmp_path, stride=2)
+    sessions = memory.make_sessions(config.data.memory)
+    model, variables = _variables(config, sessions)
+    # trained-looking weights: a fresh CNN (zero biases, BN mean 0) maps a blank crop to zeros
+    variables = jax.tree.map(lambda x: x * 1.3 + 0.01, variables)
+    branch = frozen.branch_variables(variables["params"], variables["batch_stats"])
+    cached = frozen.attach(sessions, config, branch)
+    live_source = pipeline.WindowSource(sessions, config.train.window_steps, 7, face_stride=2)
+    source = pipeline.WindowSource(cached, config.train.window_steps, 7, face_stride=2)
+    assert live_source.faceless() == {}
+    faceless = source.faceless()
+    drop = augment.ModalityDropout(0.99, {"speech_energy": np.zeros(1)}, faceless)
+    for seed in range(20):
+        out = drop(source[4], np.random.default_rng(seed))
+        live = drop(live_source[4], np.random.default_rng(seed))  # the same choice
+        if out["face_present"].any():
+            continue
+        assert not np.any(live["faces"])  # the live window: zero crops
+        blank = np.broadcast_to(faceless["face_features"], out["face_features"].shape)
+        np.testing.assert_array_equal(out["face_features"], blank)
+        assert np.any(blank)
+        batch = {k: jnp.asarray(v[None]) for k, v in out.items()}
+        live_batch = {k: jnp.asarray(v[None]) for k, v in live.items()}
+        np.testing.assert_allclose(
+            model.apply(variables, batch, train=False)["outputs"],
+            model.apply(variables, live_batch, train=False)["outputs"],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        return
+    raise AssertionError("no face-removed window drawn")

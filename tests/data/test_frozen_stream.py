@@ -151,11 +151,50 @@ def test_freeze_face_stream_is_validated_and_off_in_its_stage():
         config_lib.validate(c)
 
 
-def test_a_population_refuses_a_frozen_face_stream():
+def test_a_population_with_fixed_streams_needs_the_members_own_data_order():
     from avemo import population
 
-    with pytest.raises(population.PopulationError, match="one member per process"):
+    with pytest.raises(population.PopulationError, match="--data-order member"):
         population.PopulationTrainer([_config()], {"x": np.zeros((1, 4))}, 10)
+
+
+@pytest.mark.slow
+def test_a_population_keeps_each_members_own_stream(tmp_path):
+    from avemo import population
+
+    configs = []
+    for seed in (0, 1):
+        c = _config()
+        c.seed = seed
+        c.train.modality_dropout = 0.5
+        # SGD: a step's change follows its gradient (Adam's first steps move every parameter by
+        # ~ the rate, whatever the gradient, so rounding in the stages would not be told apart
+        # from a member trained on another member's states)
+        c.train.optimizer = "sgd"
+        c.train.learning_rate = 0.05
+        configs.append(c)
+    members = [str(tmp_path / f"seed={c.seed}") for c in configs]
+    results = population.train_population(
+        configs, members, str(tmp_path / "_p"), data_order="member"
+    )
+    assert all(np.isfinite(r["dev/ccc_pooled/mean"]) for r in results)
+    streams = []
+    for member in members:  # its own face stage's stream, unchanged through the fusion
+        stage = started_from_stage(member, warm_start.STAGE_DIR, "face_lstm", "video_lstm")
+        started_from_stage(member, warm_start.STAGE_DIR, "alexnet", "alexnet")
+        streams.append(np.ravel(jax.tree.leaves(stage.state.params["video_lstm"])[0]))
+    assert not np.allclose(streams[0], streams[1])  # each member its own seed's stage
+    # Member 1 trained on its own stream's states: as the separate run of its seed does.
+    from avemo.inference import load
+
+    alone = tmp_path / "alone"
+    train.train_and_evaluate(configs[1], str(alone))
+    ours, theirs = (load(str(w), which="latest").state.params for w in (members[1], alone))
+    for module in ("gate", "output_lstm_1", "audio_lstm"):
+        for a, b in zip(
+            jax.tree.leaves(ours[module]), jax.tree.leaves(theirs[module]), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
