@@ -320,8 +320,8 @@ class PopulationTrainer:
         if "alexnet" in batch_stats:
             alex_vars["batch_stats"] = batch_stats["alexnet"]
 
-        m = self.config.model  # a frozen CNN: inference mode, no gradient (as the model)
-        frozen = m.freeze_video or m.freeze_face_stream
+        # a frozen CNN: inference mode, no gradient (as the model)
+        frozen = "alexnet" in train._frozen_modules(self.config)
 
         def one(variables, member_faces, rng):
             fmap, stats = face_feature_map(
@@ -402,8 +402,7 @@ class PopulationTrainer:
             )
             if alex_stats is not None:
                 new_stats["alexnet"] = alex_stats
-            frozen_cnn = config.model.freeze_video or config.model.freeze_face_stream
-            if frozen_cnn and "alexnet" in state.batch_stats:
+            if "alexnet" in train._frozen_modules(config) and "alexnet" in state.batch_stats:
                 new_stats["alexnet"] = state.batch_stats["alexnet"]  # frozen: its own stats
             return jnp.sum(parts["loss"]), (parts, new_stats, extra)
 

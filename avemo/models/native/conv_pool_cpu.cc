@@ -173,29 +173,40 @@ constexpr int64_t kScatterChannels = 4;
 
 inline int64_t up8(int64_t n) { return (n + kV - 1) / kV * kV; }
 
+// fn(gv, at, f) for each pooled output (i, j, f) of one frame whose gradient gv is not zero, with
+// `at` its window's maximum in the padded map, in positions (the walk both scatter forms share).
+template <typename F>
+inline void for_each_maximum(const Dims& d, const int8_t* __restrict first,
+                             const float* __restrict g, F&& fn) {
+  for (int64_t i = 0; i < d.ho; ++i)
+    for (int64_t j = 0; j < d.wo; ++j) {
+      const int64_t at = (i * d.wo + j) * d.f;
+      for (int64_t f = 0; f < d.f; ++f) {
+        const float gv = g[at + f];
+        if (gv == 0.0f) continue;
+        const int q = first[at + f];
+        fn(gv, (2 * i + q / 2) * d.wp + 2 * j + q % 2, f);
+      }
+    }
+}
+
+// dst[0:nc vectors] += gv * src[0:nc vectors]
+inline void axpy8(float* __restrict dst, const float* __restrict src, float gv, int64_t nc) {
+  for (int64_t v = 0; v < nc; ++v) store8(dst + v * kV, load8(dst + v * kV) + gv * load8(src + v * kV));
+}
+
 // acc [k, k, f, cp] += one frame's kernel gradient (scatter form).
 template <int K, int CV>
 void backward_frame_scatter(const Dims& d, int64_t cp, const float* __restrict xp,
                             const int8_t* __restrict first, const float* __restrict g,
                             float* __restrict acc) {
   const int64_t k = K ? K : d.k, nc = CV ? CV : cp / kV, wp = d.wp, f_n = d.f;
-  for (int64_t i = 0; i < d.ho; ++i)
-    for (int64_t j = 0; j < d.wo; ++j) {
-      const int64_t at = (i * d.wo + j) * f_n;
-      for (int64_t f = 0; f < f_n; ++f) {
-        const float gv = g[at + f];
-        if (gv == 0.0f) continue;
-        const int q = first[at + f];
-        const float* base = xp + ((2 * i + q / 2) * wp + 2 * j + q % 2) * cp;
-        for (int64_t a = 0; a < k; ++a)
-          for (int64_t b = 0; b < k; ++b) {
-            const float* src = base + (a * wp + b) * cp;
-            float* dst = acc + ((a * k + b) * f_n + f) * cp;
-            for (int64_t v = 0; v < nc; ++v)
-              store8(dst + v * kV, load8(dst + v * kV) + gv * load8(src + v * kV));
-          }
-      }
-    }
+  for_each_maximum(d, first, g, [&](float gv, int64_t at, int64_t f) {
+    const float* base = xp + at * cp;
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b)
+        axpy8(acc + ((a * k + b) * f_n + f) * cp, base + (a * wp + b) * cp, gv, nc);
+  });
 }
 
 // dxp [hp, wp, cp] += one frame's input gradient (scatter form); wt [k, k, f, cp].
@@ -204,23 +215,12 @@ void input_frame_scatter(const Dims& d, int64_t cp, const float* __restrict wt,
                          const int8_t* __restrict first, const float* __restrict g,
                          float* __restrict dxp) {
   const int64_t k = K ? K : d.k, nc = CV ? CV : cp / kV, wp = d.wp, f_n = d.f;
-  for (int64_t i = 0; i < d.ho; ++i)
-    for (int64_t j = 0; j < d.wo; ++j) {
-      const int64_t at = (i * d.wo + j) * f_n;
-      for (int64_t f = 0; f < f_n; ++f) {
-        const float gv = g[at + f];
-        if (gv == 0.0f) continue;
-        const int q = first[at + f];
-        float* base = dxp + ((2 * i + q / 2) * wp + 2 * j + q % 2) * cp;
-        for (int64_t a = 0; a < k; ++a)
-          for (int64_t b = 0; b < k; ++b) {
-            float* dst = base + (a * wp + b) * cp;
-            const float* src = wt + ((a * k + b) * f_n + f) * cp;
-            for (int64_t v = 0; v < nc; ++v)
-              store8(dst + v * kV, load8(dst + v * kV) + gv * load8(src + v * kV));
-          }
-      }
-    }
+  for_each_maximum(d, first, g, [&](float gv, int64_t at, int64_t f) {
+    float* base = dxp + at * cp;
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b)
+        axpy8(base + (a * wp + b) * cp, wt + ((a * k + b) * f_n + f) * cp, gv, nc);
+  });
 }
 
 template <typename F>
