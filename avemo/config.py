@@ -320,6 +320,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.postprocess.face_weight = False
     c.postprocess.delay = True  # label-delay compensation: shift maximising dev CCC
     c.postprocess.max_delay_steps = 50  # shifts searched: -max ... +max steps (40 ms each)
+    # issue 9: a centred moving average (spread restored), its window chosen on dev among these
+    # (steps of 40 ms; 1 = none): the gold standard is a 1-3 s spread of raters' delays and
+    # their joystick lag, smoother than any model's outputs. Centred: looks w/2 steps ahead.
+    c.postprocess.smooth = True
+    c.postprocess.smooth_windows = (1, 5, 9, 15, 25, 37, 51, 75, 101, 151, 201, 251, 301)
     c.postprocess.bias = True  # add mean(dev gold) - mean(dev prediction)
     c.postprocess.scale = True  # spread scaled to the std of the training labels
     c.postprocess.median = True  # median filter over time
@@ -641,6 +646,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         or flat["postprocess.median_window_steps"] % 2 == 0
     ):
         raise ConfigError("config.postprocess.median_window_steps must be a positive odd number")
+    windows = flat["postprocess.smooth_windows"]
+    if (
+        not isinstance(windows, (tuple, list))
+        or not windows
+        or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 or w % 2 == 0 for w in windows)
+    ):
+        raise ConfigError(
+            f"config.postprocess.smooth_windows must be a non-empty tuple of positive odd step "
+            f"counts, got {windows!r}"
+        )
     if flat["loss.aux_weight"] < 0:
         raise ConfigError("config.loss.aux_weight (lambda) must be >= 0")
     if not 0.0 <= flat["model.audio_input_dropout"] < 1.0:

@@ -276,3 +276,64 @@ def test_face_weight_without_a_face_head_is_skipped_and_apply_needs_the_face_it_
         {"outputs": preds["s0"], "video_outputs": faces["s0"][0]}, faces["s0"][1]
     )
     np.testing.assert_allclose(face[0], faces["s0"][0])
+
+
+def test_moving_average_matches_brute_force_with_edges_held():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((40, 2))
+    padded = np.concatenate([np.repeat(x[:1], 3, 0), x, np.repeat(x[-1:], 3, 0)])
+    expected = np.stack([padded[i : i + 7].mean(0) for i in range(40)])
+    np.testing.assert_allclose(postprocess.moving_average(x, 7), expected, atol=1e-12)
+    np.testing.assert_array_equal(postprocess.moving_average(x, 1), x)
+
+
+def test_smooth_picks_a_window_that_removes_fast_errors_and_keeps_the_spread():
+    # Gold: a slow signal; predictions: the gold plus white errors (what the raters' wide low-pass
+    # leaves for a model to get wrong). The dev-chosen window must beat no smoothing on held-out
+    # sessions, and the step must restore the outputs' pooled spread (gain) on the dev sessions.
+    rng = np.random.default_rng(12)
+    gold = {f"s{i}": np.stack([_smooth(rng, 600, 61), _smooth(rng, 600, 61)], 1) for i in range(4)}
+    gold = {n: g / np.concatenate(list(gold.values())).std(0) for n, g in gold.items()}
+    preds = {n: g + 0.8 * rng.standard_normal(g.shape) for n, g in gold.items()}
+    dev = {n: preds[n] for n in ("s0", "s1", "s2")}
+    cfg = _cfg(smooth=True, keep_rule="cross_fitted")
+    params = postprocess.fit(dev, {n: gold[n] for n in dev}, [], cfg)
+    pooled = np.concatenate([dev[n] for n in sorted(dev)])
+    out = np.concatenate([postprocess.apply(dev[n], params) for n in sorted(dev)])
+    for d, dim in enumerate(("arousal", "valence")):
+        step = params["dimensions"][dim]["smooth"]
+        assert step["applied"] and step["window"] > 1
+        assert step["window"] in cfg.smooth_windows
+        assert out[:, d].std() == pytest.approx(pooled[:, d].std(), rel=1e-5)
+        held = postprocess.apply(preds["s3"], params)[:, d]
+        assert ccc(held, gold["s3"][:, d]) > ccc(preds["s3"][:, d], gold["s3"][:, d]) + 0.1
+
+
+def test_smooth_keeps_outputs_as_they_are_when_the_gold_moves_fast():
+    rng = np.random.default_rng(13)
+    rough = {f"s{i}": rng.standard_normal((300, 2)) for i in range(3)}
+    params = postprocess.fit(rough, rough, [], _cfg(smooth=True, keep_rule="cross_fitted"))
+    for name, x in rough.items():
+        np.testing.assert_allclose(postprocess.apply(x, params), x, atol=1e-6)
+    for dim in ("arousal", "valence"):
+        assert params["dimensions"][dim]["smooth"]["window"] == 1
+
+
+def test_parameters_saved_before_the_smooth_step_still_apply():
+    # A postprocess.json written before the step existed has no "smooth" entry: apply replays the
+    # steps it has, unchanged.
+    rng = np.random.default_rng(14)
+    gold = _pair(rng)
+    preds = {"s": gold + np.array([0.25, -0.5])}
+    params = postprocess.fit(preds, {"s": gold}, [], _cfg(bias=True))
+    params = json.loads(json.dumps(params))
+    assert all("smooth" not in steps for steps in params["dimensions"].values())
+    np.testing.assert_allclose(postprocess.apply(preds["s"], params), gold, atol=1e-6)
+
+
+@pytest.mark.parametrize("windows", [(), (4,), (0, 5), (5.0,), (True,)])
+def test_config_rejects_bad_smooth_windows(windows):
+    c = config_lib.base_config()
+    c.postprocess.smooth_windows = windows
+    with pytest.raises(config_lib.ConfigError, match="smooth_windows"):
+        config_lib.validate(c)
