@@ -318,6 +318,9 @@ def base_config() -> ml_collections.ConfigDict:
     # y + w n (face head - y), w in 0, 0.1, ..., 1 chosen on dev (models with modality heads):
     # a weight of the streams fitted on sessions the model never trained on.
     c.postprocess.face_weight = False
+    # issue 9, fifteenth stop: then toward the voice head where the voice is heard,
+    # y + w m (voice head - y), m the speech energy in [0, 1], w chosen on dev likewise.
+    c.postprocess.voice_weight = False
     c.postprocess.delay = True  # label-delay compensation: shift maximising dev CCC
     c.postprocess.max_delay_steps = 50  # shifts searched: -max ... +max steps (40 ms each)
     # issue 9: a centred moving average (spread restored), its window chosen on dev among these
@@ -650,7 +653,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if (
         not isinstance(windows, (tuple, list))
         or not windows
-        or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 or w % 2 == 0 for w in windows)
+        or any(
+            not isinstance(w, int) or isinstance(w, bool) or w < 1 or w % 2 == 0 for w in windows
+        )  # fmt: skip
     ):
         raise ConfigError(
             f"config.postprocess.smooth_windows must be a non-empty tuple of positive odd step "

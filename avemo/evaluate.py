@@ -245,6 +245,11 @@ def _face(result: Mapping[str, np.ndarray], session: PreparedSession) -> postpro
     return postprocess.face_of(result, session.arrays["face_present"])
 
 
+def _voice(result: Mapping[str, np.ndarray], session: PreparedSession) -> postprocess.Stream | None:
+    """The voice stream of `session`'s model result, with the m of the input it was run on."""
+    return postprocess.voice_of(result, session.arrays["speech_energy"])
+
+
 def score(
     protocol: str,
     sessions: Sequence[PreparedSession],
@@ -264,7 +269,10 @@ def score(
         preds, golds = [], []
         for s in sessions:
             pred = postprocess.apply(
-                results[s.name]["outputs"], per_session[s.name], _face(results[s.name], s)
+                results[s.name]["outputs"],
+                per_session[s.name],
+                _face(results[s.name], s),
+                _voice(results[s.name], s),
             )
             gold = np.asarray(s.arrays["labels"])
             rows.append(_metric_row(protocol, stage, s.name, s.split, pred, gold))
@@ -520,6 +528,7 @@ def evaluate_workdir(
             [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels],
             config.postprocess,
             {s.name: _face(normal[s.name], s) for s in dev},
+            {s.name: _voice(normal[s.name], s) for s in dev},
         )
         params["checkpoint_step"] = step
         default_step = _default_step(workdir, config)
@@ -539,6 +548,7 @@ def evaluate_workdir(
             [s.arrays["labels"] for s in sessions if s.split == "train" and s.has_labels],
             config.postprocess,
             {s.name: _face(normal[s.name], s) for s in dev},
+            {s.name: _voice(normal[s.name], s) for s in dev},
         )
     if split == "test" or params is None:
         folds = None
@@ -741,7 +751,10 @@ def _write_plot(
         f"{session.name} ({session.split}): prediction ({stage}) vs gold standard",
         times,
         postprocess.apply(
-            result["outputs"], stage_params[stage][session.name], _face(result, session)
+            result["outputs"],
+            stage_params[stage][session.name],
+            _face(result, session),
+            _voice(result, session),
         ),
         result.get("audio_gate"),
         np.asarray(session.arrays["face_present"]),

@@ -2,7 +2,8 @@
 fitted on dev only.
 
 model outputs [T, 2] -> the face head's weight where a face is in view (`face_weight`, off by
-default; models with modality heads) -> label-delay compensation -> a moving average whose
+default; models with modality heads) -> the voice head's weight where the voice is heard
+(`voice_weight`, likewise) -> label-delay compensation -> a moving average whose
 window is fitted on dev (`smooth`) -> bias correction -> scaling to the training label spread ->
 median smoothing -> reports / predict. `fit` chooses the
 parameters on dev predictions (pooled CCC, Eq. 35) and keeps a step only where it does not lower
@@ -35,14 +36,19 @@ from avemo.metrics import DIMENSIONS, ccc
 log = logging.getLogger(__name__)
 
 FILE = "postprocess.json"
-STEPS = ("face_weight", "delay", "smooth", "bias", "scale", "median")
+STEPS = ("face_weight", "voice_weight", "delay", "smooth", "bias", "scale", "median")
+# The steps that move the output toward one of the model's own heads, and which stream each reads.
+HEAD_STEPS = {"face_weight": "face", "voice_weight": "voice"}
 VERSION = 1
-# The weights `face_weight` searches (0 = the model's output unchanged, 1 = its face head's).
+# The weights `face_weight` and `voice_weight` search (0 = the model's output unchanged, 1 = the
+# head's where its stream is fully present).
 FACE_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
-# One session's face stream, for `face_weight`: (the face head's outputs [T, 2], the face-present
-# flag n [T] the model saw).
-Face = tuple[np.ndarray, np.ndarray]
+# One session's stream of one modality, for `face_weight` / `voice_weight`: (that modality's
+# head's outputs [T, 2], its presence [T] as the model saw it: the face-present flag n, the speech
+# energy m).
+Stream = tuple[np.ndarray, np.ndarray]
+Face = Stream
 
 
 def face_of(result: Mapping[str, np.ndarray], face_present: np.ndarray) -> Face | None:
@@ -53,11 +59,26 @@ def face_of(result: Mapping[str, np.ndarray], face_present: np.ndarray) -> Face 
     return np.asarray(result["video_outputs"], np.float64), np.asarray(face_present, np.float64)
 
 
+def voice_of(result: Mapping[str, np.ndarray], speech_energy: np.ndarray) -> Stream | None:
+    """The voice stream of one session's model `result` (its `audio_outputs`, the voice head of a
+    model with modality heads) with the session's speech energy m (clipped to [0, 1]), or None for
+    a model without a voice head."""
+    if "audio_outputs" not in result:
+        return None
+    m = np.clip(np.asarray(speech_energy, np.float64), 0.0, 1.0)
+    return np.asarray(result["audio_outputs"], np.float64), m
+
+
 def toward_face(values: np.ndarray, face: np.ndarray, present: np.ndarray, w: float) -> np.ndarray:
     """y + w n (f - y): the output moved by weight w toward the face head's f where a face is in
-    view (n = 1) and left alone where none is (n = 0)."""
+    view (n = 1) and left alone where none is (n = 0). With the voice head and the speech energy
+    m in place of f and n, the same formula is `voice_weight`'s: toward the voice where it is
+    heard."""
     n = np.asarray(present, np.float64)
     return values + w * n * (np.asarray(face, np.float64) - values)
+
+
+toward_head = toward_face
 
 
 def shift(values: np.ndarray, steps: int) -> np.ndarray:
@@ -102,9 +123,9 @@ def _apply_step(
     step: str, values: np.ndarray, p: Mapping[str, Any], face: tuple | None = None
 ) -> np.ndarray:
     """One step on one session's one dimension [T] (`face`: (face head [T], n [T]) of that
-    dimension, for face_weight)."""
-    if step == "face_weight":
-        return toward_face(values, face[0], face[1], float(p["weight"]))
+    dimension, for face_weight; the voice head [T] and m [T] for voice_weight)."""
+    if step in HEAD_STEPS:
+        return toward_head(values, face[0], face[1], float(p["weight"]))
     if step == "delay":
         return shift(values, int(p["steps"]))
     if step == "smooth":
@@ -161,9 +182,9 @@ def _step_params(
     faces: Sequence[tuple] | None = None,
 ) -> dict[str, Any]:
     """One step's parameters for one dimension, fitted on `current` against `gold`."""
-    if step == "face_weight":
+    if step in HEAD_STEPS:  # `faces`: that step's stream (face or voice) per session
         scores = [
-            (_pooled_ccc([toward_face(x, *f, w) for x, f in zip(current, faces)], gold), -w, w)
+            (_pooled_ccc([toward_head(x, *f, w) for x, f in zip(current, faces)], gold), -w, w)
             for w in FACE_WEIGHTS
         ]
         return {"weight": float(max(scores)[2])}  # best CCC; ties: the smallest weight
@@ -198,6 +219,7 @@ def fit(
     train_labels: Sequence[np.ndarray],
     cfg: ml_collections.ConfigDict,
     dev_faces: Mapping[str, Face | None] | None = None,
+    dev_voices: Mapping[str, Stream | None] | None = None,
 ) -> dict[str, Any]:
     """Fits the enabled steps, in order, on dev predictions; returns the parameters to save.
 
@@ -208,6 +230,13 @@ def fit(
               learned their valence by heart looks as good as the face; this weight is fitted
               on sessions the model never trained on, and held out like every step below).
               Skipped, with a warning, without `dev_faces`;
+      voice_weight: y + w m (v - y), v the model's voice head (`audio_outputs`), m the speech
+              energy in [0, 1] the model saw (0 where the voice is silent), w as above. Why
+              (issue 9, fifteenth stop): on the embedded corpus the fusion's gates, fitted on the
+              training sessions, let the face into arousal where the voice reads it better on
+              sessions the model never trained on (the face CNN learns the training sessions'
+              arousal by heart); where the voice is silent or absent (m = 0) the output is left
+              alone. Skipped, with a warning, without `dev_voices`;
       delay:  the shift s in [-max_delay_steps, max_delay_steps] maximising pooled dev CCC;
       smooth: a centred moving average over w steps, w in `smooth_windows` maximising pooled dev
               CCC, its spread restored to the outputs' before it (`smoothed`). Why: the gold
@@ -236,6 +265,7 @@ def fit(
       train_labels: [T, 2] gold standards of the training sessions (for the label spread).
       cfg: `config.postprocess`.
       dev_faces: {session: `face_of(...)`}, for face_weight.
+      dev_voices: {session: `voice_of(...)`}, for voice_weight.
 
     Returns:
       {"version", "sessions", "dimensions": {dim: {step: {..., applied, ccc_before, ccc_after,
@@ -253,18 +283,28 @@ def fit(
         if len(train_labels)
         else None
     )
-    have_faces = dev_faces is not None and all(dev_faces.get(n) is not None for n in names)
-    if cfg.get("face_weight", False) and not have_faces:
-        log.warning("postprocess.face_weight skipped: the model has no face head to weigh")
+    given = {"face": dev_faces, "voice": dev_voices}
+    have = {
+        kind: streams is not None and all(streams.get(n) is not None for n in names)
+        for kind, streams in given.items()
+    }
+    for step, kind in HEAD_STEPS.items():
+        if cfg.get(step, False) and not have[kind]:
+            log.warning("postprocess.%s skipped: the model has no %s head to weigh", step, kind)
     dimensions = {}
     for d, dim in enumerate(DIMENSIONS):
         current = [np.asarray(dev_predictions[n][:, d], np.float64) for n in names]
         gold = [np.asarray(dev_labels[n][:, d], np.float64) for n in names]
-        faces = [(dev_faces[n][0][:, d], dev_faces[n][1]) for n in names] if have_faces else None
+        per_kind = {
+            kind: [(given[kind][n][0][:, d], given[kind][n][1]) for n in names]
+            for kind in given
+            if have[kind]
+        }
         steps: dict[str, dict[str, Any]] = {}
         for step in STEPS:
-            if not cfg.get(step, False) or (step == "face_weight" and not have_faces):
+            if not cfg.get(step, False) or (step in HEAD_STEPS and not have[HEAD_STEPS[step]]):
                 continue
+            faces = per_kind[HEAD_STEPS[step]] if step in HEAD_STEPS else None
             before = _pooled_ccc(current, gold)
             params = _step_params(step, current, gold, train_std, d, cfg, faces)
             candidate = [
@@ -319,6 +359,7 @@ def cross_fit(
     train_labels: Sequence[np.ndarray],
     cfg: ml_collections.ConfigDict,
     dev_faces: Mapping[str, Face | None] | None = None,
+    dev_voices: Mapping[str, Stream | None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Leave-one-dev-session-out fits: {session: parameters fitted on the other dev sessions}.
 
@@ -342,19 +383,25 @@ def cross_fit(
             train_labels,
             cfg,
             None if dev_faces is None else {n: dev_faces.get(n) for n in others},
+            None if dev_voices is None else {n: dev_voices.get(n) for n in others},
         )
     return folds
 
 
 def apply(
-    outputs: np.ndarray, params: Mapping[str, Any] | None, face: Face | None = None
+    outputs: np.ndarray,
+    params: Mapping[str, Any] | None,
+    face: Face | None = None,
+    voice: Stream | None = None,
 ) -> np.ndarray:
     """The fitted steps on one session's outputs [T, 2] (None: unchanged); `face`
-    (`face_of(...)`) for parameters with face_weight applied.
+    (`face_of(...)`) for parameters with face_weight applied, `voice` (`voice_of(...)`) for
+    voice_weight.
 
     Raises:
-      ValueError: face_weight applied and no `face` given.
+      ValueError: face_weight (voice_weight) applied and no `face` (`voice`) given.
     """
+    streams = {"face": face, "voice": voice}
     outputs = np.asarray(outputs, np.float64)
     if params is None:
         return outputs.astype(np.float32)
@@ -364,12 +411,14 @@ def apply(
         values = outputs[:, d]
         for step in STEPS:  # always in the fitted order
             if step in steps and steps[step]["applied"]:
-                if step == "face_weight" and face is None:
+                stream = streams[HEAD_STEPS[step]] if step in HEAD_STEPS else None
+                if step in HEAD_STEPS and stream is None:
                     raise ValueError(
-                        "post-processing with face_weight needs the model's face head outputs "
-                        "and the face-present flag (postprocess.face_of)"
+                        f"post-processing with {step} needs the model's {HEAD_STEPS[step]} head "
+                        f"outputs and the stream's presence (postprocess."
+                        f"{HEAD_STEPS[step]}_of)"
                     )
-                per_dim = (face[0][:, d], face[1]) if step == "face_weight" else None
+                per_dim = (stream[0][:, d], stream[1]) if stream is not None else None
                 values = _apply_step(step, values, steps[step], per_dim)
         result[:, d] = values
     return result.astype(np.float32)

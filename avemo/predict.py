@@ -197,7 +197,10 @@ def finish_recording(
     return {
         "time": np.arange(steps) * job.step_seconds,
         "outputs": postprocess.apply(
-            result["outputs"], params, postprocess.face_of(result, video["face_present"])
+            result["outputs"],
+            params,
+            postprocess.face_of(result, video["face_present"]),
+            postprocess.voice_of(result, session.arrays["speech_energy"]),
         ),
         "raw_outputs": np.asarray(result["outputs"], np.float32),
         "audio_gate": (

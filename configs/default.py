@@ -114,6 +114,7 @@ def get_config(arg=None):  # noqa: ARG001
     # (0.925 / 0.916). Fitted weights: valence 0.7-1.0 on the hard variant, 0-0.6 on the default
     # corpus, arousal 0 on both (docs/fusion.md, eleventh stop).
     c.postprocess.face_weight = True
+    c.postprocess.voice_weight = True
     # The face tower continues the face stage's learning-rate schedule (issue 9): the stage runs
     # the first 900 steps of one 1800-step warm-up + cosine and the face tower the rest, as the
     # video-only model of the same budget anneals once; the voice, the gates and the output LSTMs

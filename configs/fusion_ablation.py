@@ -32,8 +32,10 @@ ROW (cumulative, in this order):
                   the default until the face tower's continued schedule)
   face_continued  + the face tower continues the face stage's learning-rate schedule, the
                   layers the stage did not train start their own
-                  (train.stage_schedule="face_continued"): the default (configs/default.py;
-                  alias "default")
+                  (train.stage_schedule="face_continued"; the default until the voice weight)
+  voice_weight    + the post-processing's voice weight, fitted on dev: the output moved toward
+                  the voice head where the voice is heard (postprocess.voice_weight): the default
+                  (configs/default.py; alias "default")
   audio, video    single-modality models with the default's settings that apply to them (both:
                   the label delay; audio: with far-field augmentation and the speech-pooled
                   functionals, and its own
@@ -73,6 +75,7 @@ ROWS = (
     "gate_per_output",
     "face_weight",
     "face_continued",
+    "voice_weight",
 )
 
 
@@ -122,6 +125,7 @@ def _row(row):
         c.model.output_residual = False
         c.model.gate_per_output = False
         c.postprocess.face_weight = False  # no face head beside the output to weigh
+        c.postprocess.voice_weight = False  # nor a voice head
         c.model.fusion_level = "features"
         c.model.gate_inputs = "states"
         c.model.video_lstm_features = 0
@@ -135,6 +139,8 @@ def _row(row):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; choose from {ROWS + ('audio', 'video')}")
     keep = ROWS.index(row)
+    if keep < ROWS.index("voice_weight"):
+        c.postprocess.voice_weight = False
     if keep < ROWS.index("face_continued"):
         c.train.stage_schedule = "restart"
     if keep < ROWS.index("face_weight"):

@@ -313,7 +313,7 @@ def test_smooth_keeps_outputs_as_they_are_when_the_gold_moves_fast():
     rng = np.random.default_rng(13)
     rough = {f"s{i}": rng.standard_normal((300, 2)) for i in range(3)}
     params = postprocess.fit(rough, rough, [], _cfg(smooth=True, keep_rule="cross_fitted"))
-    for name, x in rough.items():
+    for x in rough.values():
         np.testing.assert_allclose(postprocess.apply(x, params), x, atol=1e-6)
     for dim in ("arousal", "valence"):
         assert params["dimensions"][dim]["smooth"]["window"] == 1
@@ -337,3 +337,51 @@ def test_config_rejects_bad_smooth_windows(windows):
     c.postprocess.smooth_windows = windows
     with pytest.raises(config_lib.ConfigError, match="smooth_windows"):
         config_lib.validate(c)
+
+
+def _weights(params, step):
+    return np.array([params["dimensions"][d][step]["weight"] for d in ("arousal", "valence")])
+
+
+def test_voice_weight_moves_toward_the_voice_head_by_the_speech_energy():
+    # The voice head reads the gold standard closely; the output carries a wrong face component.
+    # m: full speech, a half-loud span and silence (m = 0: the output must stay untouched).
+    rng = np.random.default_rng(15)
+    preds, gold, voices = _face_sessions(rng)  # (head, presence) pairs: here the voice's
+    voices = {n: (head, np.r_[np.ones(200), np.full(100, 0.5), np.zeros(100)] * 1.3 - 0.15)
+              for n, (head, _) in voices.items()}  # fmt: skip
+    params = postprocess.fit(preds, gold, [], _cfg(voice_weight=True), None, voices)
+    m = np.clip(voices["s0"][1], 0.0, 1.0)
+    for dim in ("arousal", "valence"):
+        step = params["dimensions"][dim]["voice_weight"]
+        assert step["applied"] and step["weight"] >= 0.8
+    stream = postprocess.voice_of(
+        {"outputs": preds["s0"], "audio_outputs": voices["s0"][0]}, voices["s0"][1]
+    )
+    np.testing.assert_allclose(stream[1], m)  # m clipped to [0, 1], as the model saw it
+    out = postprocess.apply(preds["s0"], params, voice=stream)
+    w = _weights(params, "voice_weight")
+    expected = preds["s0"] + w * m[:, None] * (voices["s0"][0] - preds["s0"])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[300:], preds["s0"][300:], rtol=1e-6)  # silence: untouched
+    with pytest.raises(ValueError, match="voice_weight"):
+        postprocess.apply(preds["s0"], params, face=stream)
+    assert postprocess.voice_of({"outputs": preds["s0"]}, m) is None
+
+
+def test_voice_weight_is_fitted_after_the_face_weight_on_its_output():
+    rng = np.random.default_rng(16)
+    preds, gold, faces = _face_sessions(rng, voice_noise=0.8, face_noise=0.4)
+    voices = {n: (gold[n] + 0.2 * _pair(rng, 400), np.ones(400)) for n in preds}
+    cfg = _cfg(face_weight=True, voice_weight=True)
+    params = postprocess.fit(preds, gold, [], cfg, faces, voices)
+    for dim in ("arousal", "valence"):
+        steps = params["dimensions"][dim]
+        assert list(steps) == ["face_weight", "voice_weight"]
+        after_face = steps["face_weight"]["ccc_after"]
+        assert steps["voice_weight"]["ccc_before"] == pytest.approx(after_face)
+    out = postprocess.apply(preds["s1"], params, faces["s1"], voices["s1"])
+    wf, wv = _weights(params, "face_weight"), _weights(params, "voice_weight")
+    y = preds["s1"] + wf * faces["s1"][1][:, None] * (faces["s1"][0] - preds["s1"])
+    y = y + wv * (voices["s1"][0] - y)
+    np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-6)

@@ -169,3 +169,43 @@ def test_csv_has_each_dimensions_gate_when_the_model_has_them():
     rows = list(csv.DictReader(io.StringIO(predict.csv_text(one_gate))))
     assert all(r["audio_gate_arousal"] == "" and r["audio_gate_valence"] == "" for r in rows)
     assert all(r["audio_gate"] != "" for r in rows)
+
+
+def test_predict_replays_the_head_weights_evaluate_fitted(trained, dev_session, tmp_path):
+    """A model with modality heads and both head weights on: predict moves its output toward the
+    face head by n and toward the voice head by m exactly as evaluate's fit says."""
+    config = trained[1].copy_and_resolve_references()
+    config.model.modality_heads = True
+    config.postprocess.face_weight = True
+    config.postprocess.voice_weight = True
+    config.postprocess.keep_rule = "in_sample"
+    workdir = tmp_path / "heads"
+    train.train_and_evaluate(config, str(workdir))
+    evaluate.evaluate_workdir(str(workdir), protocols=("normal",), plots=False)
+    params = postprocess.load(workdir)
+    for dim in ("arousal", "valence"):
+        assert list(params["dimensions"][dim])[:2] == ["face_weight", "voice_weight"]
+    model = inference.load(str(workdir))
+    via_predict = predict.predict_recording(
+        model, dev_session.video_path, dev_session.audio_path, params
+    )
+    prepared = next(s for s in train.load_sessions(config, str(workdir)) if s.split == "dev")
+    raw = model.predict([prepared])[dev_session.name]
+    face = postprocess.face_of(raw, prepared.arrays["face_present"])
+    voice = postprocess.voice_of(raw, prepared.arrays["speech_energy"])
+    assert face is not None and voice is not None
+    np.testing.assert_allclose(
+        via_predict["outputs"], postprocess.apply(raw["outputs"], params, face, voice), atol=1e-5
+    )
+    # With both weights forced to 1 the outputs depend on the voice's m, so the replay is checked
+    # where leaving the voice (or its m) out would show.
+    for dim in ("arousal", "valence"):
+        for step in ("face_weight", "voice_weight"):
+            params["dimensions"][dim][step].update(weight=1.0, applied=True)
+    silent = (voice[0], np.zeros_like(voice[1]))
+    moved = postprocess.apply(raw["outputs"], params, face, voice)
+    assert np.abs(moved - postprocess.apply(raw["outputs"], params, face, silent)).max() > 1e-3
+    forced = predict.predict_recording(
+        model, dev_session.video_path, dev_session.audio_path, params
+    )
+    np.testing.assert_allclose(forced["outputs"], moved, atol=1e-5)

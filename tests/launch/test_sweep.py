@@ -202,8 +202,9 @@ def test_fusion_ablation_rows_add_the_speech_pooled_functionals_the_label_delay_
     gate."""
     from configs import default, fusion_ablation
 
-    assert fusion_ablation.ROWS[-5:] == (
-        "speech_pool", "label_delay", "gate_per_output", "face_weight", "face_continued"
+    assert fusion_ablation.ROWS[-6:] == (
+        "speech_pool", "label_delay", "gate_per_output", "face_weight", "face_continued",
+        "voice_weight",
     )  # fmt: skip
     assert fusion_ablation.get_config("default") == default.get_config()
     assert default.get_config().train.stage_schedule == "face_continued"
@@ -212,6 +213,9 @@ def test_fusion_ablation_rows_add_the_speech_pooled_functionals_the_label_delay_
         assert fusion_ablation.get_config(row).train.stage_schedule == "restart"
     assert default.get_config().model.gate_per_output
     assert default.get_config().postprocess.face_weight
+    assert default.get_config().postprocess.voice_weight
+    assert not fusion_ablation.get_config("face_continued").postprocess.voice_weight
+    assert fusion_ablation.get_config("face_continued").postprocess.face_weight
     assert not fusion_ablation.get_config("gate_per_output").postprocess.face_weight
     assert fusion_ablation.get_config("gate_per_output").model.gate_per_output
     assert not fusion_ablation.get_config("label_delay").model.gate_per_output
@@ -219,6 +223,7 @@ def test_fusion_ablation_rows_add_the_speech_pooled_functionals_the_label_delay_
     for row in ("audio", "video", "paper"):
         assert not fusion_ablation.get_config(row).model.gate_per_output
         assert not fusion_ablation.get_config(row).postprocess.face_weight
+        assert not fusion_ablation.get_config(row).postprocess.voice_weight
     delay = default.get_config().data.label_delay_steps
     assert delay > 0 and fusion_ablation.get_config("speech_pool").data.label_delay_steps == 0
     assert fusion_ablation.get_config("paper").data.label_delay_steps == 0
