@@ -9,8 +9,9 @@ fusion with that stream kept fixed (`model.freeze_face_stream`): queried by the 
 it is a function of the face alone, so its states are computed once per training window and the
 pipeline carries them instead of faces; a fusion step costs the voice's LSTM, the gates and the
 two output LSTMs, 10.5-12.0x less than the default's end-to-end step on a 2-core CPU. Test CCC
-(seeds 0-2) 0.929 +- 0.011 / 0.953 +- 0.004 against the default's 0.929 +- 0.005 / 0.955 +- 0.005;
-the whole run ~3 min against the default's ~3.6 (docs/performance.md).
+(seeds 0-2, the post-processing of the fifteenth stop) 0.946 +- 0.006 / 0.966 +- 0.003 against
+the default's 0.951 +- 0.004 / 0.966 +- 0.004; the whole run ~3 min against the default's ~3.6
+(docs/performance.md).
 """
 
 from configs import default
