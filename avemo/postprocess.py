@@ -69,16 +69,13 @@ def voice_of(result: Mapping[str, np.ndarray], speech_energy: np.ndarray) -> Str
     return np.asarray(result["audio_outputs"], np.float64), m
 
 
-def toward_face(values: np.ndarray, face: np.ndarray, present: np.ndarray, w: float) -> np.ndarray:
-    """y + w n (f - y): the output moved by weight w toward the face head's f where a face is in
-    view (n = 1) and left alone where none is (n = 0). With the voice head and the speech energy
-    m in place of f and n, the same formula is `voice_weight`'s: toward the voice where it is
-    heard."""
-    n = np.asarray(present, np.float64)
-    return values + w * n * (np.asarray(face, np.float64) - values)
-
-
-toward_head = toward_face
+def toward_head(values: np.ndarray, head: np.ndarray, present: np.ndarray, w: float) -> np.ndarray:
+    """y + w a (h - y): the output moved by weight w toward one of the model's own heads h where
+    its stream is present (a = 1) and left alone where it is absent (a = 0). `face_weight`: the
+    face head and the face-present flag n; `voice_weight`: the voice head and the speech energy
+    m."""
+    a = np.asarray(present, np.float64)
+    return values + w * a * (np.asarray(head, np.float64) - values)
 
 
 def shift(values: np.ndarray, steps: int) -> np.ndarray:
@@ -120,12 +117,12 @@ def smoothed(values: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
 
 
 def _apply_step(
-    step: str, values: np.ndarray, p: Mapping[str, Any], face: tuple | None = None
+    step: str, values: np.ndarray, p: Mapping[str, Any], stream: tuple | None = None
 ) -> np.ndarray:
-    """One step on one session's one dimension [T] (`face`: (face head [T], n [T]) of that
-    dimension, for face_weight; the voice head [T] and m [T] for voice_weight)."""
+    """One step on one session's one dimension [T] (`stream`: (head [T], presence [T]) of that
+    dimension: the face head and n for face_weight, the voice head and m for voice_weight)."""
     if step in HEAD_STEPS:
-        return toward_head(values, face[0], face[1], float(p["weight"]))
+        return toward_head(values, stream[0], stream[1], float(p["weight"]))
     if step == "delay":
         return shift(values, int(p["steps"]))
     if step == "smooth":
@@ -179,12 +176,13 @@ def _step_params(
     train_std: np.ndarray | None,
     d: int,
     cfg: ml_collections.ConfigDict,
-    faces: Sequence[tuple] | None = None,
+    streams: Sequence[tuple] | None = None,
 ) -> dict[str, Any]:
-    """One step's parameters for one dimension, fitted on `current` against `gold`."""
-    if step in HEAD_STEPS:  # `faces`: that step's stream (face or voice) per session
+    """One step's parameters for one dimension, fitted on `current` against `gold` (`streams`:
+    the head step's stream per session)."""
+    if step in HEAD_STEPS:
         scores = [
-            (_pooled_ccc([toward_head(x, *f, w) for x, f in zip(current, faces)], gold), -w, w)
+            (_pooled_ccc([toward_head(x, *h, w) for x, h in zip(current, streams)], gold), -w, w)
             for w in FACE_WEIGHTS
         ]
         return {"weight": float(max(scores)[2])}  # best CCC; ties: the smallest weight
@@ -242,8 +240,8 @@ def fit(
               CCC, its spread restored to the outputs' before it (`smoothed`). Why: the gold
               standard is the mean of raters whose delays spread over 1-3 s and whose joysticks
               lag, i.e. a latent seen through a wide low-pass; a model's outputs carry faster
-              errors that such a filter removes (issue 9: windows of 4-6 s were chosen on the
-              embedded corpus, +0.01 to +0.04 test CCC for every model). Centred, so a
+              errors that such a filter removes (issue 9, fifteenth stop: dev chose 4-10 s on the
+              embedded corpus; +0.01 to +0.05 test CCC for every model). Centred, so a
               prediction looks w/2 steps ahead: turn it off for on-line use;
       bias:   offset = mean(dev gold) - mean(dev prediction) (removes the (mu_x - mu_y)^2 term
               of Eq. 35, so it never lowers CCC);
@@ -304,11 +302,11 @@ def fit(
         for step in STEPS:
             if not cfg.get(step, False) or (step in HEAD_STEPS and not have[HEAD_STEPS[step]]):
                 continue
-            faces = per_kind[HEAD_STEPS[step]] if step in HEAD_STEPS else None
+            streams = per_kind[HEAD_STEPS[step]] if step in HEAD_STEPS else None
             before = _pooled_ccc(current, gold)
-            params = _step_params(step, current, gold, train_std, d, cfg, faces)
+            params = _step_params(step, current, gold, train_std, d, cfg, streams)
             candidate = [
-                _apply_step(step, x, params, faces[i] if faces else None)
+                _apply_step(step, x, params, streams[i] if streams else None)
                 for i, x in enumerate(current)
             ]
             after = _pooled_ccc(candidate, gold)
@@ -325,9 +323,9 @@ def fit(
                             train_std,
                             d,
                             cfg,
-                            _without(faces, i) if faces else None,
+                            _without(streams, i) if streams else None,
                         ),
-                        faces[i] if faces else None,
+                        streams[i] if streams else None,
                     )
                     for i, x in enumerate(current)
                 ]
