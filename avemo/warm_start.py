@@ -120,7 +120,8 @@ def _single_modality(
     c.train.audio_stage_steps = 0
     c.train.face_init_lr_scale = 1.0  # the stage is the stream's own training
     c.train.stage_schedule = "restart"
-    c.postprocess.face_weight = False  # one stream: no face head beside the output to weigh
+    c.postprocess.face_weight = False  # one stream: no head beside the output to weigh
+    c.postprocess.voice_weight = False
     c.eval.report_at_end = False
     return c
 
