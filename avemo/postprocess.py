@@ -112,7 +112,11 @@ def smoothed(values: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
     """The `smooth` step: c + g (MA_w(x) - c), the moving average with its spread restored (g, c
     fitted on dev: the pooled std of the outputs before / after the average, and the pooled mean
     after it), so the step changes the outputs' time course, not their spread."""
-    average = moving_average(values, int(p["window"]))
+    return _restored(moving_average(values, int(p["window"])), p)
+
+
+def _restored(average: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    """c + g (average - c): a moving average with the spread `smooth` fitted."""
     return p["center"] + p["gain"] * (average - p["center"])
 
 
@@ -163,7 +167,7 @@ def _smooth_params(
             "gain": float(pooled_std / spread) if spread > 0 else 1.0,
             "center": float(pooled.mean()),
         }
-        score = _pooled_ccc([smoothed(x, p) for x in current], gold)
+        score = _pooled_ccc([_restored(a, p) for a in averages], gold)  # each average once
         if best is None or score > best[0]:
             best = (score, p)
     return best[1]
